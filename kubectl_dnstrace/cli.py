@@ -1,0 +1,276 @@
+"""The command line: parse kubectl-style flags, build a request, run it, set the exit code.
+
+This file reads like a table of contents. It makes no API call and prints nothing of its
+own but errors: the work lives in ``trace`` (live capture), ``analyze`` (capture files) and
+``rbac`` (permissions). Errors are raised deep down as ``DnstraceError`` and translated to
+a message and an exit code once, in ``main``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from kubectl_dnstrace import __version__
+from kubectl_dnstrace.errors import DnstraceError, ExitCode, UsageError
+from kubectl_dnstrace.model import (
+    AnalyzeRequest,
+    ClusterOptions,
+    Filters,
+    OutputOptions,
+    TraceRequest,
+)
+from kubectl_dnstrace.options import load_domain_file, parse_duration
+
+OUTPUT_FORMATS = ("table", "wide", "json", "ndjson")
+
+EPILOG = """\
+Examples:
+
+  # Who asks the cluster DNS for evil.example.com? (CoreDNS pods, plus node-local-dns)
+  kubectl dnstrace coredns --domain evil.example.com
+
+  # What does this pod resolve?
+  kubectl dnstrace pod/web-123
+
+  # All pods of a Deployment, five minutes, one JSON document
+  kubectl dnstrace deploy/web -n shop --duration 5m -o json
+
+  # Attribute a capture someone already took with tcpdump on a node
+  kubectl dnstrace analyze node7-port53.pcap --domain evil.example.com
+"""
+
+
+class DefaultToTrace(TyperGroup):
+    """A group whose unknown first word is a trace target: ``kubectl dnstrace pod/x``."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if (args and args[0] not in self.commands and not args[0].startswith("-")) or (args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version")):
+            args.insert(0, "trace")
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(
+    cls=DefaultToTrace,
+    name="kubectl dnstrace",
+    help="Find the pod behind a DNS query, using only the Kubernetes API.",
+    epilog=EPILOG,
+    add_completion=True,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"kubectl-dnstrace {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Find the pod behind a DNS query, using only the Kubernetes API."""
+
+
+# Options shared by trace and analyze -------------------------------------------------------
+
+DomainOpt = Annotated[
+    list[str] | None,
+    typer.Option("--domain", "-d", help="Report only this name and its subdomains (repeatable)."),
+]
+DomainFileOpt = Annotated[
+    str | None, typer.Option("--domain-file", help="File of names, one per line, # comments.")
+]
+QtypeOpt = Annotated[list[str] | None, typer.Option("--qtype", help="Only these query types (A, AAAA, TXT, ...).")]
+RcodeOpt = Annotated[list[str] | None, typer.Option("--rcode", help="Only responses with these rcodes (NXDOMAIN, ...).")]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table | wide | json | ndjson")]
+PcapOpt = Annotated[
+    str | None, typer.Option("--pcap", help="Also write the packets to this pcap/pcapng file (mode 0600).")
+]
+KubeconfigOpt = Annotated[str | None, typer.Option("--kubeconfig", help="Path to the kubeconfig file.")]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="The kubeconfig context to use.")]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace of the targets.")]
+RequestTimeoutOpt = Annotated[
+    str, typer.Option("--request-timeout", help="Timeout of one API request (e.g. 10s).")
+]
+
+
+def _filters(domain: list[str] | None, domain_file: str | None, qtype: list[str] | None,
+             rcode: list[str] | None) -> Filters:
+    domains = list(domain or [])
+    if domain_file:
+        domains.extend(load_domain_file(domain_file))
+    return Filters(
+        domains=domains,
+        qtypes=[q.upper() for q in qtype or []],
+        rcodes=[r.upper() for r in rcode or []],
+    )
+
+
+def _output(output: str, pcap: str | None) -> OutputOptions:
+    if output not in OUTPUT_FORMATS:
+        raise UsageError(
+            f"unknown output format {output!r}",
+            f"use one of: -o {', -o '.join(OUTPUT_FORMATS)}",
+        )
+    return OutputOptions(format=output, pcap_path=pcap)
+
+
+@app.command(epilog=EPILOG)
+def trace(
+    targets: Annotated[list[str] | None, typer.Argument(help="coredns | dns | pod/NAME | NAME | deploy/NAME | ds/ | sts/ | job/ | rs/")] = None,
+    selector: Annotated[str | None, typer.Option("--selector", "-l", help="Trace the pods matching this label selector.")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Look for targets in every namespace.")] = False,
+    namespace: NamespaceOpt = None,
+    domain: DomainOpt = None,
+    domain_file: DomainFileOpt = None,
+    qtype: QtypeOpt = None,
+    rcode: RcodeOpt = None,
+    duration: Annotated[str, typer.Option("--duration", help="How long to capture (30s, 5m, 1h). The agent's hard deadline.")] = "5m",
+    output: OutputOpt = "table",
+    pcap: PcapOpt = None,
+    image: Annotated[str | None, typer.Option("--image", help="Capture image: any image with python3, or the project's debug image.")] = None,
+    image_pull_policy: Annotated[str | None, typer.Option("--image-pull-policy", help="Always | IfNotPresent | Never")] = None,
+    timeout: Annotated[str, typer.Option("--timeout", help="How long to wait for the capture containers to run.")] = "60s",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact patch for each pod and change nothing.")] = False,
+    dns_namespace: Annotated[str, typer.Option("--dns-namespace", help="Namespace of the cluster DNS.")] = "kube-system",
+    dns_selector: Annotated[str | None, typer.Option("--dns-selector", help="Label selector of the cluster DNS pods.")] = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    request_timeout: RequestTimeoutOpt = "10s",
+) -> None:
+    """Capture DNS in pods through ephemeral containers and name the pods that asked."""
+    from kubectl_dnstrace.trace import run_trace
+
+    if not targets and not selector:
+        raise UsageError(
+            "no target given",
+            "name one: kubectl dnstrace coredns, kubectl dnstrace pod/NAME, or -l SELECTOR",
+        )
+    request = TraceRequest(
+        targets=list(targets or []),
+        cluster=ClusterOptions(
+            kubeconfig=kubeconfig,
+            context=context,
+            namespace=namespace,
+            all_namespaces=all_namespaces,
+            request_timeout=parse_duration(request_timeout, "--request-timeout"),
+        ),
+        filters=_filters(domain, domain_file, qtype, rcode),
+        output=_output(output, pcap),
+        selector=selector,
+        duration=parse_duration(duration, "--duration"),
+        image=image,
+        image_pull_policy=image_pull_policy,
+        wait_timeout=parse_duration(timeout, "--timeout"),
+        dry_run=dry_run,
+        dns_namespace=dns_namespace,
+        dns_selector=dns_selector,
+    )
+    raise typer.Exit(int(run_trace(request)))
+
+
+@app.command(epilog=EPILOG)
+def analyze(
+    files: Annotated[list[str], typer.Argument(help="pcap or pcapng files (Ethernet, Linux cooked SLL/SLL2, raw IP).")],
+    offline: Annotated[bool, typer.Option("--offline", help="Do not contact a cluster: IPs only, or --pods.")] = False,
+    pods: Annotated[str | None, typer.Option("--pods", help="Attribute from a saved 'kubectl get pods -A -o json'.")] = None,
+    domain: DomainOpt = None,
+    domain_file: DomainFileOpt = None,
+    qtype: QtypeOpt = None,
+    rcode: RcodeOpt = None,
+    output: OutputOpt = "table",
+    pcap: PcapOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    request_timeout: RequestTimeoutOpt = "10s",
+) -> None:
+    """Attribute the DNS queries in capture files to pods, like a live trace."""
+    from kubectl_dnstrace.analyze import run_analyze
+
+    request = AnalyzeRequest(
+        files=list(files),
+        filters=_filters(domain, domain_file, qtype, rcode),
+        output=_output(output, pcap),
+        cluster=ClusterOptions(
+            kubeconfig=kubeconfig,
+            context=context,
+            request_timeout=parse_duration(request_timeout, "--request-timeout"),
+        ),
+        offline=offline,
+        pods_file=pods,
+    )
+    raise typer.Exit(int(run_analyze(request)))
+
+
+@app.command()
+def rbac(
+    cluster: Annotated[bool, typer.Option("--cluster", help="A ClusterRole for every namespace (needed for coredns mode and attribution).")] = False,
+    namespace: NamespaceOpt = None,
+    subject: Annotated[str | None, typer.Option("--user", help="User the binding is for (default: a group).")] = None,
+) -> None:
+    """Print the least-privilege Role/ClusterRole and binding, for kubectl apply -f -."""
+    from kubectl_dnstrace.rbac import render_rbac
+
+    sys.stdout.write(render_rbac(cluster=cluster, namespace=namespace, user=subject))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, map every known error to its message and exit code."""
+    debug = bool(os.environ.get("DNSTRACE_DEBUG"))
+    try:
+        app(args=argv, prog_name="kubectl dnstrace", standalone_mode=False)
+        return 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        sys.stderr.write("Interrupted.\n")
+        return ExitCode.INTERRUPTED
+    except click.ClickException as exc:
+        exc.show(file=sys.stderr)
+        return ExitCode.USAGE
+    except DnstraceError as exc:
+        sys.stderr.write(f"error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"{exc.hint}\n")
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted.\n")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # `kubectl dnstrace ... | head`: the reader left; that is not an error.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
+    except Exception as exc:
+        if debug:
+            raise
+        sys.stderr.write(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in kubectl-dnstrace. Run again with DNSTRACE_DEBUG=1 for the "
+            "traceback and report it.\n"
+        )
+        return ExitCode.INTERNAL
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,52 @@
+"""Parsing of option values the user types: durations and domain files.
+
+Kept apart from ``cli`` so the same rules serve the trace and analyze commands and can be
+table-tested without Typer.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubectl_dnstrace.errors import UsageError
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$")
+
+
+def parse_duration(text: str, flag: str = "duration") -> float:
+    """Seconds from kubectl-style durations: ``90``, ``30s``, ``5m``, ``1h30m``, ``500ms``."""
+    text = str(text).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        match = _DURATION.match(text)
+        if not text or not match or not any(match.groups()):
+            raise UsageError(
+                f"{flag}: {text!r} is not a duration",
+                "write it like 30s, 5m, 1h30m or a number of seconds",
+            ) from None
+        h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
+        value = h * 3600 + m * 60 + s + ms / 1000
+    if value <= 0:
+        raise UsageError(f"{flag}: {text!r} must be longer than zero", "for example 30s or 5m")
+    return value
+
+
+def load_domain_file(path: str) -> list[str]:
+    """Names from a file: one per line, ``#`` starts a comment, blank lines ignored."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise UsageError(
+            f"--domain-file: cannot read {path}: {exc.strerror or exc}",
+            "give a readable text file with one name per line",
+        ) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--domain-file: {path} is not UTF-8 text", "one name per line") from None
+    names = []
+    for line in lines:
+        name = line.split("#", 1)[0].strip().rstrip(".")
+        if name:
+            names.append(name)
+    return names

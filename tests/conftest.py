@@ -1,0 +1,28 @@
+"""Shared fixtures. Lab tests skip on a laptop, and fail instead of skipping under CI=true."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.lab.netns import Lab, lab_missing
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_lab() -> None:
+    """Skip (or, under CI=true, fail) a test that needs root, namespaces and Debian tools."""
+    why = lab_missing()
+    if why:
+        if IN_CI:
+            pytest.fail(f"CI=true but the lab cannot run: {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture
+def lab():
+    """A fresh Lab whose namespaces and processes are removed even if the test fails."""
+    require_lab()
+    with Lab() as lab:
+        yield lab

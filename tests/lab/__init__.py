@@ -1,0 +1,1 @@
+"""The project's test lab: network namespaces, a real DNS server, and a simulated cluster."""

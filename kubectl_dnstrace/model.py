@@ -6,6 +6,7 @@ stage can be tested alone as a sandwich: list producer -> stage -> list collecto
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 
@@ -35,6 +36,30 @@ class DnsEvent:
     observed_at: str = ""  # where it was captured: "ns/pod" or the file name
     raw: bytes | None = None
     linktype: int = 101  # pcap LINKTYPE of ``raw`` (101 = raw IP)
+
+    @classmethod
+    def from_record(cls, record: dict, observed_at: str = "") -> DnsEvent:
+        """Build an event from a validated ``dns`` record of the agent protocol."""
+        raw = record.get("raw")
+        return cls(
+            ts=float(record["ts"]),
+            qr=record["qr"],
+            proto=record["proto"],
+            src=record["src"],
+            sport=record["sport"],
+            dst=record["dst"],
+            dport=record["dport"],
+            id=record["id"],
+            qname=record["qname"],
+            qtype=record["qtype"],
+            iface=record.get("iface", ""),
+            rcode=record.get("rcode"),
+            answers=list(record.get("answers") or []),
+            latency_ms=record.get("latency_ms"),
+            seq=record.get("seq", 0),
+            observed_at=observed_at,
+            raw=base64.b64decode(raw) if raw else None,
+        )
 
 
 @dataclass(slots=True)

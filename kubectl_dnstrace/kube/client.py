@@ -1,0 +1,629 @@
+"""The one door to the Kubernetes API: connect, get, list, watch, patch, logs, exec.
+
+This is the only module that catches ``ApiException`` and urllib3 errors. Every failure
+leaves here as a ``DnstraceError`` subclass whose message names the verb and the resource
+("you may not patch pods/ephemeralcontainers in namespace shop (RBAC)") and whose hint names
+the fix. The exceptions also carry ``status``, ``reason`` and ``api_message`` attributes so
+callers can refine a translation (for example a Pod Security denial read from a 403 body).
+
+Objects are plain dicts, exactly the JSON the API server sent: requests go through the
+generic ``ApiClient.call_api`` with ``_preload_content=False`` and ``json.loads``, so no
+generated model class (whose attribute names changed between client majors) is involved.
+
+Surprises handled here, learnt on a real cluster (kubernetes client 36.x):
+- urllib3's default retries make an unreachable server cost 12 s or more: retries are
+  bounded and the connect timeout short, so a closed port or a black hole fails in seconds.
+- Any HTTPS endpoint answers *something*; a non-API server answers 404 to everything. A
+  ``/version`` probe first tells "not a Kubernetes API server" apart from "pod not found".
+- ``KUBECONFIG`` is read by the client library once, at import; it is read here at connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException, kube_config
+
+from kubectl_dnstrace.errors import (
+    ClusterUnreachable,
+    ContainerFailed,
+    DnstraceError,
+    Forbidden,
+    NotFound,
+    PodSecurityDenied,
+    Unsupported,
+)
+from kubectl_dnstrace.model import ClusterOptions
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """Where a resource lives in the API: ``{prefix}[/namespaces/{ns}]/{plural}[/{name}]``."""
+
+    plural: str
+    prefix: str
+    namespaced: bool = True
+
+
+KINDS: dict[str, Kind] = {
+    k.plural: k
+    for k in (
+        Kind("pods", "/api/v1"),
+        Kind("nodes", "/api/v1", namespaced=False),
+        Kind("services", "/api/v1"),
+        Kind("endpoints", "/api/v1"),
+        Kind("namespaces", "/api/v1", namespaced=False),
+        Kind("replicasets", "/apis/apps/v1"),
+        Kind("deployments", "/apis/apps/v1"),
+        Kind("daemonsets", "/apis/apps/v1"),
+        Kind("statefulsets", "/apis/apps/v1"),
+        Kind("jobs", "/apis/batch/v1"),
+        Kind("cronjobs", "/apis/batch/v1"),
+        Kind("endpointslices", "/apis/discovery.k8s.io/v1"),
+    )
+}
+
+# Bounded connect behaviour: a refused or black-holed server must fail in a few seconds.
+CONNECT_TIMEOUT = 3.0
+CONNECT_RETRIES = 1
+
+# Messages of the API that the translation relies on (see tests/fixtures/k8s-api).
+_PSA_RE = re.compile(r'violates PodSecurity "(?P<level>[a-z]+):[^"]*": (?P<detail>.*)$', re.S)
+
+
+def _kind(kind: str) -> Kind:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}") from None
+
+
+def resource_path(kind: str, namespace: str | None = None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    """The API path of a collection, an object or an object's subresource."""
+    k = _kind(kind)
+    path = k.prefix
+    if k.namespaced and namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{k.plural}"
+    if name:
+        path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+    return path
+
+
+def _kubeconfig_paths(opts: ClusterOptions) -> str:
+    """kubectl's precedence: --kubeconfig, then $KUBECONFIG (colon list), then ~/.kube/config."""
+    if opts.kubeconfig:
+        return opts.kubeconfig
+    env = os.environ.get("KUBECONFIG", "")
+    if env.strip(":"):
+        return env
+    return os.path.expanduser("~/.kube/config")
+
+
+class Kube:
+    """A connection to one cluster as one user. Thread-safe for requests; streams need clones.
+
+    ``clone()`` gives a new ``ApiClient`` (own connection pool) on the same configuration:
+    the client's websocket ``stream()`` helper temporarily rewires ``ApiClient.request`` of
+    the client it is given, and a long-lived log stream holds a pooled connection, so each
+    log stream and each exec gets its own.
+    """
+
+    def __init__(self, configuration: k8s_client.Configuration, namespace: str,
+                 request_timeout: float = 10.0, user: str = "", context: str = "",
+                 version: dict | None = None) -> None:
+        self.configuration = configuration
+        self.namespace = namespace
+        self.request_timeout = request_timeout
+        self.user = user
+        self.context = context
+        self.version: dict = version or {}
+        self.api_client = k8s_client.ApiClient(configuration)
+        self._lock = threading.Lock()
+
+    # ---- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, opts: ClusterOptions, probe: bool = True) -> Kube:
+        """Load the kubeconfig (or the in-cluster service account) and probe ``/version``."""
+        configuration = k8s_client.Configuration()
+        namespace = ""
+        user = ""
+        context_name = ""
+        paths = _kubeconfig_paths(opts)
+        existing = [p for p in paths.split(":") if p and os.path.exists(os.path.expanduser(p))]
+        if not existing and not opts.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            from kubernetes.config import incluster_config
+
+            try:
+                incluster_config.load_incluster_config(client_configuration=configuration)
+            except ConfigException as exc:
+                raise ClusterUnreachable(
+                    f"cannot use the in-cluster service account: {exc}",
+                    "pass --kubeconfig or set KUBECONFIG",
+                ) from None
+            namespace = _incluster_namespace()
+        else:
+            if not existing:
+                raise ClusterUnreachable(
+                    f"no kubeconfig found (looked for {paths})",
+                    "point --kubeconfig or the KUBECONFIG variable at a kubeconfig file, or "
+                    "check `kubectl config view`",
+                )
+            try:
+                contexts, current = kube_config.list_kube_config_contexts(paths)
+                kube_config.load_kube_config(
+                    config_file=paths, context=opts.context,
+                    client_configuration=configuration, persist_config=False,
+                )
+            except ConfigException as exc:
+                raise ClusterUnreachable(
+                    f"cannot use the kubeconfig {paths}: {exc}",
+                    "check it with `kubectl config view`; choose a context with --context",
+                ) from None
+            except (OSError, ValueError) as exc:
+                raise ClusterUnreachable(
+                    f"cannot read the kubeconfig {paths}: {exc}",
+                    "check it with `kubectl config view`",
+                ) from None
+            wanted = opts.context or (current or {}).get("name", "")
+            for ctx in contexts or []:
+                if ctx.get("name") == wanted:
+                    body = ctx.get("context") or {}
+                    namespace = body.get("namespace") or ""
+                    user = body.get("user") or ""
+                    context_name = wanted
+                    break
+        configuration.retries = urllib3.Retry(
+            total=CONNECT_RETRIES, connect=CONNECT_RETRIES, read=0, status=0, other=0,
+            redirect=2, backoff_factor=0.2, raise_on_status=False,
+        )
+        kube = cls(
+            configuration,
+            namespace=opts.namespace or namespace or "default",
+            request_timeout=opts.request_timeout or 10.0,
+            user=user,
+            context=context_name,
+        )
+        if probe:
+            kube.version = kube.probe_version()
+        return kube
+
+    def clone(self) -> Kube:
+        """The same cluster and user on a fresh ApiClient (own pool): one per stream."""
+        return Kube(self.configuration, self.namespace, self.request_timeout, self.user,
+                    self.context, self.version)
+
+    def close(self) -> None:
+        # Closing a pool must never mask the real outcome of a run.
+        with contextlib.suppress(Exception):
+            self.api_client.close()
+
+    @property
+    def server(self) -> str:
+        return self.configuration.host
+
+    # ---- the generic request ---------------------------------------------------------------
+
+    def _timeout(self, read: float | None = None) -> tuple[float, float | None]:
+        connect = min(CONNECT_TIMEOUT, self.request_timeout or CONNECT_TIMEOUT)
+        return (connect, self.request_timeout if read is None else read)
+
+    def request(self, method: str, path: str, *, query: dict | None = None,
+                body: Any = None, content_type: str | None = None,
+                what: Action | None = None, stream: bool = False,
+                read_timeout: float | None = None) -> Any:
+        """Send one request; return the decoded JSON (or, ``stream=True``, the raw response).
+
+        ``what`` names the action for error messages; it defaults to the method and path.
+        """
+        what = what or Action(method.lower(), path)
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        query_params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        try:
+            resp = self.api_client.call_api(
+                path, method, query_params=query_params, header_params=headers, body=body,
+                auth_settings=["BearerToken"], _preload_content=False,
+                _request_timeout=self._timeout(read_timeout),
+            )
+        except ApiException as exc:
+            raise translate_api_exception(exc, what, self.server) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        if stream:
+            return resp
+        try:
+            data = resp.data
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            resp.release_conn()
+        if not data:
+            return {}
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data.decode("utf-8", "replace")
+
+    def _unreachable(self, exc: BaseException) -> ClusterUnreachable:
+        reason = getattr(exc, "reason", None) or exc
+        return ClusterUnreachable(
+            f"cannot reach the Kubernetes API server at {self.server}: {reason}",
+            "check the cluster is up and the kubeconfig/context is right "
+            "(`kubectl cluster-info`); raise --request-timeout on a slow link",
+        )
+
+    # ---- probe -----------------------------------------------------------------------------
+
+    def probe_version(self) -> dict:
+        """GET /version: fail fast when the server is down or is not a Kubernetes API server."""
+        try:
+            data = self.request("GET", "/version", what=Action("get", "/version"))
+        except NotFound:
+            raise self._not_api_server("it answers 404 to /version") from None
+        if not isinstance(data, dict) or "gitVersion" not in data:
+            raise self._not_api_server("its /version is not a Kubernetes version document")
+        return data
+
+    def _not_api_server(self, why: str) -> ClusterUnreachable:
+        return ClusterUnreachable(
+            f"{self.server} is not a Kubernetes API server: {why}",
+            "check the server address of the kubeconfig context (`kubectl config view "
+            "--minify`); it should be the API server, not a dashboard or an ingress",
+        )
+
+    # ---- the contract: get / list / watch --------------------------------------------------
+
+    def get(self, kind: str, name: str, namespace: str | None = None,
+            subresource: str | None = None) -> dict:
+        ns = namespace if namespace is not None else self._default_ns(kind)
+        res = kind + (f"/{subresource}" if subresource else "")
+        return self.request("GET", resource_path(kind, ns, name, subresource),
+                            what=Action("get", res, ns, name))
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> tuple[list[dict], str]:
+        """List a kind in one namespace, or in all (namespace=None or "") for namespaced kinds."""
+        data = self.request(
+            "GET", resource_path(kind, namespace or None),
+            query={"labelSelector": label_selector, "fieldSelector": field_selector},
+            what=Action("list", kind, namespace or None),
+        )
+        items = (data.get("items") or []) if isinstance(data, dict) else []
+        rv = ((data.get("metadata") or {}).get("resourceVersion") or "") if isinstance(data, dict) else ""
+        return items, rv
+
+    def watch(self, kind: str, namespace: str | None = None, resource_version: str | None = None,
+              label_selector: str | None = None, timeout_seconds: float | None = None,
+              field_selector: str | None = None) -> Iterator[tuple[str, dict]]:
+        """Yield ``(type, object)`` watch events until the server ends the watch.
+
+        ``timeout_seconds`` is passed to the server (it closes the watch then) and bounds the
+        client's read as well, so a silent connection cannot hang the caller forever.
+        """
+        query: dict[str, Any] = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "labelSelector": label_selector,
+            "fieldSelector": field_selector,
+        }
+        if timeout_seconds is not None:
+            query["timeoutSeconds"] = max(1, int(timeout_seconds + 0.999))
+        read = (timeout_seconds + 5.0) if timeout_seconds is not None else 300.0
+        what = Action("watch", kind, namespace or None)
+        resp = self.request("GET", resource_path(kind, namespace or None), query=query,
+                            what=what, stream=True, read_timeout=read)
+        try:
+            for line in iter_lines(resp, self):
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                etype = event.get("type", "")
+                obj = event.get("object") or {}
+                if etype == "ERROR":
+                    code = obj.get("code")
+                    if code == 410:  # resourceVersion too old: the caller relists
+                        yield etype, obj
+                        return
+                    raise DnstraceError(
+                        f"the watch of {kind} failed: {obj.get('message', obj)}",
+                        "run the command again",
+                    )
+                yield etype, obj
+        finally:
+            resp.release_conn()
+            resp.close()
+
+    def _default_ns(self, kind: str) -> str | None:
+        return self.namespace if _kind(kind).namespaced else None
+
+    # ---- what ephemeral containers, pre-flight, logs and exec need ----------------------------
+
+    def can_i(self, verb: str, resource: str, namespace: str | None = None,
+              subresource: str = "", group: str = "", name: str = "") -> tuple[bool, str]:
+        """SelfSubjectAccessReview: (allowed, reason). No RBAC needed to ask about oneself."""
+        attrs: dict[str, Any] = {"verb": verb, "resource": resource, "group": group}
+        if subresource:
+            attrs["subresource"] = subresource
+        if namespace:
+            attrs["namespace"] = namespace
+        if name:
+            attrs["name"] = name
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs},
+        }
+        data = self.request(
+            "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body,
+            what=Action("create", "selfsubjectaccessreviews"),
+        )
+        status = data.get("status") or {}
+        return bool(status.get("allowed")), status.get("reason") or status.get("evaluationError") or ""
+
+    def patch_ephemeral_containers(self, namespace: str, pod: str, patch: dict) -> dict:
+        """Strategic-merge patch on pods/ephemeralcontainers; returns the whole Pod.
+
+        The body must be shaped as a pod (``{"spec": {"ephemeralContainers": [...]}}``): the
+        subresource merges it into the pod, and a bare container body silently does nothing.
+        """
+        return self.request(
+            "PATCH", resource_path("pods", namespace, pod, "ephemeralcontainers"), body=patch,
+            content_type="application/strategic-merge-patch+json",
+            what=Action("patch", "pods/ephemeralcontainers", namespace, pod),
+        )
+
+    def read_log(self, namespace: str, pod: str, container: str, *, follow: bool = False,
+                 timestamps: bool = False, since_time: str | None = None,
+                 tail_lines: int | None = None, read_timeout: float | None = None
+                 ) -> urllib3.response.BaseHTTPResponse:
+        """Open pods/log; returns the raw streaming response (iterate with ``iter_lines``)."""
+        query = {
+            "container": container,
+            "follow": "true" if follow else None,
+            "timestamps": "true" if timestamps else None,
+            "sinceTime": since_time,
+            "tailLines": tail_lines,
+        }
+        return self.request(
+            "GET", resource_path("pods", namespace, pod, "log"), query=query, stream=True,
+            what=Action("get", "pods/log", namespace, pod), read_timeout=read_timeout,
+        )
+
+    def read_log_text(self, namespace: str, pod: str, container: str) -> str:
+        """The whole log of a (usually terminated) container, as text."""
+        resp = self.read_log(namespace, pod, container)
+        try:
+            return resp.data.decode("utf-8", "replace")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            resp.release_conn()
+
+    def exec(self, namespace: str, pod: str, container: str, command: list[str],
+             timeout: float = 10.0) -> str:
+        """Run a command in a container through pods/exec (websocket) and return its output.
+
+        Uses ``kubernetes.stream.stream``, which rewires the ApiClient it is given: callers
+        should run it on a ``clone()`` when other threads share this connection.
+        """
+        from kubernetes.stream import stream
+
+        api = k8s_client.CoreV1Api(self.api_client)
+        what = Action("create", "pods/exec", namespace, pod)
+        try:
+            return stream(
+                api.connect_get_namespaced_pod_exec, pod, namespace, container=container,
+                command=command, stderr=True, stdin=False, stdout=True, tty=False,
+                _request_timeout=timeout,
+            )
+        except ApiException as exc:
+            raise translate_api_exception(exc, what, self.server) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        except Exception as exc:  # websocket-client raises its own exception tree
+            raise DnstraceError(
+                f"exec in {namespace}/{pod} container {container} failed: {exc}",
+                "the agent still stops at its own deadline",
+            ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What a request was for, in RBAC words: verb, resource[/subresource], namespace, name."""
+
+    verb: str
+    resource: str
+    namespace: str | None = None
+    name: str | None = None
+
+    def where(self) -> str:
+        return f" in namespace {self.namespace}" if self.namespace else " (cluster-wide)"
+
+    def object(self) -> str:
+        base = self.resource.split("/")[0]
+        if self.name:
+            return f"{base} {self.name!r}" + (f" in namespace {self.namespace}" if self.namespace else "")
+        return self.resource + self.where()
+
+
+def iter_lines(resp: Any, kube: Kube | None = None) -> Iterator[bytes]:
+    """Split a streaming HTTP body into lines (without the newline), across chunk borders."""
+    buf = b""
+    try:
+        for chunk in resp.stream(amt=65536, decode_content=True):
+            if not chunk:
+                continue
+            buf += chunk
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    break
+                yield buf[:nl]
+                buf = buf[nl + 1:]
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise StreamBroken(str(exc)) from None
+    if buf:
+        yield buf
+
+
+class StreamBroken(ClusterUnreachable):
+    """A streaming response ended with a connection error (callers may resume)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the connection to the API server broke: {detail}",
+                         "check the network path to the API server and run again")
+
+
+def status_body(exc: ApiException) -> dict:
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str) and body:
+        try:
+            data = json.loads(body)
+            if isinstance(data, dict):
+                return data
+        except ValueError:
+            return {"message": body.strip()[:300]}
+    return {}
+
+
+def translate_api_exception(exc: ApiException, what: Action, server: str = "") -> DnstraceError:
+    """Turn an API failure into the user's error: cause (verb, resource, namespace) and fix."""
+    status = exc.status or 0
+    body = status_body(exc)
+    api_message = body.get("message") or (exc.reason or "")
+    details = body.get("details") or {}
+    err: DnstraceError
+    if status == 0:
+        err = ClusterUnreachable(
+            f"cannot talk to the Kubernetes API server at {server}: {exc.reason}",
+            "check the server address and its certificate in the kubeconfig "
+            "(`kubectl cluster-info`)",
+        )
+    elif status == 401:
+        err = ClusterUnreachable(
+            f"the API server at {server} rejected the credentials (401 Unauthorized) "
+            f"while trying to {what.verb} {what.resource}",
+            "log in again or refresh the kubeconfig's token (`kubectl get --raw /version` "
+            "should work first)",
+        )
+    elif status == 403:
+        m = _PSA_RE.search(api_message)
+        if m:
+            err = PodSecurityDenied(
+                f"Pod Security Admission (enforce={m.group('level')}) refused to {what.verb} "
+                f"{what.resource}{what.where()}: {m.group('detail')}",
+                psa_hint(m.group("level"), what.namespace),
+            )
+            err.psa_level = m.group("level")  # type: ignore[attr-defined]
+        else:
+            err = Forbidden(
+                f"you may not {what.verb} {what.resource}{what.where()} (RBAC): {api_message}",
+                f"ask a cluster admin for it (check with `kubectl auth can-i {what.verb} "
+                f"{what.resource}{' -n ' + what.namespace if what.namespace else ''}`); "
+                "`kubectl dnstrace rbac` prints a least-privilege Role for this plugin",
+            )
+    elif status == 404:
+        if not details.get("name") and what.name and "/" in what.resource:
+            # A 404 without a name on a subresource: the server does not serve it at all.
+            err = Unsupported(
+                f"this cluster does not serve {what.resource} ({api_message}): ephemeral "
+                "containers are unavailable (Kubernetes < 1.23 or the feature is disabled)",
+                "analyze a tcpdump capture taken on the node instead: kubectl dnstrace "
+                "analyze FILE.pcap",
+            )
+        else:
+            err = NotFound(
+                f"{what.object()} not found ({api_message})",
+                "check the name and namespace (`kubectl get "
+                f"{what.resource.split('/')[0]}{' -n ' + what.namespace if what.namespace else ''}`)",
+            )
+    elif status in (409, 422):
+        err = ContainerFailed(
+            f"the API server refused to {what.verb} {what.resource} of {what.object()} "
+            f"({status} {body.get('reason') or exc.reason}): {api_message}",
+            "run the command again; if it persists the pod changed under us "
+            "(check `kubectl get pod -o yaml`)",
+        )
+    elif status == 400:
+        err = ContainerFailed(
+            f"the API server refused to {what.verb} {what.resource} of {what.object()}: {api_message}",
+            "check the container is running (`kubectl describe pod`)",
+        )
+    elif status >= 500:
+        err = ClusterUnreachable(
+            f"the API server failed to {what.verb} {what.resource}{what.where()} "
+            f"({status}): {api_message}",
+            "the API server or the node's kubelet is unhealthy; check `kubectl get nodes` "
+            "and try again",
+        )
+    else:
+        err = DnstraceError(
+            f"the API server answered {status} to {what.verb} {what.resource}{what.where()}: "
+            f"{api_message}",
+            "run again with DNSTRACE_DEBUG=1 and report it",
+        )
+    err.status = status  # type: ignore[attr-defined]
+    err.reason = body.get("reason") or ""  # type: ignore[attr-defined]
+    err.api_message = api_message  # type: ignore[attr-defined]
+    err.details = details  # type: ignore[attr-defined]
+    return err
+
+
+def psa_hint(level: str, namespace: str | None) -> str:
+    """What to do instead when Pod Security forbids the capture container."""
+    ns = namespace or "NAMESPACE"
+    if level == "restricted":
+        return (
+            "raw packet capture needs the NET_RAW capability, which the restricted level "
+            "forbids. Instead: analyze a tcpdump capture taken on the node (kubectl dnstrace "
+            "analyze FILE.pcap), trace the cluster DNS instead (kubectl dnstrace coredns), or "
+            f"ask an admin to relabel the namespace (kubectl label ns {ns} "
+            "pod-security.kubernetes.io/enforce=baseline --overwrite)"
+        )
+    return (
+        "baseline forbids adding capabilities: the capture container runs as root with the "
+        "runtime's default set (containerd's includes NET_RAW, CRI-O's may not); if the "
+        f"agent then reports no permission, ask an admin to relabel the namespace "
+        f"(kubectl label ns {ns} pod-security.kubernetes.io/enforce=privileged --overwrite) or "
+        "analyze a node capture instead"
+    )
+
+
+def _incluster_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+__all__ = [
+    "KINDS",
+    "Action",
+    "Kube",
+    "StreamBroken",
+    "iter_lines",
+    "psa_hint",
+    "resource_path",
+    "translate_api_exception",
+]

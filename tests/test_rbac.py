@@ -1,0 +1,185 @@
+"""`kubectl dnstrace rbac`: the objects are valid RBAC, least-privilege, and apply-able.
+
+Schema checks use the kubernetes client's own OpenAPI models (the generated ``V1*`` classes
+know every field and which are required), so a typo such as ``apiGroup`` for ``apiGroups``
+fails here rather than at ``kubectl apply``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from kubectl_dnstrace.cli import main
+from kubectl_dnstrace.errors import ExitCode, UsageError
+from kubectl_dnstrace.rbac import KNOWN_VERBS, policy_documents, render_rbac
+
+MODELS = {
+    "Role": k8s.V1Role,
+    "ClusterRole": k8s.V1ClusterRole,
+    "RoleBinding": k8s.V1RoleBinding,
+    "ClusterRoleBinding": k8s.V1ClusterRoleBinding,
+}
+NESTED = {
+    "metadata": k8s.V1ObjectMeta,
+    "roleRef": k8s.V1RoleRef,
+}
+
+
+class _Response:
+    """What ApiClient.deserialize expects: an object with a JSON ``data`` attribute."""
+
+    def __init__(self, obj: dict) -> None:
+        self.data = json.dumps(obj)
+
+
+def _check_fields(obj: dict, model: type, where: str) -> None:
+    known = set(model.attribute_map.values())
+    unknown = set(obj) - known
+    assert not unknown, f"{where}: fields unknown to {model.__name__}: {unknown}"
+
+
+def validate(doc: dict) -> object:
+    """Deserialize into the client's model (required fields) and reject unknown fields."""
+    assert doc["apiVersion"] == "rbac.authorization.k8s.io/v1"
+    model = MODELS[doc["kind"]]
+    _check_fields(doc, model, doc["kind"])
+    for key, nested in NESTED.items():
+        if key in doc:
+            _check_fields(doc[key], nested, f"{doc['kind']}.{key}")
+    for rule in doc.get("rules", []):
+        _check_fields(rule, k8s.V1PolicyRule, "rule")
+        assert rule["verbs"] and set(rule["verbs"]) <= KNOWN_VERBS, rule
+        assert rule["apiGroups"] and rule["resources"], rule
+    for subject in doc.get("subjects", []):
+        _check_fields(subject, k8s.RbacV1Subject, "subject")
+    return k8s.ApiClient().deserialize(_Response(doc), model.__name__)
+
+
+def allowed(docs: list[dict]) -> set[tuple[str, str, str, str]]:
+    """(apiGroup, resource, verb, scope) quadruples the documents grant."""
+    grants = set()
+    for doc in docs:
+        scope = doc["metadata"].get("namespace", "*")
+        for rule in doc.get("rules", []):
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        grants.add((group, resource, verb, scope))
+    return grants
+
+
+def test_cluster_mode_is_one_clusterrole_and_its_binding():
+    docs = policy_documents(cluster=True, namespace=None, user=None)
+    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding"]
+    for doc in docs:
+        validate(doc)
+    role, binding = docs
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "kubectl-dnstrace"}
+    ]
+
+
+def test_cluster_mode_grants_exactly_what_a_trace_needs():
+    grants = {(g, r, v) for g, r, v, _ in allowed(policy_documents(True, None, None))}
+    needed = {
+        ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
+        ("", "pods/ephemeralcontainers", "patch"), ("", "pods/ephemeralcontainers", "get"),
+        ("", "pods/log", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get"),
+        ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch"),
+        ("", "services", "get"), ("", "services", "list"),
+        ("", "endpoints", "get"), ("", "endpoints", "list"),
+        ("", "namespaces", "get"),
+        *[("apps", r, v) for r in ("deployments", "replicasets", "daemonsets", "statefulsets")
+          for v in ("get", "list")],
+        *[("batch", r, v) for r in ("jobs", "cronjobs") for v in ("get", "list")],
+    }
+    assert grants == needed
+    # Nothing that changes or deletes workloads, no secrets, no wildcards.
+    assert not {v for _, _, v in grants} & {"delete", "deletecollection", "update", "*", "escalate"}
+    assert not {r for _, r, _ in grants} & {"secrets", "configmaps", "*"}
+    # Self-subject access reviews are left to the default system:basic-user role, and said so.
+    text = render_rbac(True, None, None)
+    assert "selfsubjectaccessreviews" not in {r for _, r, _ in grants}
+    assert "system:basic-user" in text
+
+
+def test_namespaced_mode_keeps_pod_rights_inside_the_namespace():
+    docs = policy_documents(cluster=False, namespace="shop", user="alice")
+    assert [d["kind"] for d in docs] == ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
+    for doc in docs:
+        validate(doc)
+    role, binding, crole, cbinding = docs
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "shop"
+    assert binding["roleRef"]["kind"] == "Role"
+    assert cbinding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": crole["metadata"]["name"],
+    }
+    for b in (binding, cbinding):
+        assert b["subjects"] == [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}]
+    # The ClusterRole holds only what a Role cannot: nodes, and this one namespace object.
+    assert {tuple(r["resources"]) for r in crole["rules"]} == {("nodes",), ("namespaces",)}
+    ns_rule = next(r for r in crole["rules"] if r["resources"] == ["namespaces"])
+    assert ns_rule["resourceNames"] == ["shop"] and ns_rule["verbs"] == ["get"]
+    assert not any(r in ("nodes", "namespaces") for rule in role["rules"] for r in rule["resources"])
+
+
+def test_default_namespace_and_stream_parses_as_kubectl_reads_it():
+    text = render_rbac(False, None, None)
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert docs[0]["metadata"]["namespace"] == "default"
+    assert text.count("\n---\n") == len(docs) - 1
+    # every rule carries its reason as a comment right above it
+    assert text.count("\n- apiGroups:") == sum(len(d.get("rules", [])) for d in docs)
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("- apiGroups:"):
+            assert lines[i - 1].startswith("# "), lines[i - 1]
+
+
+@pytest.mark.parametrize(
+    ("cluster", "namespace", "user", "fragment"),
+    [
+        (True, "shop", None, "exclude each other"),
+        (False, "Shop_1", None, "not a valid namespace"),
+        (False, "x" * 64, None, "not a valid namespace"),
+        (False, "shop", "  ", "--user is empty"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(cluster, namespace, user, fragment):
+    with pytest.raises(UsageError) as err:
+        render_rbac(cluster, namespace, user)
+    assert fragment in err.value.message and err.value.hint
+
+
+def test_rbac_command_prints_yaml_and_maps_usage_errors(capsys):
+    assert main(["rbac", "--cluster", "--user", "bob"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert docs[1]["subjects"][0]["name"] == "bob"
+    assert main(["rbac", "--cluster", "-n", "shop"]) == ExitCode.USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and "exclude each other" in err
+
+
+@pytest.mark.parametrize(
+    ("broken", "fragment"),
+    [
+        ({"rules": [{"apiGroup": [""], "resources": ["pods"], "verbs": ["get"]}]}, "unknown"),
+        ({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["read"]}]}, "read"),
+        ({"rules": [{"apiGroups": [""], "resources": ["pods"]}]}, "verbs"),
+    ],
+)
+def test_the_validator_itself_rejects_what_the_api_would(broken, fragment):
+    doc = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+           "metadata": {"name": "x"}, **broken}
+    with pytest.raises((AssertionError, KeyError, ValueError)) as err:
+        validate(doc)
+    assert fragment in str(err.value)

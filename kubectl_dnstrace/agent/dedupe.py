@@ -1,0 +1,56 @@
+"""Report a DNS message once even when the capture sees it several times.
+
+Stdlib only, python3 >= 3.8. One unbound AF_PACKET socket sees every interface of the
+namespace, so the same message shows up more than once:
+- on a pod's veth and again on the bridge it is enslaved to (a node's namespace);
+- twice on loopback (outgoing, then incoming);
+- before and after kube-proxy's DNAT in a node's namespace: a query first goes to the
+  Service IP, then to a DNS pod's IP (its destination changes); the reply comes from the
+  pod IP, then is rewritten to come from the Service IP (its source changes).
+
+So the key is the client side of the exchange (source of a query, destination of a
+response), the transport, and the DNS message bytes — never the server address. The window
+is short (duplicates are microseconds apart, a client's retry is at least hundreds of
+milliseconds later) and the table is bounded: two generations of a dict, swapped when the
+window passes or the current one is full.
+"""
+
+DEFAULT_WINDOW = 0.2
+DEFAULT_MAX_ENTRIES = 100000
+
+
+class Deduper(object):
+    __slots__ = ("_cur", "_old", "_start", "duplicates", "max_entries", "window")
+
+    def __init__(self, window=DEFAULT_WINDOW, max_entries=DEFAULT_MAX_ENTRIES):
+        self.window = window
+        self.max_entries = max_entries
+        self._cur = {}
+        self._old = {}
+        self._start = None
+        self.duplicates = 0
+
+    def seen(self, seg):
+        """True when ``seg`` repeats a message seen within the window (and counts it)."""
+        p = seg.payload
+        if p[2] & 0x80:
+            key = (seg.proto, seg.dst, seg.dport, p)
+        else:
+            key = (seg.proto, seg.src, seg.sport, p)
+        return self.seen_key(key, seg.ts)
+
+    def seen_key(self, key, ts):
+        start = self._start
+        cur = self._cur
+        if start is None or ts - start > self.window or len(cur) >= self.max_entries:
+            self._old = cur
+            cur = self._cur = {}
+            self._start = ts
+        prev = cur.get(key)
+        if prev is None:
+            prev = self._old.get(key)
+        cur[key] = ts
+        if prev is not None and -self.window <= ts - prev <= self.window:
+            self.duplicates += 1
+            return True
+        return False

@@ -1,0 +1,111 @@
+"""Which DNS messages the user asked to see: names (with subdomains), query types, rcodes.
+
+Stdlib only, python3 >= 3.8. Name matching is on label boundaries and case-insensitive
+(DNS names are, RFC 4343), so ``--domain evil.example.com`` matches ``EVIL.example.com`` and
+``x.evil.example.com`` but never ``notevil.example.com``. The names live in a set and a
+question's name is checked by walking its suffixes, so a file of thousands of names costs
+O(labels) per packet, not O(names).
+"""
+
+from kubectl_dnstrace import dnswire
+
+
+def normalize_domain(name):
+    """Lower case, no trailing dot; the root ("." or "") becomes "" (matches every name)."""
+    name = name.strip().lower()
+    if name.endswith(".") and not name.endswith("\\."):
+        name = name[:-1]
+    return name
+
+
+def _code(value, lookup, what):
+    """A type/rcode given as a name ("AAAA"), a number ("28") or an int."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return lookup(text.upper())
+    except (KeyError, ValueError):
+        raise ValueError("unknown %s %r" % (what, value)) from None
+
+
+def _suffixes(name):
+    """The name and each parent, honouring escaped dots (``a\\.b.example.com``)."""
+    yield name
+    i = 0
+    n = len(name)
+    while i < n:
+        c = name[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == ".":
+            yield name[i + 1:]
+        i += 1
+
+
+class DnsFilter(object):
+    """A question matches when its name is under one of ``domains`` (if any) and its type is
+    one of ``qtypes`` (if any). ``rcodes`` (if any) selects responses by their rcode; queries
+    carry no rcode, so with an rcode filter only responses are reported."""
+
+    __slots__ = (
+        "_domain_names",
+        "_match_all_names",
+        "_qtype_names",
+        "_rcode_names",
+        "domains",
+        "qtypes",
+        "rcodes",
+    )
+
+    def __init__(self, domains=(), qtypes=(), rcodes=()):
+        names = set()
+        for d in domains:
+            names.add(normalize_domain(d))
+        self._match_all_names = "" in names or not names
+        self.domains = frozenset(n for n in names if n)
+        self.qtypes = frozenset(_code(t, dnswire.type_code, "query type") for t in qtypes)
+        self.rcodes = frozenset(_code(r, dnswire.rcode_code, "rcode") for r in rcodes)
+        self._domain_names = sorted(names)
+        self._qtype_names = sorted(dnswire.type_name(t) for t in self.qtypes)
+        self._rcode_names = sorted(dnswire.rcode_name(r) for r in self.rcodes)
+
+    @property
+    def active(self):
+        return bool(self.domains or self.qtypes or self.rcodes)
+
+    def match_name(self, qname):
+        if self._match_all_names:
+            return True
+        name = qname.lower()
+        domains = self.domains
+        if name in domains:
+            return True
+        if "\\" in name:
+            return any(suffix in domains for suffix in _suffixes(name))
+        i = name.find(".")
+        while i >= 0:
+            i += 1
+            if name[i:] in domains:
+                return True
+            i = name.find(".", i)
+        return False
+
+    def match_question(self, qname, qtype):
+        if self.qtypes and qtype not in self.qtypes:
+            return False
+        return self.match_name(qname)
+
+    def match_rcode(self, rcode):
+        return not self.rcodes or rcode in self.rcodes
+
+    def describe(self):
+        """The filters as the ``hello`` record states them (a long name list is summarised)."""
+        domains = self._domain_names
+        out = {"qtypes": self._qtype_names, "rcodes": self._rcode_names,
+               "domain_count": len(domains)}
+        out["domains"] = domains if len(domains) <= 20 else domains[:20]
+        return out

@@ -21,10 +21,7 @@ def q_packet(name, ident=7, qtype="A", sport=41000):
 
 
 def r_packet(name, ident=7, qtype="A", rcode=0, answers=(), sport=41000):
-    an = None
-    for a in answers:
-        rr = DNSRR(rrname=name, type="A", rdata=a, ttl=60)
-        an = rr if an is None else an / rr
+    an = [DNSRR(rrname=name, type="A", rdata=a, ttl=60) for a in answers]
     dns = DNS(id=ident, qr=1, rd=1, ra=1, rcode=rcode, qd=DNSQR(qname=name, qtype=qtype), an=an)
     return bytes(IP(src=SERVER, dst=CLIENT) / UDP(sport=53, dport=sport) / dns)
 

@@ -30,21 +30,105 @@ from kubectl_dnstrace.options import load_domain_file, parse_duration
 
 OUTPUT_FORMATS = ("table", "wide", "json", "ndjson")
 
+# Click re-wraps help paragraphs; a paragraph that starts with "\b" is printed as written.
 EPILOG = """\
+\b
 Examples:
-
-  # Who asks the cluster DNS for evil.example.com? (CoreDNS pods, plus node-local-dns)
+  # Who asks the cluster DNS for evil.example.com? (CoreDNS, plus node-local-dns)
   kubectl dnstrace coredns --domain evil.example.com
 
+\b
   # What does this pod resolve?
   kubectl dnstrace pod/web-123
 
+\b
   # All pods of a Deployment, five minutes, one JSON document
   kubectl dnstrace deploy/web -n shop --duration 5m -o json
 
+\b
   # Attribute a capture someone already took with tcpdump on a node
   kubectl dnstrace analyze node7-port53.pcap --domain evil.example.com
+
+\b
+  # The RBAC objects a responder needs, ready for kubectl apply
+  kubectl dnstrace rbac --cluster | kubectl apply -f -
+
+\b
+Exit codes: 0 something matched, 1 nothing matched, 2 usage, 3 cluster unreachable,
+  4 not found, 5 RBAC forbidden, 6 Pod Security, 7 no ephemeral containers,
+  8 capture container failed, 9 agent failed, 10 bad capture file, 11 events lost,
+  70 internal error, 130 interrupted (README.md, "Exit codes").
 """
+
+TRACE_EPILOG = """\
+\b
+Targets ("trace" may be left out: kubectl dnstrace pod/web-123):
+  coredns, dns        the cluster DNS pods behind Service kube-system/kube-dns,
+                      plus node-local-dns pods when that DaemonSet exists
+  pod/NAME, NAME      one pod
+  deploy/NAME, ds/NAME, sts/NAME, job/NAME, rs/NAME
+                      every running pod of that workload
+  -l SELECTOR         every running pod matching the label selector
+
+\b
+Examples:
+  # Who asks the cluster DNS for evil.example.com?
+  kubectl dnstrace coredns --domain evil.example.com
+
+\b
+  # What does this pod resolve, for two minutes?
+  kubectl dnstrace pod/web-123 -n shop --duration 2m
+
+\b
+  # Every pod of a Deployment, NXDOMAIN answers only, one JSON document
+  kubectl dnstrace deploy/web -n shop --rcode NXDOMAIN -o json
+
+\b
+  # Keep the packets as evidence (written with mode 0600)
+  kubectl dnstrace coredns -d evil.example.com --pcap evidence.pcap
+
+\b
+  # Air-gapped cluster: any image with python3 from your mirror
+  kubectl dnstrace coredns --image registry.local/python:3.13-alpine
+
+\b
+Each capture is an ephemeral container named dnstrace-<id>; it stops at --duration
+(or earlier, when kubectl dnstrace exits) but stays listed in the pod spec until the
+pod is recreated. Permissions: kubectl dnstrace rbac.
+"""
+
+ANALYZE_EPILOG = """\
+\b
+Examples:
+  # A capture taken on a node: tcpdump -i any -w node7-port53.pcap port 53
+  kubectl dnstrace analyze node7-port53.pcap --domain evil.example.com
+
+\b
+  # No cluster access: IPs only, or pods from a saved listing
+  kubectl get pods -A -o json > pods.json
+  kubectl dnstrace analyze capture.pcapng --offline --pods pods.json -o json
+"""
+
+RBAC_EPILOG = """\
+\b
+Examples:
+  # Everything, every namespace (coredns mode), for the group kubectl-dnstrace
+  kubectl dnstrace rbac --cluster | kubectl apply -f -
+
+\b
+  # Pods in namespace shop only, for one user
+  kubectl dnstrace rbac -n shop --user alice@example.com | kubectl apply -f -
+
+\b
+Self-subject access reviews (the pre-flight checks) are allowed to every
+authenticated user by the default ClusterRole system:basic-user.
+"""
+
+USAGE_LINES = (
+    "kubectl dnstrace TARGET... [OPTIONS]        capture live DNS in pods",
+    "kubectl dnstrace analyze FILE... [OPTIONS]  attribute a capture file",
+    "kubectl dnstrace rbac [--cluster | -n NS]   print the RBAC objects it needs",
+)
 
 
 class DefaultToTrace(TyperGroup):
@@ -54,6 +138,24 @@ class DefaultToTrace(TyperGroup):
         if (args and args[0] not in self.commands and not args[0].startswith("-")) or (args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version")):
             args.insert(0, "trace")
         return super().resolve_command(ctx, args)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list:
+        """Typer's shell completion: offer targets (coredns, pod/...) beside the commands."""
+        from click.shell_completion import CompletionItem
+
+        from kubectl_dnstrace.completion import complete
+
+        items = super().shell_complete(ctx, incomplete)
+        seen = {item.value for item in items}
+        names, _ = complete([incomplete])
+        return items + [CompletionItem(name) for name in names if name not in seen]
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Show how people type it (targets come first), not click's COMMAND [ARGS]."""
+        first, *rest = USAGE_LINES
+        formatter.write(f"Usage: {first}\n")
+        for line in rest:
+            formatter.write(f"       {line}\n")
 
 
 app = typer.Typer(
@@ -89,22 +191,22 @@ def root(
 
 DomainOpt = Annotated[
     list[str] | None,
-    typer.Option("--domain", "-d", help="Report only this name and its subdomains (repeatable)."),
+    typer.Option("--domain", "-d", metavar="NAME", help="Report only this name and its subdomains (repeatable)."),
 ]
 DomainFileOpt = Annotated[
-    str | None, typer.Option("--domain-file", help="File of names, one per line, # comments.")
+    str | None, typer.Option("--domain-file", metavar="FILE", help="File of names, one per line, # comments.")
 ]
-QtypeOpt = Annotated[list[str] | None, typer.Option("--qtype", help="Only these query types (A, AAAA, TXT, ...).")]
-RcodeOpt = Annotated[list[str] | None, typer.Option("--rcode", help="Only responses with these rcodes (NXDOMAIN, ...).")]
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table | wide | json | ndjson")]
+QtypeOpt = Annotated[list[str] | None, typer.Option("--qtype", metavar="TYPE", help="Only these query types (A, AAAA, TXT, ...).")]
+RcodeOpt = Annotated[list[str] | None, typer.Option("--rcode", metavar="RCODE", help="Only responses with these rcodes (NXDOMAIN, ...).")]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", metavar="FORMAT", help="table | wide | json | ndjson")]
 PcapOpt = Annotated[
-    str | None, typer.Option("--pcap", help="Also write the packets to this pcap/pcapng file (mode 0600).")
+    str | None, typer.Option("--pcap", metavar="FILE", help="Also write the packets to this pcap/pcapng file (mode 0600).")
 ]
-KubeconfigOpt = Annotated[str | None, typer.Option("--kubeconfig", help="Path to the kubeconfig file.")]
-ContextOpt = Annotated[str | None, typer.Option("--context", help="The kubeconfig context to use.")]
-NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace of the targets.")]
+KubeconfigOpt = Annotated[str | None, typer.Option("--kubeconfig", metavar="FILE", help="Path to the kubeconfig file.")]
+ContextOpt = Annotated[str | None, typer.Option("--context", metavar="CONTEXT", help="The kubeconfig context to use.")]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", metavar="NAMESPACE", help="Namespace of the targets.")]
 RequestTimeoutOpt = Annotated[
-    str, typer.Option("--request-timeout", help="Timeout of one API request (e.g. 10s).")
+    str, typer.Option("--request-timeout", metavar="DURATION", help="Timeout of one API request (e.g. 10s).")
 ]
 
 
@@ -129,7 +231,7 @@ def _output(output: str, pcap: str | None) -> OutputOptions:
     return OutputOptions(format=output, pcap_path=pcap)
 
 
-@app.command(epilog=EPILOG)
+@app.command(epilog=TRACE_EPILOG, short_help="Capture live DNS in pods (the default command).")
 def trace(
     targets: Annotated[list[str] | None, typer.Argument(help="coredns | dns | pod/NAME | NAME | deploy/NAME | ds/ | sts/ | job/ | rs/")] = None,
     selector: Annotated[str | None, typer.Option("--selector", "-l", help="Trace the pods matching this label selector.")] = None,
@@ -183,7 +285,7 @@ def trace(
     raise typer.Exit(int(run_trace(request)))
 
 
-@app.command(epilog=EPILOG)
+@app.command(epilog=ANALYZE_EPILOG, short_help="Attribute the DNS queries in pcap/pcapng files to pods.")
 def analyze(
     files: Annotated[list[str], typer.Argument(help="pcap or pcapng files (Ethernet, Linux cooked SLL/SLL2, raw IP).")],
     offline: Annotated[bool, typer.Option("--offline", help="Do not contact a cluster: IPs only, or --pods.")] = False,
@@ -216,7 +318,7 @@ def analyze(
     raise typer.Exit(int(run_analyze(request)))
 
 
-@app.command()
+@app.command(epilog=RBAC_EPILOG, short_help="Print the RBAC objects kubectl dnstrace needs.")
 def rbac(
     cluster: Annotated[bool, typer.Option("--cluster", help="A ClusterRole for every namespace (needed for coredns mode and attribution).")] = False,
     namespace: NamespaceOpt = None,
@@ -228,11 +330,26 @@ def rbac(
     sys.stdout.write(render_rbac(cluster=cluster, namespace=namespace, user=subject))
 
 
+# Typer's shell completion names the command after prog_name; "kubectl dnstrace" (with its
+# space) would yield a broken script. Completion of `kubectl dnstrace <TAB>` goes through
+# kubectl and the kubectl_complete-dnstrace helper (completion.py) instead.
+COMPLETE_VAR = "_KUBECTL_DNSTRACE_COMPLETE"
+
+
+def _prog_name(argv: list[str] | None) -> str:
+    """How help shows the command: as users type it, except for typer's completion scripts."""
+    args = sys.argv[1:] if argv is None else argv
+    if os.environ.get(COMPLETE_VAR) or {"--install-completion", "--show-completion"} & set(args):
+        return "kubectl-dnstrace"
+    return "kubectl dnstrace"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map every known error to its message and exit code."""
     debug = bool(os.environ.get("DNSTRACE_DEBUG"))
     try:
-        app(args=argv, prog_name="kubectl dnstrace", standalone_mode=False)
+        app(args=argv, prog_name=_prog_name(argv), complete_var=COMPLETE_VAR,
+            standalone_mode=False)
         return 0
     except typer.Exit as exc:
         return exc.exit_code

@@ -1,0 +1,289 @@
+"""The capture container: build it, add it to a pod, wait until it runs.
+
+Ephemeral containers are added with a strategic-merge patch on the pod's
+``ephemeralcontainers`` subresource, shaped as a pod: ``{"spec": {"ephemeralContainers":
+[container]}}`` (what ``kubectl debug`` sends). They can never be changed or removed
+afterwards (the API answers 422), so one run adds exactly one container per pod, with a
+name unique to the run, and the agent inside always carries its own deadline.
+
+``targetContainerName`` is the pod's first container, like ``kubectl debug --target``: the
+capture shares that container's process namespace view; the network namespace is the pod's
+anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubectl_dnstrace import __version__
+from kubectl_dnstrace.errors import (
+    AgentFailed,
+    ContainerFailed,
+    DnstraceError,
+    PodSecurityDenied,
+)
+from kubectl_dnstrace.kube.client import Kube, psa_hint
+from kubectl_dnstrace.model import PodRef
+
+CONTAINER_PREFIX = "dnstrace-"
+# Each capture container stays in the pod object (~10-13 KB with the inline agent) until the
+# pod is recreated, and etcd refuses objects over ~1.5 MiB: warn well before that.
+WARN_EXISTING = 50
+
+# Waiting reasons that will not resolve by waiting longer.
+FATAL_WAITING = {
+    "ErrImagePull": "the image cannot be pulled",
+    "ImagePullBackOff": "the image cannot be pulled",
+    "ErrImageNeverPull": "the image is not on the node and imagePullPolicy is Never",
+    "InvalidImageName": "the image name is invalid",
+    "CreateContainerError": "the container runtime could not create the container",
+    "CreateContainerConfigError": "the container configuration is invalid",
+    "RunContainerError": "the container runtime could not start the container",
+}
+
+
+@dataclass(slots=True)
+class CaptureSpec:
+    """What every capture container of a run shares."""
+
+    run_id: str
+    image: str
+    command: list[str]
+    image_pull_policy: str | None = None
+    user: str = ""
+
+    @property
+    def container_name(self) -> str:
+        return CONTAINER_PREFIX + self.run_id
+
+
+def build_container(spec: CaptureSpec, pod: PodRef, capabilities: list[str]) -> dict:
+    """The ephemeral container for one pod. Never privileged; NET_RAW only when allowed."""
+    env = [
+        {"name": "DNSTRACE_RUN_ID", "value": spec.run_id},
+        {"name": "DNSTRACE_VERSION", "value": __version__},
+    ]
+    if spec.user:
+        env.append({"name": "DNSTRACE_USER", "value": spec.user})
+    security: dict = {
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+    }
+    if capabilities:
+        security["capabilities"] = {"add": list(capabilities)}
+    container: dict = {
+        "name": spec.container_name,
+        "image": spec.image,
+        "command": list(spec.command),
+        "env": env,
+        "securityContext": security,
+        "stdin": False,
+        "tty": False,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    if pod.containers:
+        container["targetContainerName"] = pod.containers[0]
+    return container
+
+
+def build_patch(container: dict) -> dict:
+    """The strategic-merge patch body: a pod, not a bare container (that would do nothing)."""
+    return {"spec": {"ephemeralContainers": [container]}}
+
+
+def our_containers(pod_obj: dict) -> list[str]:
+    return [c.get("name", "") for c in (pod_obj.get("spec") or {}).get("ephemeralContainers") or []
+            if c.get("name", "").startswith(CONTAINER_PREFIX)]
+
+
+def existing_warning(pod: PodRef, count: int) -> str:
+    return (
+        f"{pod.key} already carries {count} dnstrace capture containers; each adds ~10 KB to "
+        "the pod object for its lifetime (etcd refuses objects over ~1.5 MiB). Reset them "
+        "by recreating the pod (e.g. kubectl rollout restart deployment/NAME -n "
+        f"{pod.namespace}, or delete the pod if a controller recreates it)"
+    )
+
+
+def add_capture_container(kube: Kube, spec: CaptureSpec, pod: PodRef,
+                          capabilities: list[str],
+                          notice: Callable[[str], None] = lambda s: None) -> dict:
+    """Patch the container into the pod; returns the container actually added.
+
+    A Pod Security denial read from the 403 body (a cluster-wide default level carries no
+    namespace label) is handled like the label would have been: baseline -> retry once
+    without added capabilities; restricted -> refuse with the alternatives.
+    """
+    if spec.container_name in pod.ephemeral_containers:
+        raise ContainerFailed(
+            f"{pod.key} already has a container named {spec.container_name}",
+            "run again: a new run uses a new name",
+        )
+    existing = sum(1 for n in pod.ephemeral_containers if n.startswith(CONTAINER_PREFIX))
+    if existing >= WARN_EXISTING:
+        notice("warning: " + existing_warning(pod, existing))
+    container = build_container(spec, pod, capabilities)
+    try:
+        kube.patch_ephemeral_containers(pod.namespace, pod.name, build_patch(container))
+    except PodSecurityDenied as exc:
+        level = getattr(exc, "psa_level", "")
+        if level == "baseline" and capabilities:
+            notice(f"{pod.namespace} enforces Pod Security baseline (from the API's answer): "
+                   "retrying without added capabilities, as root")
+            container = build_container(spec, pod, [])
+            kube.patch_ephemeral_containers(pod.namespace, pod.name, build_patch(container))
+        elif level == "restricted":
+            raise PodSecurityDenied(
+                f"namespace {pod.namespace} enforces Pod Security level restricted, which "
+                "forbids the capture container: raw packet capture needs the NET_RAW "
+                f"capability, which restricted forbids (the API said: {exc.message})",
+                psa_hint("restricted", pod.namespace),
+            ) from None
+        else:
+            raise
+    return container
+
+
+# ---- waiting ---------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ContainerState:
+    """Where a capture container is: waiting (reason), running, or terminated (exit code)."""
+
+    phase: str  # "pending" | "waiting" | "running" | "terminated"
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    started_at: str = ""
+
+
+def container_state(pod_obj: dict, name: str) -> ContainerState:
+    for st in (pod_obj.get("status") or {}).get("ephemeralContainerStatuses") or []:
+        if st.get("name") != name:
+            continue
+        state = st.get("state") or {}
+        if "running" in state:
+            return ContainerState("running", started_at=(state["running"] or {}).get("startedAt", ""))
+        if "terminated" in state:
+            t = state["terminated"] or {}
+            return ContainerState("terminated", t.get("reason", ""), t.get("message", ""),
+                                  t.get("exitCode"), t.get("startedAt", ""))
+        if "waiting" in state:
+            w = state["waiting"] or {}
+            return ContainerState("waiting", w.get("reason", ""), w.get("message", ""))
+    return ContainerState("pending")
+
+
+def wait_running(kube: Kube, pod: PodRef, name: str, deadline: float,
+                 on_state: Callable[[PodRef, ContainerState], None] = lambda p, s: None,
+                 cancel: threading.Event | None = None) -> ContainerState:
+    """Watch one pod (fieldSelector metadata.name) until the container runs or cannot.
+
+    Returns the running (or already terminated) state; raises ContainerFailed on a waiting
+    reason that will not resolve, and on the deadline.
+    """
+    cancel = cancel or threading.Event()
+    field = f"metadata.name={pod.name}"
+    last = ContainerState("pending")
+    while not cancel.is_set():
+        items, rv = kube.list("pods", pod.namespace, field_selector=field)
+        if not items:
+            raise ContainerFailed(
+                f"{pod.key} disappeared while its capture container was starting",
+                "the pod was deleted or replaced; run again",
+            )
+        last = _check(pod, name, container_state(items[0], name), on_state, last)
+        if last.phase in ("running", "terminated"):
+            return last
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        for etype, obj in kube.watch("pods", pod.namespace, resource_version=rv,
+                                     field_selector=field,
+                                     timeout_seconds=min(remaining, 30.0)):
+            if cancel.is_set():
+                break
+            if etype == "DELETED":
+                raise ContainerFailed(
+                    f"{pod.key} was deleted while its capture container was starting",
+                    "run again",
+                )
+            if etype not in ("ADDED", "MODIFIED"):
+                continue
+            last = _check(pod, name, container_state(obj, name), on_state, last)
+            if last.phase in ("running", "terminated"):
+                return last
+            if time.monotonic() >= deadline:
+                break
+        if time.monotonic() >= deadline:
+            break
+    if cancel.is_set():
+        return last
+    raise ContainerFailed(
+        f"the capture container {name} in {pod.key} did not start within the timeout "
+        f"(last state: {last.phase}{' ' + last.reason if last.reason else ''})",
+        "raise --timeout (image pulls on a cold node can be slow) or pre-pull the image; "
+        f"`kubectl describe pod {pod.name} -n {pod.namespace}` shows the events",
+    )
+
+
+def _check(pod: PodRef, name: str, state: ContainerState,
+           on_state: Callable[[PodRef, ContainerState], None],
+           last: ContainerState) -> ContainerState:
+    if (state.phase, state.reason) != (last.phase, last.reason):
+        on_state(pod, state)
+    if state.phase == "waiting" and state.reason in FATAL_WAITING:
+        raise ContainerFailed(
+            f"the capture container {name} in {pod.key} cannot start: {state.reason} "
+            f"({FATAL_WAITING[state.reason]}){': ' + state.message if state.message else ''}",
+            image_hint(state.reason),
+        )
+    return state
+
+
+def image_hint(reason: str) -> str:
+    if reason in ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"):
+        return ("pass --image with an image the nodes can pull that has python3 (for "
+                "air-gapped clusters, a mirror of python:3-alpine in your registry), and "
+                "--image-pull-policy IfNotPresent if it is pre-loaded")
+    return ("check the node's container runtime (`kubectl describe pod`); try --image with "
+            "another image that has python3")
+
+
+def early_exit_error(kube: Kube, pod: PodRef, name: str, state: ContainerState,
+                     decode_error: Callable[[str], str | None]) -> DnstraceError:
+    """The container ended before we streamed it: show the agent's own ``error`` record."""
+    try:
+        text = kube.read_log_text(pod.namespace, pod.name, name)
+    except DnstraceError:
+        text = ""
+    agent_message = decode_error(text)
+    if agent_message:
+        return AgentFailed(
+            f"the capture agent in {pod.key} failed: {agent_message}",
+            agent_hint(agent_message),
+        )
+    tail = " | ".join(text.strip().splitlines()[-3:])
+    return ContainerFailed(
+        f"the capture container {name} in {pod.key} exited with code {state.exit_code} "
+        f"({state.reason or 'no reason'}) before it could report"
+        + (f"; its last output: {tail}" if tail else ""),
+        "check that the image has python3 (>= 3.8) on its PATH, or pass --image",
+    )
+
+
+def agent_hint(message: str) -> str:
+    low = message.lower()
+    if "net_raw" in low or "permission" in low or "operation not permitted" in low:
+        return ("the container lacks CAP_NET_RAW: under Pod Security baseline this depends on "
+                "the runtime's default capabilities (CRI-O's omit NET_RAW); ask an admin to "
+                "label the namespace pod-security.kubernetes.io/enforce=privileged, or analyze "
+                "a node capture: kubectl dnstrace analyze FILE.pcap")
+    return "run again with --image pointing at another python3 image; report it if it persists"

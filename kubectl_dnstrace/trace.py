@@ -1,0 +1,435 @@
+"""``kubectl dnstrace TARGET...``: from targets to capture agents to events, and back to clean.
+
+The order is the promise made to users running this in production during an incident:
+1. connect and resolve every target (syntax errors before any API call);
+2. pre-flight: RBAC, Pod Security, ephemeral-container support — before touching any pod;
+3. add one capture container per pod (never two in one run), wait until each runs;
+4. stream every agent's records home and feed them to the pipeline;
+5. on the deadline, Ctrl-C or an error, ask the agents to stop (exec) or say they stop at
+   their own deadline; then say which containers were added and that they stay in the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from kubectl_dnstrace import protocol
+from kubectl_dnstrace.errors import (
+    AgentFailed,
+    DnstraceError,
+    ExitCode,
+)
+from kubectl_dnstrace.kube.client import Kube
+from kubectl_dnstrace.kube.ephemeral import (
+    CaptureSpec,
+    ContainerState,
+    add_capture_container,
+    agent_hint,
+    build_container,
+    build_patch,
+    early_exit_error,
+    wait_running,
+)
+from kubectl_dnstrace.kube.logstream import AgentStream, StreamItem
+from kubectl_dnstrace.kube.preflight import Preflight, run_preflight
+from kubectl_dnstrace.kube.stop import (
+    leftovers_message,
+    request_stop,
+    stop_file_path,
+)
+from kubectl_dnstrace.kube.targets import Resolution, resolve_targets
+from kubectl_dnstrace.model import DnsEvent, Filters, PodRef, TraceRequest
+from kubectl_dnstrace.progress import Progress
+
+STATS_INTERVAL = 5.0
+STOP_GRACE = 10.0  # how long to wait for the agents' final records after asking them to stop
+DEADLINE_GRACE = 20.0  # beyond --duration, before we stop waiting for an agent's bye
+COMPACT_DOMAINS_OVER = 50  # more names than this travel compressed in the container args
+
+
+# ---- building the agent's command ---------------------------------------------------------------
+
+def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool) -> list[str]:
+    """The agent's arguments: ``--duration`` always (ephemeral containers cannot be killed)."""
+    args = ["--duration", _num(duration), "--stop-file", stop_file,
+            "--stats-interval", _num(STATS_INTERVAL)]
+    if len(filters.domains) > COMPACT_DOMAINS_OVER:
+        from kubectl_dnstrace.agent_program import compact_domains_args
+
+        args += compact_domains_args(filters.domains)
+    else:
+        for d in filters.domains:
+            args += ["--domain", d]
+    for q in filters.qtypes:
+        args += ["--qtype", q]
+    for r in filters.rcodes:
+        args += ["--rcode", r]
+    if pcap:
+        args.append("--pcap")
+    return args
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def is_project_image(image: str) -> bool:
+    """The project's debug image (agent preinstalled), also from a mirror registry."""
+    from kubectl_dnstrace.agent_program import PROJECT_IMAGE
+
+    repo = image.split("@", 1)[0]
+    last = repo.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo = repo[: len(repo) - len(last)] + last.split(":", 1)[0]
+    project_path = PROJECT_IMAGE.split("/", 1)[1]  # "kubectl-dnstrace/agent"
+    return repo in (PROJECT_IMAGE, project_path) or repo.endswith("/" + project_path)
+
+
+def capture_spec(req: TraceRequest, run_id: str, user: str) -> CaptureSpec:
+    from kubectl_dnstrace.agent_program import DEFAULT_IMAGE, agent_command
+
+    image = req.image or DEFAULT_IMAGE
+    args = agent_args(req.duration, req.filters, stop_file_path(run_id),
+                      pcap=bool(req.output.pcap_path))
+    return CaptureSpec(run_id=run_id, image=image,
+                       command=agent_command(args, is_project_image(image)),
+                       image_pull_policy=req.image_pull_policy, user=user)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class PodRun:
+    """One pod's capture: the container we added and what its stream reported."""
+
+    pod: PodRef
+    container: str
+    patched_at: float = 0.0
+    running_at: float = 0.0
+    state: ContainerState | None = None
+    stream: AgentStream | None = None
+    ended: str = ""  # why the stream ended ("bye", ...), "" while it runs
+    events: int = 0
+    lost: int = 0
+    errors: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    bye: dict | None = None
+
+
+class TraceRun:
+    """One ``kubectl dnstrace`` run against one cluster."""
+
+    def __init__(self, req: TraceRequest, out: TextIO | None = None,
+                 err: TextIO | None = None) -> None:
+        self.req = req
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.progress = Progress(self.err)
+        self.run_id = secrets.token_hex(3)
+        self.kube: Kube | None = None
+        self.runs: dict[str, PodRun] = {}
+        self.items: queue.Queue[StreamItem] = queue.Queue()
+        self.pipeline = None
+        self.inventory = None
+        self.started_streaming = False
+
+    def say(self, text: str) -> None:
+        self.progress.line(text)
+
+    # The whole run ------------------------------------------------------------------------
+
+    def run(self) -> ExitCode:
+        req = self.req
+        kube = self.kube = Kube.connect(req.cluster)
+        resolution = resolve_targets(
+            kube, req.targets, req.selector, namespace=req.cluster.namespace,
+            all_namespaces=req.cluster.all_namespaces, dns_namespace=req.dns_namespace,
+            dns_selector=req.dns_selector,
+        )
+        self._report_resolution(resolution)
+        pre = run_preflight(kube, resolution.pods)
+        for note in pre.notes + [n for p in pre.namespaces.values() for n in p.notes]:
+            self.say(note)
+        spec = capture_spec(req, self.run_id, kube.user)
+        if req.dry_run:
+            return self._dry_run(spec, resolution.pods, pre)
+        self.pipeline = self._pipeline(resolution)
+        try:
+            self._add_all(spec, resolution.pods, pre)
+            self._wait_all(spec)
+            self._stream_all()
+            self._drain(deadline=time.monotonic() + req.duration + DEADLINE_GRACE)
+        except KeyboardInterrupt:
+            self.say("Interrupted: stopping the capture agents (Ctrl-C again to stop waiting)")
+            interrupted = True
+        except DnstraceError:
+            self._cleanup(pre, reason="error")
+            raise
+        else:
+            interrupted = False
+        self._cleanup(pre, reason="interrupt" if interrupted else "end")
+        if interrupted and not self.started_streaming:
+            return ExitCode.INTERRUPTED
+        return self._outcome()
+
+    # Steps --------------------------------------------------------------------------------
+
+    def _report_resolution(self, res: Resolution) -> None:
+        for note in res.notes:
+            self.say(note)
+        for key, why in res.skipped:
+            self.say(f"skipping pod {key}: {why}")
+
+    def _dry_run(self, spec: CaptureSpec, pods: list[PodRef], pre: Preflight) -> ExitCode:
+        for pod in pods:
+            container = build_container(spec, pod, pre.plan(pod.namespace).capabilities)
+            doc = {
+                "namespace": pod.namespace,
+                "pod": pod.name,
+                "subresource": "ephemeralcontainers",
+                "patchType": "application/strategic-merge-patch+json",
+                "patch": build_patch(container),
+            }
+            self.out.write(json.dumps(doc) + "\n")
+        self.out.flush()
+        self.say(f"dry run: {len(pods)} pod(s) would get capture container "
+                 f"{spec.container_name}; nothing was changed")
+        return ExitCode.MATCHED
+
+    def _pipeline(self, res: Resolution):
+        from kubectl_dnstrace.pipeline import Pipeline
+
+        attributor = None
+        try:
+            from kubectl_dnstrace.attribution import Attributor
+            from kubectl_dnstrace.kube.inventory import Inventory
+
+            self.inventory = Inventory.from_cluster(self.kube)
+            self.inventory.start_watch(self.kube)
+            attributor = Attributor(self.inventory)
+        except DnstraceError as exc:
+            self.say(f"client attribution is off: {exc.message}")
+        meta = {
+            "run_id": self.run_id,
+            "targets": list(self.req.targets) + ([f"-l {self.req.selector}"] if self.req.selector else []),
+            "pods": [p.key for p in res.pods],
+            "roles": {p.key: p.role for p in res.pods},
+            "duration": self.req.duration,
+        }
+        return Pipeline(self.req.output, self.out, self.err, attributor=attributor, meta=meta)
+
+    def _add_all(self, spec: CaptureSpec, pods: list[PodRef], pre: Preflight) -> None:
+        for pod in pods:
+            self.progress.set(pod.key, "adding capture container")
+            run = PodRun(pod, spec.container_name)
+            container = add_capture_container(
+                self.kube, spec, pod, pre.plan(pod.namespace).capabilities, notice=self.say)
+            run.container = container["name"]
+            run.patched_at = time.monotonic()
+            self.runs[pod.key] = run
+            self.progress.set(pod.key, "waiting (container added)")
+
+    def _wait_all(self, spec: CaptureSpec) -> None:
+        deadline = time.monotonic() + self.req.wait_timeout
+        results: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def on_state(pod: PodRef, state: ContainerState) -> None:
+            label = state.phase + (f" ({state.reason})" if state.reason else "")
+            self.progress.set(pod.key, label)
+
+        def wait_one(run: PodRun) -> None:
+            k = self.kube.clone()
+            try:
+                state = wait_running(k, run.pod, run.container, deadline, on_state, cancel)
+                results.put((run, state, None))
+            except DnstraceError as exc:
+                results.put((run, None, exc))
+            finally:
+                k.close()
+
+        for run in self.runs.values():
+            threading.Thread(target=wait_one, args=(run,), daemon=True,
+                             name=f"wait-{run.pod.key}").start()
+        pending = len(self.runs)
+        try:
+            while pending:
+                try:
+                    run, state, exc = results.get(timeout=0.2)
+                except queue.Empty:
+                    self.progress.spin()
+                    continue
+                pending -= 1
+                if exc is not None:
+                    raise exc
+                run.state = state
+                run.running_at = time.monotonic()
+                if state.phase == "terminated" and state.exit_code not in (0, None):
+                    raise early_exit_error(self.kube, run.pod, run.container, state,
+                                           _agent_error_message)
+                self.progress.set(run.pod.key, "running" if state.phase == "running"
+                                  else f"finished (exit {state.exit_code})")
+        finally:
+            cancel.set()
+            self.progress.done()
+        took = max(r.running_at - r.patched_at for r in self.runs.values())
+        self.say(f"capturing in {len(self.runs)} pod(s) with container {spec.container_name} "
+                 f"(running {took:.2f}s after the patch); until {self._until()} UTC or Ctrl-C")
+
+    def _until(self) -> str:
+        return time.strftime("%H:%M:%S", time.gmtime(time.time() + self.req.duration))
+
+    def _stream_all(self) -> None:
+        for run in self.runs.values():
+            run.stream = AgentStream(self.kube, run.pod, run.container, self.items)
+            run.stream.start()
+        self.started_streaming = True
+
+    def _drain(self, deadline: float) -> None:
+        """Feed the pipeline until every stream has ended (or the deadline passed)."""
+        while any(not r.ended for r in self.runs.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                late = [r.pod.key for r in self.runs.values() if not r.ended]
+                self.say(f"no final record from {', '.join(late)} {DEADLINE_GRACE:.0f}s after "
+                         "the deadline: stopping")
+                return
+            try:
+                item = self.items.get(timeout=min(0.5, remaining))
+            except queue.Empty:
+                continue
+            self._handle(item)
+
+    def _handle(self, item: StreamItem) -> None:
+        run = self.runs[item.pod.key]
+        if item.kind == "record":
+            rec = item.record or {}
+            rtype = rec.get("type")
+            if rtype == "dns":
+                run.events += 1
+                self.pipeline.feed(DnsEvent.from_record(rec, observed_at=item.pod.key))
+            elif rtype == "error":
+                run.errors.append(rec.get("message", ""))
+                self.pipeline.notice(f"agent {item.pod.key}: error: {rec.get('message', '')}")
+            elif rtype == "stats":
+                run.stats = rec
+            elif rtype == "bye":
+                run.bye = rec
+            elif rtype == "agg":
+                self._feed_aggregate(run, rec)
+            elif rtype == "hello":
+                run.stats.setdefault("interfaces", rec.get("interfaces"))
+        elif item.kind == "notice":
+            self.pipeline.notice(item.text)
+        elif item.kind == "lost":
+            run.lost += item.count
+            self.pipeline.notice(f"warning: {item.count} record(s) from {item.pod.key} were "
+                                 "lost in the log stream (a sequence gap after a resume)")
+        elif item.kind == "end":
+            run.ended = item.text or "end"
+            if run.ended != "bye":
+                self.pipeline.notice(f"{item.pod.key}: {run.ended}")
+        elif item.kind == "fail":
+            run.ended = "failed"
+            exc = item.error
+            run.errors.append(exc.message if exc else "stream failed")
+            self.pipeline.notice(f"{item.pod.key}: {exc.message if exc else 'stream failed'}")
+
+    def _feed_aggregate(self, run: PodRun, rec: dict) -> None:
+        """Aggregate records (busy, unfiltered captures): counted, shown as a notice."""
+        groups = rec.get("groups") or []
+        total = sum(int(g.get("count", 0)) for g in groups if isinstance(g, dict))
+        run.events += total
+        self.pipeline.notice(f"{run.pod.key}: {total} queries in {len(groups)} groups "
+                             f"(aggregated by the agent over {rec.get('interval')}s)")
+
+    # Stopping and the outcome -----------------------------------------------------------------
+
+    def _cleanup(self, pre: Preflight, reason: str) -> None:
+        live = [r for r in self.runs.values() if not r.ended]
+        try:
+            if live:
+                self._stop_agents(live, pre, reason)
+        except KeyboardInterrupt:
+            self.say("Not waiting any longer: the agents still stop at their own deadline "
+                     f"({self._until_deadline()} UTC)")
+        finally:
+            if self.inventory is not None:
+                self.inventory.stop()
+            msg = leftovers_message([(r.pod, r.container) for r in self.runs.values()])
+            if msg:
+                self.say(msg)
+
+    def _until_deadline(self) -> str:
+        return self._until()
+
+    def _stop_agents(self, live: list[PodRun], pre: Preflight, reason: str) -> None:
+        can = [r for r in live if pre.plan(r.pod.namespace).can_exec]
+        cannot = [r for r in live if not pre.plan(r.pod.namespace).can_exec]
+        if cannot:
+            self.say("no pods/exec permission in " + ", ".join(sorted({r.pod.namespace for r in cannot}))
+                     + ": those agents stop at their own deadline (--duration "
+                     f"{_num(self.req.duration)}s after they started)")
+        failed: list[str] = []
+        if can:
+            failed = request_stop(self.kube, [r.pod for r in can], can[0].container,
+                                  stop_file_path(self.run_id), notice=self.say)
+            if failed:
+                self.say("those agents stop at their own deadline")
+        if not self.started_streaming:
+            return
+        # Collect the final records (bye) the stopped agents write.
+        self._drain(deadline=time.monotonic() + STOP_GRACE)
+
+    def _outcome(self) -> ExitCode:
+        runs = list(self.runs.values())
+        for run in runs:
+            if run.stats.get("drops"):
+                self.pipeline.notice(f"{run.pod.key}: the kernel dropped {run.stats['drops']} "
+                                     "packet(s) before the agent read them")
+        errors = [(r, m) for r in runs for m in r.errors if m]
+        events = sum(r.events for r in runs)
+        lost = sum(r.lost for r in runs)
+        code = self.pipeline.finish()
+        if errors and not events:
+            run, message = errors[0]
+            raise AgentFailed(f"the capture agent in {run.pod.key} failed: {message}",
+                              agent_hint(message))
+        if lost:
+            self.pipeline.notice(f"warning: {lost} record(s) were lost in total; the results "
+                                 "above are incomplete")
+            return ExitCode.STREAM_LOST
+        return code
+
+
+def _agent_error_message(text: str) -> str | None:
+    """The message of the first ``error`` record in a log (timestamps or not)."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        head, _, rest = line.partition(" ")
+        candidate = rest if head.endswith("Z") and head[:4].isdigit() else line
+        try:
+            rec = protocol.decode(candidate)
+        except protocol.ProtocolError:
+            continue
+        if rec.get("type") == "error":
+            return rec.get("message") or "unknown error"
+    return None
+
+
+def run_trace(req: TraceRequest, out: TextIO | None = None, err: TextIO | None = None) -> ExitCode:
+    """Run one trace; returns the exit code (refusals raise DnstraceError for cli.main)."""
+    if req.duration <= 0:
+        from kubectl_dnstrace.errors import UsageError
+
+        raise UsageError("--duration must be positive", "for example --duration 30s")
+    return TraceRun(req, out, err).run()

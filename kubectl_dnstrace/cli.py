@@ -348,9 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map every known error to its message and exit code."""
     debug = bool(os.environ.get("DNSTRACE_DEBUG"))
     try:
-        app(args=argv, prog_name=_prog_name(argv), complete_var=COMPLETE_VAR,
-            standalone_mode=False)
-        return 0
+        # Without standalone mode click *returns* the code of a typer.Exit raised inside a
+        # command (the trace's 0/1 = matched/no match) instead of raising it.
+        result = app(args=argv, prog_name=_prog_name(argv), complete_var=COMPLETE_VAR,
+                     standalone_mode=False)
+        return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
     except click.exceptions.Exit as exc:

@@ -100,6 +100,7 @@ class ScenarioLab:
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._started = False
+        self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -159,7 +160,12 @@ class ScenarioLab:
         self._scheduler.start()
 
     def stop(self) -> None:
-        """Tear everything down: schedule, queriers, servers, API server, namespaces, files."""
+        """Tear everything down: schedule, queriers, servers, API server, namespaces, files.
+
+        Idempotent, and safe after a bring-up that failed half way."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.join(timeout=30)
@@ -247,11 +253,15 @@ class ScenarioLab:
 
     def summary(self) -> str:
         """A human-readable table of the scenario's pods (for the runner's stderr)."""
-        rows = [f"{'NAMESPACE':<14} {'POD':<40} {'NODE':<10} {'IP':<15} {'WHEN'}"]
-        for p in self.plan.pods:
+        return self.layout(self.plan)
+
+    @staticmethod
+    def layout(plan: Plan) -> str:
+        rows = [f"{'NAMESPACE':<14} {'POD':<40} {'NODE':<10} {'IP':<15} {'DNS':<15} WHEN"]
+        for p in plan.pods:
             when = "" if p.role != "client" else (
                 f"{p.start:g}s..{p.stop:g}s" if p.stop is not None else (f"from {p.start:g}s" if p.start else ""))
-            rows.append(f"{p.namespace:<14} {p.name:<40} {p.node:<10} {p.ip:<15} {when}")
+            rows.append(f"{p.namespace:<14} {p.name:<40} {p.node:<10} {p.ip:<15} {p.dns_server or '':<15} {when}")
         return "\n".join(rows)
 
     # -- building ----------------------------------------------------------------------------

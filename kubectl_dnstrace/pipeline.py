@@ -1,43 +1,203 @@
 """The back half shared by live traces and ``analyze``: events in, rendered answers out.
 
 ``trace`` and ``analyze`` are only sources: each feeds ``DnsEvent`` objects into a
-``Pipeline`` and calls ``finish`` at the end. What happens between (attribution,
-aggregation, rendering, pcap writing) is decided here from the output options.
+``Pipeline`` and calls ``finish`` at the end. The stages, in order, each a small object
+that knows nothing of the others:
+
+    attribute (Attributor) -> link (Linker) -> aggregate (Aggregator) -> render / pcap
+
+Data goes to ``out`` (stdout), progress and notices to ``err`` (stderr). ``finish``
+returns MATCHED when something matched and NO_MATCH when nothing did, like grep.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
-from dataclasses import asdict
-from typing import TextIO
+from typing import Any, TextIO
 
+from kubectl_dnstrace import render
+from kubectl_dnstrace.aggregate import Aggregator
+from kubectl_dnstrace.attribution import Attributed, Attributor
 from kubectl_dnstrace.errors import ExitCode
+from kubectl_dnstrace.linking import Linker, describe_client
 from kubectl_dnstrace.model import DnsEvent, OutputOptions
+
+LIVE_WAIT = 3.0  # seconds (event time) a query waits for its answer before its line prints
+RESOLVER_ROLES = ("coredns", "node-local-dns")
 
 
 class Pipeline:
-    """Consumes events one by one; ``finish`` returns MATCHED or NO_MATCH like grep."""
+    """Consumes events one by one; ``finish`` returns MATCHED or NO_MATCH like grep.
+
+    ``meta`` is the run's metadata for ``-o json`` (command, start, duration, ...); its
+    ``targets`` entry (PodRef objects or dicts with namespace, name, node, role) tells
+    which captures sit in a resolver. ``streaming`` flushes every line (a live trace);
+    reading a file leaves buffering to the OS.
+    """
 
     def __init__(self, output: OutputOptions, out: TextIO | None = None,
-                 err: TextIO | None = None) -> None:
+                 err: TextIO | None = None, *, attributor: Attributor | None = None,
+                 meta: dict[str, Any] | None = None, streaming: bool = True) -> None:
         self.output = output
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.streaming = streaming
+        self.attributor = attributor or Attributor()
+        meta = dict(meta or {})
+        self.targets = [_target_dict(t) for t in meta.pop("targets", None) or []]
+        self.meta = meta
         self.count = 0
+        self.notices: list[str] = []
+        fmt = output.format
+        self.wide = fmt == "wide"
+        self.live = fmt in ("table", "wide") and output.live
+        self.aggregator = Aggregator() if fmt in ("table", "wide", "json") else None
+        self.events: list[Attributed] | None = [] if fmt == "json" else None
+        self._pending: dict[tuple, Attributed] = {}
+        self._header_done = False
+        self._nodelocal_said = False
+        self.linker = self._linker()
+        self.pcap = None
+        if output.pcap_path:
+            from kubectl_dnstrace.pcapio import EvidenceWriter
+
+            self.pcap = EvidenceWriter(output.pcap_path)
+
+    def _linker(self) -> Linker:
+        inv = self.attributor.inventory
+        pods = {p.key for role in RESOLVER_ROLES for p in inv.dns_pods(role)}
+        nodelocal = inv.dns_pods("node-local-dns")
+        nodes = {p.node for p in nodelocal if p.node}
+        captures = set()
+        for t in self.targets:
+            if t.get("role") in RESOLVER_ROLES:
+                key = f"{t.get('namespace')}/{t.get('name')}"
+                pods.add(key)
+                captures.add(key)
+                if t.get("role") == "node-local-dns" and t.get("node"):
+                    nodes.add(t["node"])
+        if nodes:
+            self._say_nodelocal(len(nodes))
+        return Linker(pods, nodes, captures, server_of=self.attributor.attribute)
+
+    def _say_nodelocal(self, nodes: int) -> None:
+        if not self._nodelocal_said:
+            self._nodelocal_said = True
+            self.notice(
+                f"NodeLocal DNSCache is on ({nodes} node{'s' if nodes != 1 else ''}): CoreDNS "
+                "sees node addresses, not pods; clients are named from the node-local-dns "
+                "captures, which see the pods' own addresses")
+
+    # ---- the stages ------------------------------------------------------------------------
 
     def feed(self, event: DnsEvent) -> None:
         self.count += 1
-        record = asdict(event)
-        record.pop("raw", None)
-        record.pop("linktype", None)
-        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.out.flush()
+        is_query = event.qr == "query"
+        client = self.attributor.attribute(event.src if is_query else event.dst, event.ts)
+        ann = self.linker.observe(event, client)
+        a = Attributed(event, client, ann.link, ann.served)
+        if self.aggregator is not None:
+            self.aggregator.add(a)
+        if self.pcap is not None:
+            self.pcap.write(event.raw, event.ts, _comment(a), event.observed_at)
+        fmt = self.output.format
+        if fmt == "ndjson":
+            self.out.write(render.ndjson_line(a))
+            if self.streaming:
+                self.out.flush()
+        elif self.events is not None:
+            self.events.append(a)
+        elif self.live:
+            self._live(a)
+
+    def _live(self, a: Attributed) -> None:
+        ev = a.event
+        lines = []
+        while self._pending:
+            first = next(iter(self._pending))
+            if self._pending[first].event.ts >= ev.ts - LIVE_WAIT:
+                break
+            lines.append(render.live_line(self._pending.pop(first), None, self.wide))
+        if ev.qr == "query":
+            key = (ev.observed_at, ev.src, ev.sport, ev.dst, ev.dport, ev.id)
+            old = self._pending.pop(key, None)
+            if old is not None:
+                lines.append(render.live_line(old, None, self.wide))
+            self._pending[key] = a
+        else:
+            query = self._pending.pop((ev.observed_at, ev.dst, ev.dport, ev.src, ev.sport, ev.id),
+                                      None)
+            lines.append(render.live_line(query, a, self.wide))
+        self._write_lines(lines)
+
+    def _write_lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        if not self._header_done:
+            self._header_done = True
+            self.out.write(render.live_header(self.wide))
+        self.out.write("".join(lines))
+        if self.streaming:
+            self.out.flush()
 
     def notice(self, text: str) -> None:
         """A progress line or warning for the human: always stderr, never mixed with data."""
-        self.err.write(text.rstrip("\n") + "\n")
+        text = text.rstrip("\n")
+        self.notices.append(text)
+        self.err.write(text + "\n")
         self.err.flush()
 
+    # ---- the end ---------------------------------------------------------------------------
+
     def finish(self) -> ExitCode:
+        if self.live:
+            rest = [render.live_line(a, None, self.wide) for a in self._pending.values()]
+            self._pending.clear()
+            self._write_lines(rest)
+        if self.pcap is not None:
+            digest = self.pcap.close()
+            kind = "pcapng" if self.pcap.pcapng else "pcap"
+            self.notice(f"wrote {self.pcap.count} packets to {self.pcap.path} ({kind}, mode 0600); "
+                        f"sha256 {digest}")
+            if self.pcap.skipped:
+                self.notice(f"{self.pcap.skipped} events came without their packet and are "
+                            "not in the file")
+        fmt = self.output.format
+        links = self.linker.links
+        if fmt == "json":
+            assert self.aggregator is not None and self.events is not None
+            self.out.write(render.json_document(
+                self.meta, self.targets, self.aggregator.clients(), links, self.events,
+                self.notices))
+        elif fmt in ("table", "wide"):
+            assert self.aggregator is not None
+            clients = self.aggregator.clients()
+            if clients:
+                if self._header_done:
+                    self.out.write("\n")
+                self.out.write(render.summary_table(clients, self.wide))
+                notes = render.explanations(clients)
+                ups = render.links_text(links)
+                for block in (notes, ups):
+                    if block:
+                        self.out.write("\n" + block)
+            else:
+                self.notice("No DNS queries matched.")
+        self.out.flush()
         return ExitCode.MATCHED if self.count else ExitCode.NO_MATCH
+
+
+def _comment(a: Attributed) -> str:
+    ev = a.event
+    text = f"{describe_client(a.client)} {ev.qr} {ev.qname} {ev.qtype}"
+    if ev.rcode:
+        text += f" {ev.rcode}"
+    return text
+
+
+def _target_dict(t: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(t) and not isinstance(t, type):
+        return {k: v for k, v in dataclasses.asdict(t).items()
+                if k in ("namespace", "name", "node", "role", "host_network")}
+    return dict(t)

@@ -1,0 +1,152 @@
+"""``kubectl dnstrace analyze FILE...``: capture files into the same back half as a trace.
+
+The manual route most responders try first is a tcpdump on the CoreDNS node. This turns
+that file into the same answer a live trace gives. The file is streamed record by record
+(memory stays flat in its size) through exactly the code the agent runs live —
+``FrameDecoder`` (Ethernet, Linux cooked SLL/SLL2, raw IP, DNS over TCP), ``Deduper`` (a
+node capture sees a packet on the veth and the bridge, before and after DNAT),
+``EventBuilder`` (filters, query/response matching, latency) — then ``DnsEvent.from_record``
+and the ``Pipeline``.
+
+Attribution: against the current cluster by default; ``--offline`` never contacts one
+(IPs only), and ``--pods FILE`` attributes from a saved ``kubectl get pods -A -o json``
+(a List; nodes, services, ReplicaSets and Jobs in the same List are used too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, TextIO
+
+from kubectl_dnstrace.agent.dedupe import Deduper
+from kubectl_dnstrace.agent.events import EventBuilder
+from kubectl_dnstrace.agent.filters import DnsFilter
+from kubectl_dnstrace.agent.frames import FrameDecoder
+from kubectl_dnstrace.attribution import Attributor
+from kubectl_dnstrace.errors import BadInput, ExitCode, UsageError
+from kubectl_dnstrace.kube.inventory import Inventory
+from kubectl_dnstrace.model import AnalyzeRequest, DnsEvent
+from kubectl_dnstrace.pcapio import read_records
+from kubectl_dnstrace.pipeline import Pipeline
+
+_OBJECT_KINDS = {"Pod": "pods", "Node": "nodes", "Service": "services",
+                 "ReplicaSet": "owners", "Job": "owners"}
+
+
+def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
+                err: TextIO | None = None) -> ExitCode:
+    dns_filter = _filter(request)
+    for path in request.files:
+        if not os.path.isfile(path):
+            raise BadInput(f"cannot read {path}: no such file",
+                           "give the path of a pcap or pcapng file")
+    inventory = _inventory(request)
+    meta: dict[str, Any] = {
+        "command": "analyze",
+        "files": [],
+        "filters": {"domains": list(request.filters.domains),
+                    "qtypes": list(request.filters.qtypes),
+                    "rcodes": list(request.filters.rcodes)},
+        "attribution": ("pods file " + request.pods_file if request.pods_file
+                        else "none (offline)" if request.offline else "cluster"),
+    }
+    pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
+                        meta=meta, streaming=False)
+    want_raw = bool(request.output.pcap_path)
+    for path in request.files:
+        stats = analyze_file(path, dns_filter, pipeline, want_raw)
+        pipeline.meta["files"].append(stats)
+        pipeline.notice(
+            f"{path}: {stats['packets']} packets, {stats['dns_messages']} DNS messages, "
+            f"{stats['matched']} matched"
+            + (f", {stats['malformed']} malformed (skipped)" if stats["malformed"] else "")
+            + (f", {stats['duplicates']} duplicates" if stats["duplicates"] else "")
+            + (f", {stats['unsupported']} frames of an unsupported link type"
+               if stats["unsupported"] else ""))
+    return pipeline.finish()
+
+
+def analyze_file(path: str, dns_filter: DnsFilter, pipeline: Pipeline,
+                 want_raw: bool = False) -> dict[str, Any]:
+    """Stream one file into ``pipeline``; returns its counters."""
+    decoder = FrameDecoder()
+    deduper = Deduper()
+    builder = EventBuilder(dns_filter, with_raw=False)
+    packets = messages = 0
+    feed = pipeline.feed
+    from_record = DnsEvent.from_record
+    for linktype, frame, ts in read_records(path):
+        packets += 1
+        for seg in decoder.decode_link(linktype, frame, ts):
+            messages += 1
+            if deduper.seen(seg):
+                continue
+            rec = builder.build(seg, "")
+            if rec is None:
+                continue
+            ev = from_record(rec, observed_at=path)
+            if want_raw:
+                ev.raw = seg.packet
+            feed(ev)
+    return {"path": path, "packets": packets, "dns_messages": messages,
+            "matched": builder.matched, "malformed": builder.malformed,
+            "duplicates": deduper.duplicates, "unsupported": decoder.skipped}
+
+
+def _filter(request: AnalyzeRequest) -> DnsFilter:
+    f = request.filters
+    try:
+        return DnsFilter(f.domains, f.qtypes, f.rcodes)
+    except ValueError as exc:
+        raise UsageError(str(exc), "use names like A, AAAA, TXT and NXDOMAIN, SERVFAIL") from None
+
+
+def _inventory(request: AnalyzeRequest) -> Inventory:
+    if request.pods_file:
+        return inventory_from_file(request.pods_file)
+    if request.offline:
+        return Inventory()
+    from kubectl_dnstrace.kube.client import Kube
+
+    kube = Kube.connect(request.cluster)
+    try:
+        return Inventory.from_cluster(kube)
+    finally:
+        kube.close()
+
+
+def inventory_from_file(path: str) -> Inventory:
+    """An inventory from ``kubectl get pods -A -o json`` (or a List of pods, nodes,
+    services, ReplicaSets and Jobs: ``kubectl get pods,nodes,svc,rs,jobs -A -o json``)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise UsageError(f"--pods: cannot read {path}: {exc.strerror}",
+                         "save it with: kubectl get pods -A -o json > pods.json") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--pods: {path} is not text",
+                         "save it with: kubectl get pods -A -o json > pods.json") from None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            doc = None
+    if not isinstance(doc, dict):
+        raise UsageError(f"--pods: {path} is not a JSON or YAML Kubernetes object",
+                         "save it with: kubectl get pods -A -o json > pods.json")
+    items = doc.get("items") if "items" in doc else [doc]
+    groups: dict[str, list[dict]] = {"pods": [], "nodes": [], "services": [], "owners": []}
+    for item in items or []:
+        if isinstance(item, dict):
+            group = _OBJECT_KINDS.get(item.get("kind") or "Pod")
+            if group:
+                groups[group].append(item)
+    since = os.path.getmtime(path)
+    return Inventory.from_objects(groups["pods"], groups["nodes"], groups["services"],
+                                  groups["owners"], since=since)

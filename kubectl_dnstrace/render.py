@@ -1,0 +1,301 @@
+"""What the user reads: live lines, the summary table, one JSON document, NDJSON events.
+
+Every render is deterministic (sorted, no wall clock of its own, times in UTC), so tests
+assert exact output. Data goes to stdout; progress and notices go to stderr (the
+``Pipeline`` does that), so ``-o json | jq`` always works.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from tabulate import tabulate
+
+from kubectl_dnstrace.aggregate import ClientStats, percentile
+from kubectl_dnstrace.attribution import Attributed, clock
+from kubectl_dnstrace.linking import Link, describe_client, describe_link
+from kubectl_dnstrace.model import Client
+
+NAMES_SHOWN = 5  # names listed per client in the table; JSON has them all
+
+# ---- small formatters -------------------------------------------------------------------
+
+
+def clock_ms(ts: float) -> str:
+    """HH:MM:SS.mmm (UTC)."""
+    ms = round((ts - int(ts)) * 1000)
+    sec = int(ts)
+    if ms == 1000:
+        sec, ms = sec + 1, 0
+    return time.strftime("%H:%M:%S", time.gmtime(sec)) + f".{ms:03d}"
+
+
+def iso(ts: float) -> str:
+    """RFC 3339 UTC with milliseconds: "2026-11-26T14:02:03.123Z"."""
+    return time.strftime("%Y-%m-%dT", time.gmtime(int(ts))) + clock_ms(ts) + "Z"
+
+
+def latency(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.1f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
+
+
+def counts(counter: Counter) -> str:
+    """"NOERROR:3 NXDOMAIN:1": busiest first, then by name."""
+    return " ".join(f"{k}:{v}" for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def client_cells(c: Client) -> tuple[str, str, str, str]:
+    """(namespace, pod, workload, node) columns of a client, for lines and tables.
+
+    A node address is not a pod: the pod column names the node and the workload column
+    lists the hostNetwork pods it may have been, never one of them.
+    """
+    if c.kind == "pod":
+        return c.namespace, c.name, c.workload or "-", c.node or "-"
+    if c.kind == "node":
+        cands = ("one of: " + ", ".join(c.candidates)) if c.candidates else "node process"
+        return "-", f"node/{c.name}", cands, c.node
+    if c.kind == "service":
+        return c.namespace, f"service/{c.name}", "-", "-"
+    if c.kind == "ambiguous":
+        return "-", f"{c.ip} (ambiguous)", "one of: " + ", ".join(c.candidates), "-"
+    return "-", f"{c.ip} ({c.kind})", "-", "-"
+
+
+def client_json(c: Client) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "kind": c.kind,
+        "namespace": c.namespace,
+        "name": c.name,
+        "workload": c.workload,
+        "node": c.node,
+        "candidates": list(c.candidates),
+    }
+    if c.reason:
+        out["reason"] = c.reason
+    return out
+
+
+def link_json(link: Link) -> dict[str, Any]:
+    return {
+        "ts": link.ts,
+        "time": iso(link.ts),
+        "qname": link.qname,
+        "qtype": link.qtype,
+        "upstream": link.upstream,
+        "resolver": dict(client_json(link.resolver), ip=link.resolver.ip),
+        "server": dict(client_json(link.server), ip=link.server.ip),
+        "observed_at": link.observed_at,
+        "caused_by": [dict(client_json(c), ip=c.ip) for c in link.causes],
+        "via": [dict(client_json(c), ip=c.ip) for c in link.via],
+        "text": describe_link(link, clock),
+    }
+
+
+# ---- events ---------------------------------------------------------------------------
+
+
+def event_json(a: Attributed) -> dict[str, Any]:
+    """One enriched event: the ``dns`` record's fields plus ``client`` (and link data)."""
+    ev = a.event
+    out: dict[str, Any] = {
+        "type": "dns",
+        "ts": ev.ts,
+        "qr": ev.qr,
+        "proto": ev.proto,
+        "src": ev.src,
+        "sport": ev.sport,
+        "dst": ev.dst,
+        "dport": ev.dport,
+        "id": ev.id,
+        "qname": ev.qname,
+        "qtype": ev.qtype,
+        "iface": ev.iface,
+    }
+    if ev.qr == "response":
+        out["rcode"] = ev.rcode
+        out["answers"] = list(ev.answers)
+        out["latency_ms"] = ev.latency_ms
+    out["seq"] = ev.seq
+    out["observed_at"] = ev.observed_at
+    out["client"] = client_json(a.client)
+    if a.served:
+        out["served"] = a.served
+    if a.link is not None:
+        out["forward"] = {
+            "upstream": a.link.upstream,
+            "caused_by": [dict(client_json(c), ip=c.ip) for c in a.link.causes],
+            "via": [dict(client_json(c), ip=c.ip) for c in a.link.via],
+        }
+    return out
+
+
+def ndjson_line(a: Attributed) -> str:
+    return json.dumps(event_json(a), separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+# ---- live lines -----------------------------------------------------------------------
+
+LIVE_COLUMNS = ("TIME", "NAMESPACE", "CLIENT", "WORKLOAD", "QNAME", "QTYPE", "RCODE",
+                "ANSWERS", "LATENCY", "SEEN-AT", "NOTE")
+LIVE_WIDTHS = (12, 12, 28, 20, 28, 5, 8, 16, 8, 24, 0)
+WIDE_LIVE_COLUMNS = (*LIVE_COLUMNS[:3], "IP", *LIVE_COLUMNS[3:9], "SERVER", *LIVE_COLUMNS[9:])
+WIDE_LIVE_WIDTHS = (*LIVE_WIDTHS[:3], 15, *LIVE_WIDTHS[3:9], 15, *LIVE_WIDTHS[9:])
+
+
+def _row(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
+    parts = [c.ljust(w) for c, w in zip(cells, widths, strict=True)]
+    return "  ".join(parts).rstrip() + "\n"
+
+
+def live_header(wide: bool = False) -> str:
+    if wide:
+        return _row(WIDE_LIVE_COLUMNS, WIDE_LIVE_WIDTHS)
+    return _row(LIVE_COLUMNS, LIVE_WIDTHS)
+
+
+def live_line(query: Attributed | None, response: Attributed | None, wide: bool = False) -> str:
+    """One line per exchange: the query's time and client, the response's outcome.
+
+    ``response`` None: no answer was seen; ``query`` None: the capture saw only the answer.
+    """
+    first = query or response
+    assert first is not None
+    ev = first.event
+    ns, pod, workload, _node = client_cells(first.client)
+    if response is not None:
+        r = response.event
+        rcode = r.rcode or "-"
+        answers = ",".join(r.answers) or "-"
+        lat = latency(r.latency_ms)
+    else:
+        rcode, answers, lat = "-", "-", "-"
+    note = _note(query, response)
+    cells = (clock_ms(ev.ts), ns, pod, workload, ev.qname, ev.qtype, rcode, answers, lat,
+             ev.observed_at or "-", note)
+    if wide:
+        server = ev.dst if ev.qr == "query" else ev.src
+        cells = (*cells[:3], first.client.ip, *cells[3:9], server, *cells[9:])
+        return _row(cells, WIDE_LIVE_WIDTHS)
+    return _row(cells, LIVE_WIDTHS)
+
+
+def _note(query: Attributed | None, response: Attributed | None) -> str:
+    link = query.link if query is not None else None
+    if link is not None:
+        what = "upstream" if link.upstream else "forwarded"
+        if link.causes:
+            return f"{what} for " + ", ".join(describe_client(c) for c in link.causes)
+        return f"{what}, cause not seen"
+    if response is not None and response.served:
+        return response.served
+    if response is None:
+        return "no response"
+    return ""
+
+
+# ---- the summary table ----------------------------------------------------------------
+
+
+def _names_cell(cs: ClientStats) -> str:
+    names = sorted(cs.names.values(), key=lambda n: (-n.count, n.name.lower()))
+    shown = [n.name for n in names[:NAMES_SHOWN]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+
+
+def summary_table(clients: list[ClientStats], wide: bool = False) -> str:
+    """The per-client table kubectl users expect: plain, upper-case headers."""
+    headers = ["NAMESPACE", "POD", "WORKLOAD", "NODE", "NAMES", "COUNT", "QTYPES", "RCODES",
+               "FIRST", "LAST"]
+    if wide:
+        headers += ["IPS", "DNS-SERVERS", "SEEN-AT", "P50", "P95"]
+    rows = []
+    for cs in clients:
+        ns, pod, workload, node = client_cells(cs.client)
+        row = [ns, pod, workload, node, _names_cell(cs), str(cs.count),
+               counts(cs.total("qtypes")) or "-", counts(cs.total("rcodes")) or "-",
+               clock(cs.first), clock(cs.last)]
+        if wide:
+            lat = cs.latencies()
+            row += [",".join(sorted(cs.ips)), ",".join(cs.servers()),
+                    ",".join(cs.observed_at()), latency(percentile(lat, 50)),
+                    latency(percentile(lat, 95))]
+        rows.append(row)
+    return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True) + "\n"
+
+
+def explanations(clients: list[ClientStats]) -> str:
+    """Why a client is not a plain pod: one line each, under the table."""
+    lines = []
+    for cs in clients:
+        c = cs.client
+        if c.kind != "pod" and c.reason:
+            ips = ",".join(sorted(cs.ips))
+            lines.append(f"  {describe_client(c)} [{ips}]: {c.reason}\n")
+    return ("Notes:\n" + "".join(lines)) if lines else ""
+
+
+def links_text(links: list[Link]) -> str:
+    ups = [lk for lk in links if lk.upstream]
+    if not ups:
+        return ""
+    return "Upstream lookups:\n" + "".join(f"  {describe_link(lk, clock)}\n" for lk in ups)
+
+
+# ---- the JSON document ----------------------------------------------------------------
+
+
+def summary_json(clients: list[ClientStats]) -> list[dict[str, Any]]:
+    out = []
+    for cs in clients:
+        names = []
+        for n in sorted(cs.names.values(), key=lambda n: (-n.count, n.name.lower())):
+            lat = sorted(n.latencies)
+            names.append({
+                "name": n.name,
+                "count": n.count,
+                "qtypes": dict(sorted(n.qtypes.items())),
+                "rcodes": dict(sorted(n.rcodes.items())),
+                "answers": list(n.answers),
+                "first": iso(n.first),
+                "last": iso(n.last),
+                "observed_at": sorted(n.observed_at),
+                "servers": sorted(n.servers),
+                "latency_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95),
+                               "max": lat[-1] if lat else None},
+                "served": dict(sorted(n.served.items())),
+            })
+        lat = cs.latencies()
+        out.append({
+            "client": dict(client_json(cs.client), ips=sorted(cs.ips)),
+            "count": cs.count,
+            "first": iso(cs.first),
+            "last": iso(cs.last),
+            "qtypes": dict(sorted(cs.total("qtypes").items())),
+            "rcodes": dict(sorted(cs.total("rcodes").items())),
+            "latency_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95)},
+            "names": names,
+        })
+    return out
+
+
+def json_document(meta: dict[str, Any], targets: list[dict[str, Any]],
+                  clients: list[ClientStats], links: list[Link],
+                  events: list[Attributed], notices: list[str]) -> str:
+    doc = {
+        "kind": "DnsTraceReport",
+        "version": 1,
+        "meta": meta,
+        "targets": targets,
+        "summary": summary_json(clients),
+        "upstream": [link_json(lk) for lk in links],
+        "notices": notices,
+        "events": [event_json(a) for a in events],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,213 @@
+"""Refusals that need no simulated cluster: no kubeconfig, a closed port, a non-API server,
+and the recorded API failure bodies translated into the user's errors.
+
+A tiny HTTP server on loopback answers with the *recorded* responses of a real
+kube-apiserver (tests/fixtures/k8s-api), and the real ``kubernetes`` client talks to it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from kubectl_dnstrace import cli
+from kubectl_dnstrace.errors import (
+    ClusterUnreachable,
+    ExitCode,
+    Forbidden,
+    NotFound,
+    PodSecurityDenied,
+    Unsupported,
+)
+from kubectl_dnstrace.kube.client import Kube
+from kubectl_dnstrace.model import ClusterOptions
+
+FIXTURES = Path(__file__).parent / "fixtures" / "k8s-api"
+
+
+class Replay(ThreadingHTTPServer):
+    """Answers each (method, path) with a recorded response; 404 page for anything else."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], tuple[int, object]] = {}
+        super().__init__(("127.0.0.1", 0), _Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def add_fixture(self, name: str) -> dict:
+        rec = json.loads((FIXTURES / name).read_text())
+        self.routes[(rec["request"]["method"], rec["request"]["path"])] = (
+            rec["response"]["status"], rec["response"]["body"])
+        return rec
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        path = self.path.split("?")[0]
+        status, body = self.server.routes.get((self.command, path), (404, None))
+        data = (json.dumps(body) if body is not None else "404 page not found\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if body is not None else "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PATCH = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> Path:
+    ctx = {"cluster": "c", "user": "u"}
+    if namespace:
+        ctx["namespace"] = namespace
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "x", "context": ctx}],
+        "current-context": "x",
+    }))
+    return path
+
+
+@pytest.fixture
+def replay():
+    srv = Replay()
+    srv.add_fixture("02-version.json")
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_no_kubeconfig_is_cluster_unreachable_with_a_hint(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code, out, err = run_cli(["pod/web-1"], capsys)
+    assert code == ExitCode.CLUSTER_UNREACHABLE
+    assert "no kubeconfig found" in err and "KUBECONFIG" in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_closed_port_fails_within_seconds(tmp_path, capsys) -> None:
+    kc = write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{_closed_port()}")
+    t0 = time.monotonic()
+    code, _, err = run_cli(["pod/web-1", "--kubeconfig", str(kc)], capsys)
+    took = time.monotonic() - t0
+    assert code == ExitCode.CLUSTER_UNREACHABLE
+    assert "cannot reach the Kubernetes API server" in err and "Traceback" not in err
+    assert took < 5.0
+
+
+def test_http_server_answering_404_is_not_an_api_server(tmp_path, capsys) -> None:
+    srv = Replay()  # no routes at all: 404 to everything, /version included
+    try:
+        kc = write_kubeconfig(tmp_path / "kc", srv.url)
+        code, _, err = run_cli(["coredns", "--kubeconfig", str(kc)], capsys)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert code == ExitCode.CLUSTER_UNREACHABLE
+    assert "is not a Kubernetes API server" in err
+
+
+def test_namespace_precedence_flag_then_context_then_default(tmp_path, replay) -> None:
+    kc = write_kubeconfig(tmp_path / "kc", replay.url, namespace="ctx-ns")
+    assert Kube.connect(ClusterOptions(kubeconfig=str(kc))).namespace == "ctx-ns"
+    assert Kube.connect(ClusterOptions(kubeconfig=str(kc), namespace="flag")).namespace == "flag"
+    kc2 = write_kubeconfig(tmp_path / "kc2", replay.url)
+    assert Kube.connect(ClusterOptions(kubeconfig=str(kc2))).namespace == "default"
+
+
+def test_kubeconfig_variable_is_read_at_connect(tmp_path, replay, monkeypatch) -> None:
+    kc = write_kubeconfig(tmp_path / "kc", replay.url, namespace="from-env")
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'nothing'}:{kc}")
+    kube = Kube.connect(ClusterOptions())
+    assert kube.namespace == "from-env" and kube.version["major"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "exc", "words"),
+    [
+        ("36-devuser-patch-ephemeral-forbidden.json", Forbidden,
+         ["you may not patch pods/ephemeralcontainers in namespace dnstrace-fx (RBAC)"]),
+        ("45-psa-baseline-netraw-netadmin.json", PodSecurityDenied, ["enforce=baseline", "NET_RAW"]),
+        ("46-psa-baseline-netraw-only.json", PodSecurityDenied, ["enforce=baseline"]),
+        ("47-psa-baseline-privileged.json", PodSecurityDenied, ["enforce=baseline", "privileged"]),
+        ("52-psa-restricted-netraw-netadmin.json", PodSecurityDenied, ["enforce=restricted"]),
+        ("53-psa-restricted-netraw-only.json", PodSecurityDenied, ["enforce=restricted"]),
+        ("54-psa-restricted-privileged.json", PodSecurityDenied, ["enforce=restricted"]),
+        ("55-psa-restricted-root-nocaps.json", PodSecurityDenied, ["enforce=restricted"]),
+        ("26-smp-nonexistent-pod.json", NotFound, ["pods 'does-not-exist' in namespace dnstrace-fx"]),
+        ("27-smp-nonexistent-namespace.json", NotFound, ["pods 'web-1' in namespace no-such-ns"]),
+    ],
+)
+def test_recorded_patch_refusals_are_translated(tmp_path, replay, fixture, exc, words) -> None:
+    rec = replay.add_fixture(fixture)
+    kc = write_kubeconfig(tmp_path / "kc", replay.url)
+    kube = Kube.connect(ClusterOptions(kubeconfig=str(kc)))
+    parts = rec["request"]["path"].split("/")
+    ns, pod = parts[4], parts[6]
+    with pytest.raises(exc) as info:
+        kube.patch_ephemeral_containers(ns, pod, rec["request"]["body"])
+    text = info.value.message.replace('"', "'")
+    for w in words:
+        assert w in text
+    assert info.value.hint
+    if exc is PodSecurityDenied:
+        level = "restricted" if "restricted" in fixture else "baseline"
+        assert info.value.psa_level == level
+        if level == "restricted":
+            assert "NET_RAW" in info.value.hint and "analyze" in info.value.hint
+
+
+def test_404_without_a_name_on_the_subresource_is_unsupported(tmp_path, replay) -> None:
+    # What a server without ephemeral containers answers (no details.name).
+    replay.routes[("PATCH", "/api/v1/namespaces/shop/pods/web-1/ephemeralcontainers")] = (
+        404, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+              "message": "the server could not find the requested resource",
+              "reason": "NotFound", "details": {}, "code": 404})
+    kc = write_kubeconfig(tmp_path / "kc", replay.url)
+    kube = Kube.connect(ClusterOptions(kubeconfig=str(kc)))
+    with pytest.raises(Unsupported) as info:
+        kube.patch_ephemeral_containers("shop", "web-1", {"spec": {"ephemeralContainers": []}})
+    assert info.value.exit_code == ExitCode.UNSUPPORTED
+    assert "ephemeral containers are unavailable" in info.value.message
+
+
+def test_unreachable_is_reported_for_requests_after_connect(tmp_path, replay) -> None:
+    kc = write_kubeconfig(tmp_path / "kc", replay.url)
+    kube = Kube.connect(ClusterOptions(kubeconfig=str(kc)))
+    replay.shutdown()
+    replay.server_close()
+    with pytest.raises(ClusterUnreachable):
+        kube.get("pods", "web-1", "shop")

@@ -1,0 +1,65 @@
+"""Fault switches a test flips to make the simulated cluster misbehave like real ones do.
+
+- ``deny``: an RBAC denial for one user/verb/resource (answered with the exact 403 body);
+- ``fail_image``: the kubelet cannot pull that image (ErrImagePull, then ImagePullBackOff);
+- ``slow_start``: ephemeral containers stay in ContainerCreating this long;
+- ``break_log_after``: a follow log stream is cut (no final chunk) after N lines, ``times`` times;
+- ``disable_ephemeral``: the cluster has no ephemeralcontainers subresource (404, no name).
+Pod Security levels are not a switch here: they are the namespace's
+``pod-security.kubernetes.io/*`` labels, as on a real cluster (see ``SimCluster.set_psa``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Denial:
+    user: str
+    verb: str
+    resource: str
+    subresource: str | None = None
+    namespace: str | None = None
+
+    def matches(self, user: str, verb: str, resource: str, subresource: str | None, namespace: str | None) -> bool:
+        return (self.user in (user, "*") and self.verb in (verb, "*") and self.resource in (resource, "*")
+                and (self.subresource or "") == (subresource or "")
+                and (self.namespace is None or self.namespace == namespace))
+
+
+@dataclass
+class Faults:
+    denials: list[Denial] = field(default_factory=list)
+    failing_images: set[str] = field(default_factory=set)
+    start_delay: float = 0.0
+    ephemeral_disabled: bool = False
+    _log_breaks: list[int] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def deny(self, user: str, verb: str, resource: str, subresource: str | None = None,
+             namespace: str | None = None) -> None:
+        """Refuse ``verb`` on ``resource[/subresource]`` to ``user`` (``"*"`` for any user)."""
+        self.denials.append(Denial(user, verb, resource, subresource, namespace))
+
+    def denied(self, user: str, verb: str, resource: str, subresource: str | None, namespace: str | None) -> bool:
+        return any(d.matches(user, verb, resource, subresource, namespace) for d in self.denials)
+
+    def fail_image(self, image: str) -> None:
+        self.failing_images.add(image)
+
+    def slow_start(self, seconds: float) -> None:
+        self.start_delay = seconds
+
+    def break_log_after(self, lines: int, times: int = 1) -> None:
+        """The next ``times`` follow streams each break after ``lines`` lines."""
+        with self._lock:
+            self._log_breaks.extend([lines] * times)
+
+    def take_log_break(self) -> int | None:
+        with self._lock:
+            return self._log_breaks.pop(0) if self._log_breaks else None
+
+    def disable_ephemeral(self) -> None:
+        self.ephemeral_disabled = True

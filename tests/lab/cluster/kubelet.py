@@ -1,0 +1,516 @@
+"""A "kubelet" for ephemeral containers: real processes in the pod's network namespace.
+
+What it mirrors (recorded with a real kubelet + containerd, live/*.json):
+- an added ephemeral container shows ``waiting: {reason: ContainerCreating}``, then
+  ``running: {startedAt}``, then ``terminated: {exitCode, reason: Completed|Error, startedAt,
+  finishedAt, containerID}``; each step is a pod status write (a MODIFIED watch event);
+  statuses are sorted by name; ephemeral containers are never restarted;
+- images: ``python:*`` / ``*/python:*`` run argv with python3 resolved to the host's python3;
+  the project image ``ghcr.io/kubectl-dnstrace/agent:*`` runs the agent module from this
+  repository; anything else never starts (ErrImagePull, then ImagePullBackOff "Back-off
+  pulling image ..."; ErrImageNeverPull with imagePullPolicy Never);
+- pods/log: stdout+stderr lines with kubelet's fixed 9-digit RFC3339Nano timestamps;
+  400 "container "x" in pod "p" is waiting to start: ContainerCreating" until it runs;
+  ``sinceTime`` has whole-second precision (the apiserver re-encodes it as RFC3339 for the
+  kubelet), lines at that second are sent again; a followed stream ends about a second after
+  the process exits; a node without a kubelet gives the 500 "dial tcp ...:10250" error;
+- pods/exec runs in the same netns and environment as the container.
+Each container gets its own process group; ``stop()`` kills them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import status as st
+from . import wsexec
+from .defaults import now_rfc3339
+from .faults import Faults
+from .store import Store
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_IMAGE = "ghcr.io/kubectl-dnstrace/agent"
+FOLLOW_GRACE = 1.0
+_PYTHON_NAMES = {"python", "python3", "/usr/local/bin/python3", "/usr/local/bin/python", "/usr/bin/python3"}
+
+
+def rfc3339nano(ns: int) -> str:
+    secs, frac = divmod(ns, 1_000_000_000)
+    base = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{frac:09d}Z"
+
+
+def parse_rfc3339(text: str) -> float:
+    text = text.strip().replace("Z", "+00:00")
+    if "." in text:
+        head, rest = text.split(".", 1)
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        tz = rest[len(digits):]
+        text = f"{head}.{digits[:6]}{tz}"
+    return _dt.datetime.fromisoformat(text).timestamp()
+
+
+def normalize_image(image: str) -> str:
+    name = image
+    first = name.split("/", 1)[0]
+    if "/" not in name or not ("." in first or ":" in first or first == "localhost"):
+        name = f"docker.io/{name if '/' in name else 'library/' + name}"
+    if ":" not in name.rsplit("/", 1)[-1] and "@" not in name:
+        name += ":latest"
+    return name
+
+
+def image_kind(image: str) -> str:
+    """"python", "project" or "" (cannot be pulled)."""
+    repo = image.split("@", 1)[0].rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image.split("@", 1)[0]
+    if repo == PROJECT_IMAGE or normalize_image(image).startswith(PROJECT_IMAGE + ":"):
+        return "project"
+    if repo.rsplit("/", 1)[-1] == "python":
+        return "python"
+    return ""
+
+
+@dataclass
+class ContainerRun:
+    namespace: str
+    pod: str
+    name: str
+    image: str
+    state: str = "waiting"
+    reason: str = "ContainerCreating"
+    message: str = ""
+    exit_code: int | None = None
+    started: str = ""
+    finished: str = ""
+    container_id: str = ""
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    netns: str | None = None
+    proc: subprocess.Popen | None = None
+    lines: list[tuple[int, bytes]] = field(default_factory=list)
+    exited_at: float | None = None
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def status(self) -> dict:
+        state: dict
+        if self.state == "waiting":
+            state = {"waiting": {"reason": self.reason, **({"message": self.message} if self.message else {})}}
+        elif self.state == "running":
+            state = {"running": {"startedAt": self.started}}
+        else:
+            term = {"exitCode": self.exit_code, "reason": self.reason}
+            if self.message:
+                term["message"] = self.message
+            term.update({"startedAt": self.started, "finishedAt": self.finished, "containerID": self.container_id})
+            state = {"terminated": term}
+        out = {"name": self.name, "state": state, "lastState": {}, "ready": False, "restartCount": 0}
+        if self.container_id:
+            out.update({"image": normalize_image(self.image),
+                        "imageID": "sha256:" + hashlib.sha256(self.image.encode()).hexdigest(),
+                        "containerID": self.container_id, "resources": {}})
+        else:
+            out.update({"image": self.image, "imageID": ""})
+        return out
+
+
+class Kubelet:
+    def __init__(self, store: Store, faults: Faults):
+        self.store = store
+        self.faults = faults
+        self.nodes_without_kubelet: set[str] = set()
+        self._netns: dict[tuple[str, str], str] = {}
+        self._runs: dict[tuple[str, str, str], ContainerRun] = {}
+        self._regular_logs: dict[tuple[str, str, str], ContainerRun] = {}
+        self._lock = threading.Lock()
+        self.stopping = False
+        self.python3 = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "python3"
+        store.add_listener(self._on_event)
+
+    # -- public ------------------------------------------------------------------------------
+
+    def register_pod_netns(self, namespace: str, pod_name: str, netns_name: str | None) -> None:
+        """Containers of that pod run inside ``ip netns exec netns_name`` (None: the host's)."""
+        with self._lock:
+            if netns_name:
+                self._netns[(namespace, pod_name)] = netns_name
+            else:
+                self._netns.pop((namespace, pod_name), None)
+
+    def append_log(self, namespace: str, pod_name: str, container: str, line: str) -> None:
+        """Add a log line to a regular (simulated) container of a pod."""
+        run = self._regular(namespace, pod_name, container)
+        with run.cond:
+            run.lines.append((time.time_ns(), line.rstrip("\n").encode() + b"\n"))
+            run.cond.notify_all()
+
+    def run(self, namespace: str, pod_name: str, container: str) -> ContainerRun | None:
+        return self._runs.get((namespace, pod_name, container))
+
+    def processes(self) -> list[subprocess.Popen]:
+        return [r.proc for r in list(self._runs.values()) if r.proc is not None]
+
+    def stop(self) -> None:
+        self.stopping = True
+        for run in list(self._runs.values()):
+            self._kill(run, grace=0.5)
+            with run.cond:
+                run.cond.notify_all()
+        for run in list(self._regular_logs.values()):
+            with run.cond:
+                run.cond.notify_all()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _on_event(self, etype: str, res, old: dict | None, new: dict) -> None:
+        if res.kind != "Pod" or self.stopping:
+            return
+        ns, name = new["metadata"].get("namespace", ""), new["metadata"]["name"]
+        if etype == "DELETED":
+            for key, run in list(self._runs.items()):
+                if key[:2] == (ns, name):
+                    threading.Thread(target=self._kill, args=(run, 2.0), daemon=True).start()
+            return
+        node = (new.get("spec") or {}).get("nodeName")
+        if not node or node in self.nodes_without_kubelet:
+            return
+        for ec in (new.get("spec") or {}).get("ephemeralContainers") or []:
+            key = (ns, name, ec["name"])
+            with self._lock:
+                if key in self._runs:
+                    continue
+                run = ContainerRun(ns, name, ec["name"], ec.get("image", ""))
+                self._runs[key] = run
+            threading.Thread(target=self._lifecycle, args=(run, ec, new), daemon=True,
+                             name=f"kubelet-{ns}-{name}-{ec['name']}").start()
+
+    def _publish(self, run: ContainerRun) -> None:
+        def write(pod: dict) -> dict:
+            statuses = [s for s in pod.setdefault("status", {}).get("ephemeralContainerStatuses") or []
+                        if s["name"] != run.name]
+            statuses.append(run.status())
+            pod["status"]["ephemeralContainerStatuses"] = sorted(statuses, key=lambda s: s["name"])
+            return pod
+
+        with contextlib.suppress(st.ApiError):  # the pod may be gone
+            self.store.mutate("pods", run.pod, run.namespace, write)
+
+    def _lifecycle(self, run: ContainerRun, ec: dict, pod: dict) -> None:
+        self._publish(run)
+        time.sleep(0.2 + self.faults.start_delay)
+        if self.stopping:
+            return
+        kind = image_kind(run.image)
+        if ec.get("imagePullPolicy") == "Never" and not kind:
+            run.reason = "ErrImageNeverPull"
+            run.message = f'Container image "{run.image}" is not present with pull policy of Never'
+            self._publish(run)
+            return
+        if not kind or run.image in self.faults.failing_images:
+            ref = normalize_image(run.image)
+            run.reason = "ErrImagePull"
+            run.message = (f'failed to pull and unpack image "{ref}": failed to resolve reference "{ref}": '
+                           f"{ref}: not found")
+            self._publish(run)
+            time.sleep(1.0)
+            if self.stopping:
+                return
+            run.reason = "ImagePullBackOff"
+            run.message = f'Back-off pulling image "{run.image}"'
+            self._publish(run)
+            return
+        self._prepare(run, ec, pod, kind)
+        try:
+            run.proc = subprocess.Popen(self._wrap(run, run.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, env=run.env, cwd=run.cwd, start_new_session=True)
+        except OSError as exc:
+            run.state, run.reason = "waiting", "CreateContainerError"
+            run.message = f"failed to start: {exc}"
+            self._publish(run)
+            return
+        run.container_id = "containerd://" + hashlib.sha256(f"{run.namespace}/{run.pod}/{run.name}/{time.time_ns()}".encode()).hexdigest()
+        run.state, run.reason, run.message, run.started = "running", "", "", now_rfc3339()
+        self._publish(run)
+        self._pump(run)
+        code = run.proc.wait()
+        run.exit_code = code if code >= 0 else 128 - code
+        run.finished = now_rfc3339()
+        run.state = "terminated"
+        run.reason = "Completed" if run.exit_code == 0 else "Error"
+        if run.exit_code and ec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            run.message = b"".join(line for _, line in run.lines[-80:]).decode(errors="replace")[-4096:]
+        with run.cond:
+            run.exited_at = time.monotonic()
+            run.cond.notify_all()
+        if not self.stopping:
+            self._publish(run)
+
+    def _prepare(self, run: ContainerRun, ec: dict, pod: dict, kind: str) -> None:
+        argv = list(ec.get("command") or []) + list(ec.get("args") or [])
+        if not ec.get("command"):
+            entry = ["python3", "-m", "kubectl_dnstrace.agent"] if kind == "project" else ["python3"]
+            argv = entry + list(ec.get("args") or [])
+        if argv and argv[0] in _PYTHON_NAMES:
+            argv[0] = self.python3
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "HOSTNAME": pod["metadata"]["name"]}
+        if kind == "project":
+            env["PYTHONPATH"] = str(REPO_ROOT)
+        for item in ec.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+        run.argv, run.env, run.cwd = argv, env, ec.get("workingDir") or "/"
+        run.netns = self._netns.get((run.namespace, run.pod))
+
+    def _wrap(self, run: ContainerRun, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", run.netns, *argv] if run.netns else list(argv)
+
+    def _pump(self, run: ContainerRun) -> None:
+        def reader() -> None:
+            for line in iter(run.proc.stdout.readline, b""):
+                if not line.endswith(b"\n"):
+                    line += b"\n"
+                with run.cond:
+                    run.lines.append((time.time_ns(), line))
+                    run.cond.notify_all()
+            run.proc.stdout.close()
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        run.proc.wait()
+        t.join(timeout=5)
+
+    def _kill(self, run: ContainerRun, grace: float) -> None:
+        proc = run.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    def _regular(self, namespace: str, pod: str, container: str) -> ContainerRun:
+        key = (namespace, pod, container)
+        with self._lock:
+            if key not in self._regular_logs:
+                self._regular_logs[key] = ContainerRun(namespace, pod, container, "", state="running")
+            return self._regular_logs[key]
+
+    # -- pods/log and pods/exec -----------------------------------------------------------------
+
+    def _pick_container(self, pod: dict, requested: str | None) -> tuple[str, bool]:
+        spec = pod.get("spec") or {}
+        regular = [c["name"] for c in spec.get("containers") or []]
+        init = [c["name"] for c in spec.get("initContainers") or []]
+        eph = [c["name"] for c in spec.get("ephemeralContainers") or []]
+        name = pod["metadata"]["name"]
+        if not requested:
+            if len(regular) == 1:
+                return regular[0], False
+            msg = f"a container name must be specified for pod {name}, choose one of: [{' '.join(regular)}]"
+            if init:
+                msg += f" or one of the init containers: [{' '.join(init)}]"
+            if eph:
+                msg += f" or one of the ephemeral containers: [{' '.join(eph)}]"
+            raise st.bad_request(msg)
+        if requested in eph:
+            return requested, True
+        if requested in regular or requested in init:
+            return requested, False
+        raise st.bad_request(f"container {requested} is not valid for pod {name}")
+
+    def _node_unreachable(self, pod: dict, path: str) -> None:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node and node in self.nodes_without_kubelet:
+            nodeobj = self.store.find("nodes", node) or {}
+            addrs = (nodeobj.get("status") or {}).get("addresses") or []
+            ip = next((a["address"] for a in addrs if a.get("type") == "InternalIP"), node)
+            port = (((nodeobj.get("status") or {}).get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port", 10250)
+            raise st.internal(f'Get "https://{ip}:{port}{path}": dial tcp {ip}:{port}: connect: connection refused')
+
+    def _log_source(self, pod: dict, container: str, ephemeral: bool, previous: bool) -> ContainerRun:
+        ns, name = pod["metadata"].get("namespace", ""), pod["metadata"]["name"]
+        if previous:
+            raise st.bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
+        if ephemeral:
+            run = self._runs.get((ns, name, container))
+            if run is None or run.state == "waiting":
+                reason = run.reason if run else "ContainerCreating"
+                raise st.bad_request(f'container "{container}" in pod "{name}" is waiting to start: {reason}')
+            return run
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        cs = next((s for s in statuses if s.get("name") == container), None)
+        if cs is None or "waiting" in (cs.get("state") or {}):
+            reason = ((cs or {}).get("state", {}).get("waiting") or {}).get("reason", "ContainerCreating")
+            raise st.bad_request(f'container "{container}" in pod "{name}" is waiting to start: {reason}')
+        return self._regular(ns, name, container)
+
+    def serve_log(self, ex, pod: dict) -> None:
+        q = ex.query
+        container, ephemeral = self._pick_container(pod, q.get("container"))
+        ns, name = pod["metadata"].get("namespace", ""), pod["metadata"]["name"]
+        if not (pod.get("spec") or {}).get("nodeName"):
+            ex.send_text(200, b"")
+            return
+        self._node_unreachable(pod, f"/containerLogs/{ns}/{name}/{container}")
+        run = self._log_source(pod, container, ephemeral, ex.flag("previous"))
+        since_ns = None
+        if q.get("sinceTime"):
+            try:
+                since_ns = int(parse_rfc3339(q["sinceTime"])) * 1_000_000_000  # RFC3339 re-encoding: seconds
+            except ValueError:
+                raise st.bad_request(f'parsing time "{q["sinceTime"]}" as "2006-01-02T15:04:05Z07:00": cannot parse') from None
+        elif q.get("sinceSeconds"):
+            since_ns = time.time_ns() - int(q["sinceSeconds"]) * 1_000_000_000
+        tail = int(q["tailLines"]) if q.get("tailLines") else None
+        limit = int(q["limitBytes"]) if q.get("limitBytes") else None
+        stamps = ex.flag("timestamps")
+
+        def fmt(ts: int, line: bytes) -> bytes:
+            return (rfc3339nano(ts).encode() + b" " + line) if stamps else line
+
+        with run.cond:
+            lines = [item for item in run.lines if since_ns is None or item[0] >= since_ns]
+            if tail is not None:
+                lines = lines[-tail:] if tail > 0 else []
+            sent = len(run.lines)
+        if not ex.flag("follow"):
+            data = b"".join(fmt(ts, line) for ts, line in lines)
+            ex.send_text(200, data[:limit] if limit is not None else data)
+            return
+        breaks = self.faults.take_log_break()
+        ex.start_stream(200, "text/plain")
+        count = 0
+        pending = list(lines)
+        while True:
+            for ts, line in pending:
+                if breaks is not None and count >= breaks:
+                    ex.abort()
+                    return
+                if not ex.write_chunk(fmt(ts, line)):
+                    return
+                count += 1
+            with run.cond:
+                while len(run.lines) == sent and not self.stopping:
+                    if run.exited_at is not None and time.monotonic() - run.exited_at >= FOLLOW_GRACE:
+                        break
+                    run.cond.wait(timeout=0.2)
+                pending = run.lines[sent:]
+                sent = len(run.lines)
+                done = not pending and (self.stopping or (run.exited_at is not None
+                                                          and time.monotonic() - run.exited_at >= FOLLOW_GRACE))
+            if done:
+                ex.end_stream()
+                return
+
+    def serve_exec(self, ex, pod: dict) -> None:
+        container, ephemeral = self._pick_container(pod, ex.query.get("container"))
+        ns, name = pod["metadata"].get("namespace", ""), pod["metadata"]["name"]
+        self._node_unreachable(pod, f"/exec/{ns}/{name}/{container}")
+        command = ex.query_multi.get("command") or []
+        if not command:
+            raise st.bad_request("you must specify at least 1 command")
+        run = self._runs.get((ns, name, container)) if ephemeral else None
+        if ephemeral and (run is None or run.state != "running"):
+            raise st.bad_request(f"container {container} is not running" if run and run.state == "terminated"
+                                 else f'container "{container}" in pod "{name}" is waiting to start: '
+                                      f"{run.reason if run else 'ContainerCreating'}")
+        protocol = wsexec.choose_protocol(ex.headers.get("Sec-WebSocket-Protocol", ""))
+        key = ex.headers.get("Sec-WebSocket-Key")
+        if not key or ex.headers.get("Upgrade", "").lower() != "websocket" or not protocol:
+            raise st.bad_request("Upgrade request required")
+        env = dict(run.env) if run else {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                         "HOME": "/root", "HOSTNAME": name}
+        netns = run.netns if run else self._netns.get((ns, name))
+        argv = list(command)
+        if argv[0] in _PYTHON_NAMES:
+            argv[0] = self.python3
+        h = ex.h
+        ex.answered = True
+        h.close_connection = True
+        h.send_response(101, "Switching Protocols")
+        h.send_header("Upgrade", "websocket")
+        h.send_header("Connection", "Upgrade")
+        h.send_header("Sec-WebSocket-Accept", wsexec.accept_key(key))
+        h.send_header("Sec-WebSocket-Protocol", protocol)
+        h.end_headers()
+        h.wfile.flush()
+        ws = wsexec.WebSocket(h.rfile, h.wfile, h.connection)
+        self._exec(ws, argv, env, netns, run.cwd if run else "/", ex.flag("stdin"))
+
+    def _exec(self, ws: wsexec.WebSocket, argv: list[str], env: dict, netns: str | None, cwd: str,
+              with_stdin: bool) -> None:
+        cmd = ["ip", "netns", "exec", netns, *argv] if netns else argv
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                                    start_new_session=True)
+        except OSError as exc:
+            msg = (f'OCI runtime exec failed: exec failed: unable to start container process: exec: "{argv[0]}": '
+                   f"{exc.strerror}: unknown")
+            ws.send_channel(3, json.dumps({"metadata": {}, "status": "Failure", "message": msg,
+                                           "reason": "InternalError", "details": {"causes": [
+                                               {"message": msg}]}}).encode())
+            ws.close()
+            return
+
+        def pump(stream, channel: int) -> None:
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                ws.send_channel(channel, chunk)
+
+        def feed() -> None:
+            while True:
+                frame = ws.recv()
+                if frame is None or frame[0] == wsexec.OP_CLOSE:
+                    break
+                _, data = frame
+                if data[:1] == b"\x00" and proc.stdin:
+                    try:
+                        proc.stdin.write(data[1:])
+                        proc.stdin.flush()
+                    except OSError:
+                        pass
+                elif data[:2] == b"\xff\x00" and proc.stdin:
+                    proc.stdin.close()
+            if proc.poll() is None and proc.stdin:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+
+        outs = [threading.Thread(target=pump, args=(proc.stdout, 1), daemon=True),
+                threading.Thread(target=pump, args=(proc.stderr, 2), daemon=True)]
+        for t in outs:
+            t.start()
+        threading.Thread(target=feed, daemon=True).start()
+        try:
+            code = proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+        for t in outs:
+            t.join(timeout=5)
+        if code == 0:
+            status = {"metadata": {}, "status": "Success"}
+        else:
+            status = {"metadata": {}, "status": "Failure",
+                      "message": f"command terminated with non-zero exit code: error executing command "
+                                 f"[{' '.join(argv)}], exit code {code}",
+                      "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        ws.send_channel(3, json.dumps(status).encode())
+        ws.close()

@@ -1,0 +1,290 @@
+"""The agent's command line and lifecycle: options, the capture loop, stats, and a clean
+end on its deadline, SIGTERM/SIGINT or a stop file. Stdlib only, python3 >= 3.8.
+
+Why the lifecycle is strict: an ephemeral container cannot be stopped or removed through
+the Kubernetes API, so the agent must end by itself. ``--duration`` is a hard deadline
+(and an alarm a few seconds later kills the process even if a write to stdout hangs);
+the kubectl side asks for an early end by creating the stop file through exec.
+
+Everything on stdout is protocol (docs/protocol.md), and nothing is written to stderr:
+the pod log interleaves both streams, so a stray line would corrupt the record stream.
+Failures are an ``error`` record in plain words, then ``bye`` with reason ``error`` and
+a non-zero exit — never a traceback.
+"""
+
+import argparse
+import base64
+import contextlib
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import zlib
+
+import kubectl_dnstrace
+from kubectl_dnstrace import protocol
+from kubectl_dnstrace.agent.capture import Capture, CaptureError
+from kubectl_dnstrace.agent.dedupe import Deduper
+from kubectl_dnstrace.agent.events import EventBuilder
+from kubectl_dnstrace.agent.filters import DnsFilter
+from kubectl_dnstrace.agent.frames import LINKTYPE_RAW, FrameDecoder
+from kubectl_dnstrace.agent.output import Output
+from kubectl_dnstrace.agent.volume import VolumeGate
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CAPTURE = 3
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser():
+    p = _Parser(prog="python3 -m kubectl_dnstrace.agent", add_help=True,
+                description="Capture port-53 traffic in this network namespace; NDJSON on stdout.")
+    p.add_argument("--duration", type=float, default=300.0,
+                   help="hard deadline in seconds (default 300)")
+    p.add_argument("--domain", action="append", default=[],
+                   help="report only this name and its subdomains (repeatable)")
+    p.add_argument("--domain-file", action="append", default=[],
+                   help="file of names, one per line, '#' comments")
+    p.add_argument("--domains-z", action="append", default=[],
+                   help="names as base64 of zlib-compressed newline-separated text "
+                        "(for thousands of names in container args)")
+    p.add_argument("--qtype", action="append", default=[], help="query type (repeatable)")
+    p.add_argument("--rcode", action="append", default=[], help="response code (repeatable)")
+    p.add_argument("--interface", help="capture on this interface only (default: all, "
+                   "including interfaces that appear later)")
+    p.add_argument("--pcap", action="store_true",
+                   help="add each record's raw IP packet (base64) for pcap output")
+    p.add_argument("--stop-file", help="end cleanly when this path exists")
+    p.add_argument("--stats-interval", type=float, default=5.0,
+                   help="seconds between stats records (default 5)")
+    p.add_argument("--max-rate", type=int, default=2000,
+                   help="records per second before switching to per-second aggregates "
+                        "(default 2000; 0 never aggregates)")
+    p.add_argument("--ring-mb", type=int, default=16, help="capture ring size in MiB")
+    p.add_argument("--no-ring", action="store_true", help="read with recvfrom, no ring")
+    return p
+
+
+def parse_args(argv):
+    opts = build_parser().parse_args(argv)
+    if not opts.duration > 0:
+        raise UsageError("--duration must be more than 0 seconds")
+    if not opts.stats_interval > 0:
+        raise UsageError("--stats-interval must be more than 0 seconds")
+    if opts.max_rate < 0:
+        raise UsageError("--max-rate must be 0 or more")
+    return opts
+
+
+def read_domains(opts):
+    """All names from --domain, --domain-file and --domains-z."""
+    names = list(opts.domain)
+    for path in opts.domain_file:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError("cannot read the domain file %s: %s" % (path, exc)) from None
+        names.extend(_name_lines(text))
+    for blob in opts.domains_z:
+        try:
+            text = zlib.decompress(base64.b64decode(blob)).decode("utf-8")
+        except (ValueError, zlib.error, UnicodeDecodeError):
+            raise UsageError("--domains-z is not base64 of zlib-compressed text") from None
+        names.extend(_name_lines(text))
+    return names
+
+
+def _name_lines(text):
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            yield line
+
+
+def encode_domains(names):
+    """The --domains-z value for ``names`` (the kubectl side uses this to build args)."""
+    return base64.b64encode(zlib.compress("\n".join(names).encode("utf-8"), 9)).decode("ascii")
+
+
+class Agent(object):
+    def __init__(self, opts, out, dns_filter):
+        self.opts = opts
+        self.out = out
+        self.filter = dns_filter
+        self.capture = Capture(interface=opts.interface, ring_mb=opts.ring_mb,
+                               use_ring=not opts.no_ring)
+        self.decoder = FrameDecoder()
+        self.deduper = Deduper()
+        self.builder = EventBuilder(dns_filter, with_raw=opts.pcap)
+        self.volume = VolumeGate(opts.max_rate)
+        self.seen = 0
+        self.stop_reason = None
+
+    # -- per packet: the hot path -----------------------------------------------------
+    def handle(self, packet, ts, ifkey, pkttype):
+        self.seen += 1
+        if pkttype == 4 and (ifkey == 1 or ifkey == "lo"):
+            return  # loopback shows every packet twice (outgoing, then incoming)
+        segs = self.decoder.decode_ip(packet, ts)
+        if not segs:
+            return
+        for seg in segs:
+            if self.deduper.seen(seg):
+                continue
+            volume = self.volume
+            if volume.aggregating:
+                key = self.builder.tally(seg)
+                if key is not None:
+                    volume.tally(key)
+                continue
+            rec = self.builder.build(seg, self.capture.iface_name(ifkey))
+            if rec is None:
+                continue
+            if volume.allow_record(ts):
+                self.out.add(rec)
+            else:
+                client = rec["dst"] if rec["qr"] == "response" else rec["src"]
+                volume.tally((client, rec["qname"].lower(), rec["qtype"], rec.get("rcode")))
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def hello(self, interfaces):
+        extra = {
+            "capture": self.capture.mode,
+            "duration": self.opts.duration,
+            "max_rate": self.opts.max_rate,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "python": "%d.%d.%d" % sys.version_info[:3],
+        }
+        if self.opts.pcap:
+            extra["linktype"] = LINKTYPE_RAW
+        return protocol.hello(0, kubectl_dnstrace.__version__, interfaces,
+                              self.filter.describe(), **extra)
+
+    def stats_record(self):
+        _packets, drops = self.capture.stats()
+        return protocol.stats(
+            0, self.seen, self.builder.matched, self.out.emitted, drops,
+            duplicates=self.deduper.duplicates, malformed=self.builder.malformed,
+            mode="aggregate" if self.volume.aggregating else "records",
+            tcp_flows=len(self.decoder.flows),
+        )
+
+    def _on_signal(self, signum, frame):
+        if self.stop_reason is None:
+            self.stop_reason = "signal"
+
+    def run(self):
+        opts = self.opts
+        out = self.out
+        start = time.monotonic()
+        deadline = start + opts.duration
+        # Backstop: even a write blocked on a full stdout cannot outlive the deadline.
+        signal.alarm(int(opts.duration) + 10)
+        try:
+            self.capture.open()
+        except CaptureError as exc:
+            out.emit(self.hello([]))
+            out.emit(protocol.error(0, str(exc)))
+            out.emit(protocol.bye(0, "error"))
+            return EXIT_CAPTURE
+        interfaces = [opts.interface] if opts.interface else \
+            [name for _i, name in socket.if_nameindex()]
+        out.emit(self.hello(interfaces))
+
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        poller = select.poll()
+        poller.register(self.capture.fileno(), select.POLLIN | select.POLLERR)
+        poller.register(wake_r, select.POLLIN)
+        read = self.capture.read
+        handle = self.handle
+        volume = self.volume
+        next_stats = start + opts.stats_interval
+        stop_file = opts.stop_file
+        next_stop_check = start
+        reason = "deadline"
+        try:
+            while True:
+                read(handle)
+                out.flush()
+                now = time.monotonic()
+                if self.stop_reason is not None:
+                    reason = self.stop_reason
+                    break
+                if now >= deadline:
+                    break
+                if stop_file and now >= next_stop_check:
+                    next_stop_check = now + 0.2
+                    if os.path.exists(stop_file):
+                        reason = "stop-file"
+                        break
+                if volume.aggregating and volume.due(time.time()):
+                    rec = volume.take(time.time())
+                    if rec is not None:
+                        out.add(rec)
+                if now >= next_stats:
+                    next_stats = now + opts.stats_interval
+                    self.capture.forget_names()
+                    out.add(self.stats_record())
+                    out.flush()
+                timeout = min(deadline, next_stats) - now
+                if stop_file:
+                    timeout = min(timeout, 0.2)
+                if volume.aggregating:
+                    timeout = min(timeout, 0.25)
+                poller.poll(max(0, int(timeout * 1000)) + 1)
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    os.read(wake_r, 512)
+            read(handle)  # what the kernel already holds is part of the capture
+            if volume.aggregating:
+                rec = volume.take(time.time())
+                if rec is not None:
+                    out.add(rec)
+            out.add(self.stats_record())
+            out.add(protocol.bye(0, reason, elapsed=round(time.monotonic() - start, 3)))
+            out.flush()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(wake_r)
+            os.close(wake_w)
+            self.capture.close()
+        return EXIT_OK
+
+
+def main(argv=None):
+    out = Output(1)
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+        dns_filter = DnsFilter(read_domains(opts), opts.qtype, opts.rcode)
+    except SystemExit as exc:  # --help
+        return exc.code or 0
+    except (UsageError, ValueError) as exc:
+        out.emit(protocol.hello(0, kubectl_dnstrace.__version__, [], {}))
+        out.emit(protocol.error(0, "bad agent arguments: %s" % exc))
+        out.emit(protocol.bye(0, "error"))
+        return EXIT_USAGE
+    agent = Agent(opts, out, dns_filter)
+    try:
+        return agent.run()
+    except Exception as exc:  # an agent bug must still end the stream properly
+        out.emit(protocol.error(0, "capture agent failed: %s: %s" % (type(exc).__name__, exc)))
+        out.emit(protocol.bye(0, "error"))
+        return EXIT_FAILED

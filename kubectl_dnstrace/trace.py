@@ -61,9 +61,9 @@ def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool) ->
     args = ["--duration", _num(duration), "--stop-file", stop_file,
             "--stats-interval", _num(STATS_INTERVAL)]
     if len(filters.domains) > COMPACT_DOMAINS_OVER:
-        from kubectl_dnstrace.agent_program import compact_domains_args
+        from kubectl_dnstrace.agent.main import encode_domains
 
-        args += compact_domains_args(filters.domains)
+        args += ["--domains-z", encode_domains(filters.domains)]
     else:
         for d in filters.domains:
             args += ["--domain", d]
@@ -218,9 +218,9 @@ class TraceRun:
             self.say(f"client attribution is off: {exc.message}")
         meta = {
             "run_id": self.run_id,
-            "targets": list(self.req.targets) + ([f"-l {self.req.selector}"] if self.req.selector else []),
-            "pods": [p.key for p in res.pods],
-            "roles": {p.key: p.role for p in res.pods},
+            "targets": list(res.pods),  # PodRefs: the pipeline links hops by their roles
+            "requested": list(self.req.targets)
+            + ([f"-l {self.req.selector}"] if self.req.selector else []),
             "duration": self.req.duration,
         }
         return Pipeline(self.req.output, self.out, self.err, attributor=attributor, meta=meta)

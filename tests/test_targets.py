@@ -95,3 +95,125 @@ def test_pod_ref_keeps_first_container_and_existing_ephemeral_names() -> None:
     assert ref.containers == ["app", "sidecar"]
     assert ref.ephemeral_containers == ["dnstrace-abc123"]
     assert (ref.node, ref.role, ref.host_network) == ("node-a", "coredns", False)
+
+
+# ---- against the simulated API server -----------------------------------------------------------
+
+from kubectl_dnstrace.errors import NotFound  # noqa: E402
+from kubectl_dnstrace.kube.targets import resolve_targets  # noqa: E402
+from tests.kubesim import connect, running_pod, service, sim_cluster, workload  # noqa: E402
+
+
+@pytest.fixture
+def cluster():
+    with sim_cluster() as c:
+        yield c
+
+
+def keys(res) -> list[str]:
+    return sorted(p.key for p in res.pods)
+
+
+def test_deployment_means_its_running_pods_through_its_replicasets(cluster, tmp_path) -> None:
+    dep = workload(cluster, "Deployment", "shop", "web", {"app": "web"})
+    rs = workload(cluster, "ReplicaSet", "shop", "web-5d8f7c9b6", {"app": "web"}, owner=dep)
+    running_pod(cluster, "shop", "web-5d8f7c9b6-aaaaa", {"app": "web"}, owner=rs)
+    running_pod(cluster, "shop", "web-5d8f7c9b6-bbbbb", {"app": "web"}, owner=rs, phase="Pending")
+    # Another workload whose pods the selector also matches: ownerReferences exclude them.
+    other = workload(cluster, "ReplicaSet", "shop", "web-canary", {"app": "web", "t": "c"})
+    running_pod(cluster, "shop", "web-canary-ccccc", {"app": "web", "t": "c"}, owner=other)
+    kube = connect(cluster, tmp_path, namespace="shop")
+    res = resolve_targets(kube, ["deploy/web"])
+    assert keys(res) == ["shop/web-5d8f7c9b6-aaaaa"]
+    assert res.skipped == [("shop/web-5d8f7c9b6-bbbbb", "not running (phase Pending)")]
+    # The long form, rs/, and several targets naming the same pod: traced once.
+    res = resolve_targets(kube, ["deployment/web", "rs/web-5d8f7c9b6", "pod/web-5d8f7c9b6-aaaaa"])
+    assert keys(res) == ["shop/web-5d8f7c9b6-aaaaa"]
+
+
+@pytest.mark.parametrize("kind,word", [("DaemonSet", "ds"), ("StatefulSet", "sts"), ("Job", "job")])
+def test_other_workloads(cluster, tmp_path, kind, word) -> None:
+    wl = workload(cluster, kind, "batch", "w", {"app": "w"})
+    running_pod(cluster, "batch", "w-1", {"app": "w"}, owner=wl)
+    running_pod(cluster, "batch", "w-2", {"app": "w"}, owner=wl)
+    kube = connect(cluster, tmp_path)
+    assert keys(resolve_targets(kube, [f"{word}/w"], namespace="batch")) == ["batch/w-1", "batch/w-2"]
+
+
+def test_selector_namespace_flag_and_all_namespaces(cluster, tmp_path) -> None:
+    running_pod(cluster, "shop", "a", {"tier": "front"})
+    running_pod(cluster, "shop", "b", {"tier": "back"})
+    running_pod(cluster, "blog", "c", {"tier": "front"})
+    kube = connect(cluster, tmp_path, namespace="shop")
+    assert keys(resolve_targets(kube, [], "tier=front")) == ["shop/a"]
+    assert keys(resolve_targets(kube, [], "tier=front", namespace="blog")) == ["blog/c"]
+    assert keys(resolve_targets(kube, [], "tier=front", all_namespaces=True)) == ["blog/c", "shop/a"]
+    assert keys(resolve_targets(kube, ["pod/c"], all_namespaces=True)) == ["blog/c"]
+    assert keys(resolve_targets(kube, ["b"])) == ["shop/b"]  # bare NAME is a pod
+
+
+def test_unknown_pod_and_unknown_namespace_are_told_apart(cluster, tmp_path) -> None:
+    running_pod(cluster, "shop", "a")
+    kube = connect(cluster, tmp_path)
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["pod/nope"], namespace="shop")
+    assert "pod 'nope' not found in namespace shop" in info.value.message
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["pod/a"], namespace="no-such-ns")
+    assert "namespace 'no-such-ns' not found" in info.value.message
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["deploy/nope"], namespace="shop")
+    assert "deployment 'nope' not found in namespace shop" in info.value.message
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, [], "app=nothing", namespace="shop")
+    assert info.value.exit_code == ExitCode.NOT_FOUND
+
+
+def test_only_not_running_pods_is_not_found_with_the_reasons(cluster, tmp_path) -> None:
+    running_pod(cluster, "shop", "a", phase="Pending")
+    kube = connect(cluster, tmp_path)
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["pod/a"], namespace="shop")
+    assert "shop/a is not running (phase Pending)" in info.value.message
+
+
+def test_coredns_uses_the_kube_dns_service_selector_not_labels(cluster, tmp_path) -> None:
+    service(cluster, "kube-system", "kube-dns", {"k8s-app": "kube-dns"}, {"k8s-app": "kube-dns"})
+    # NodeLocal DNSCache's upstream Service carries the same label and selects the same pods.
+    service(cluster, "kube-system", "kube-dns-upstream", {"k8s-app": "kube-dns"},
+            {"k8s-app": "kube-dns"})
+    running_pod(cluster, "kube-system", "coredns-1", {"k8s-app": "kube-dns"})
+    running_pod(cluster, "kube-system", "coredns-2", {"k8s-app": "kube-dns"})
+    kube = connect(cluster, tmp_path)
+    res = resolve_targets(kube, ["coredns"])
+    assert keys(res) == ["kube-system/coredns-1", "kube-system/coredns-2"]
+    assert {p.role for p in res.pods} == {"coredns"}
+    assert not any("NodeLocal" in n for n in res.notes)
+
+
+def test_coredns_with_node_local_dns_traces_the_host_network_cache_too(cluster, tmp_path) -> None:
+    service(cluster, "kube-system", "kube-dns", {"k8s-app": "coredns-x"})
+    running_pod(cluster, "kube-system", "coredns-1", {"k8s-app": "coredns-x"})
+    ds = workload(cluster, "DaemonSet", "kube-system", "node-local-dns", {"k8s-app": "node-local-dns"})
+    running_pod(cluster, "kube-system", "node-local-dns-abcde", {"k8s-app": "node-local-dns"},
+                owner=ds, host_network=True)
+    kube = connect(cluster, tmp_path)
+    res = resolve_targets(kube, ["dns"])
+    assert keys(res) == ["kube-system/coredns-1", "kube-system/node-local-dns-abcde"]
+    roles = {p.key: (p.role, p.host_network) for p in res.pods}
+    assert roles["kube-system/node-local-dns-abcde"] == ("node-local-dns", True)
+    assert any("NodeLocal DNSCache detected" in n and "real pod IPs" in n for n in res.notes)
+
+
+def test_coredns_fallback_label_and_overrides(cluster, tmp_path) -> None:
+    running_pod(cluster, "kube-system", "coredns-1", {"k8s-app": "kube-dns"})
+    running_pod(cluster, "dns", "my-dns-1", {"app": "my-dns"})
+    kube = connect(cluster, tmp_path)
+    res = resolve_targets(kube, ["coredns"])
+    assert keys(res) == ["kube-system/coredns-1"]
+    assert any("no Service kube-dns" in n for n in res.notes)
+    res = resolve_targets(kube, ["coredns"], dns_namespace="dns", dns_selector="app=my-dns")
+    assert keys(res) == ["dns/my-dns-1"]
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["coredns"], dns_namespace="dns")
+    assert "--dns-selector" in info.value.hint

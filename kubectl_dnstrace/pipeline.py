@@ -30,9 +30,10 @@ RESOLVER_ROLES = ("coredns", "node-local-dns")
 class Pipeline:
     """Consumes events one by one; ``finish`` returns MATCHED or NO_MATCH like grep.
 
-    ``meta`` is the run's metadata for ``-o json`` (command, start, duration, ...); its
-    ``targets`` entry (PodRef objects or dicts with namespace, name, node, role) tells
-    which captures sit in a resolver. ``streaming`` flushes every line (a live trace);
+    ``meta`` is the run's metadata for ``-o json`` (command, duration, ...). Its
+    ``targets`` entry becomes the document's ``targets``; ``roles`` ({"ns/pod": role}) or
+    targets given as PodRef/dicts with a ``role`` tell which captures sit in a resolver
+    ("coredns", "node-local-dns"). ``streaming`` flushes every line (a live trace);
     reading a file leaves buffering to the OS.
     """
 
@@ -70,13 +71,18 @@ class Pipeline:
         nodelocal = inv.dns_pods("node-local-dns")
         nodes = {p.node for p in nodelocal if p.node}
         captures = set()
+        roles = dict(self.meta.get("roles") or {})
         for t in self.targets:
-            if t.get("role") in RESOLVER_ROLES:
-                key = f"{t.get('namespace')}/{t.get('name')}"
+            if isinstance(t, dict) and t.get("role"):
+                roles[f"{t.get('namespace')}/{t.get('name')}"] = t["role"]
+        for key, role in roles.items():
+            if role in RESOLVER_ROLES:
                 pods.add(key)
                 captures.add(key)
-                if t.get("role") == "node-local-dns" and t.get("node"):
-                    nodes.add(t["node"])
+                if role == "node-local-dns":
+                    info = inv.pod_by_key(key)
+                    if info is not None and info.node:
+                        nodes.add(info.node)
         if nodes:
             self._say_nodelocal(len(nodes))
         return Linker(pods, nodes, captures, server_of=self.attributor.attribute)
@@ -196,8 +202,9 @@ def _comment(a: Attributed) -> str:
     return text
 
 
-def _target_dict(t: Any) -> dict[str, Any]:
+def _target_dict(t: Any) -> Any:
+    """Targets as given (``"coredns"``, ``"pod/web"``) or capture pods (PodRef / dict)."""
     if dataclasses.is_dataclass(t) and not isinstance(t, type):
         return {k: v for k, v in dataclasses.asdict(t).items()
                 if k in ("namespace", "name", "node", "role", "host_network")}
-    return dict(t)
+    return dict(t) if isinstance(t, dict) else t

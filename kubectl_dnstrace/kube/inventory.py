@@ -421,6 +421,12 @@ class Inventory:
             pod.workload = self.owners.workload(pod)
         return pod.workload
 
+    def pod_by_key(self, key: str) -> PodInfo | None:
+        """The latest pod named "namespace/name" (a name may have been reused: the newest)."""
+        with self._lock:
+            found = [p for p in self.pods.values() if p.key == key]
+        return found[-1] if found else None
+
     def dns_pods(self, role: str) -> list[PodInfo]:
         """Running DNS pods by role ("coredns" or "node-local-dns"), sorted by name."""
         with self._lock:

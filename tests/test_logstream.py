@@ -29,3 +29,82 @@ def test_seq_tracker_drops_duplicates_and_counts_gaps() -> None:
     # Records 4..6 never arrived: counted, never silent.
     assert t.accept(7) == (True, 3)
     assert (t.lost, t.duplicates, t.gaps) == (3, 2, [(4, 6)])
+
+
+# ---- against the simulated kubelet: real follow streams, really cut -------------------------------
+
+import queue  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from kubectl_dnstrace import protocol  # noqa: E402
+from kubectl_dnstrace.kube.ephemeral import (  # noqa: E402
+    CaptureSpec,
+    add_capture_container,
+    wait_running,
+)
+from kubectl_dnstrace.kube.logstream import AgentStream  # noqa: E402
+from kubectl_dnstrace.kube.targets import resolve_targets  # noqa: E402
+from tests.kubesim import PYTHON_IMAGE, connect, emitter_command, running_pod, sim_cluster  # noqa: E402
+
+
+@pytest.fixture
+def cluster():
+    with sim_cluster() as c:
+        running_pod(c, "shop", "web-1")
+        yield c
+
+
+def _dns(seq: int) -> dict:
+    return {"type": "dns", "seq": seq, "ts": 1795699420.0 + seq, "qr": "query", "proto": "udp",
+            "src": "10.244.0.10", "sport": 40000 + seq, "dst": "10.96.0.10", "dport": 53,
+            "id": seq, "qname": f"q{seq}.example.com", "qtype": "A", "iface": "eth0"}
+
+
+def _records(seqs: list[int]) -> list[dict]:
+    recs = [protocol.hello(0, "test", ["eth0"], {})]
+    recs += [_dns(s) for s in seqs]
+    recs.append(protocol.bye(max(seqs) + 1, "deadline"))
+    return recs
+
+
+def _collect(cluster, tmp_path, records: list[dict], delay: float = 0.02) -> tuple[list, AgentStream]:
+    kube = connect(cluster, tmp_path)
+    pod = resolve_targets(kube, ["pod/web-1"], namespace="shop").pods[0]
+    spec = CaptureSpec("5eq5eq", PYTHON_IMAGE, emitter_command(records, delay=delay))
+    add_capture_container(kube, spec, pod, ["NET_RAW"])
+    wait_running(kube, pod, spec.container_name, time.monotonic() + 20)
+    q: queue.Queue = queue.Queue()
+    stream = AgentStream(kube, pod, spec.container_name, q)
+    stream.start()
+    stream.join(60)
+    assert not stream.is_alive()
+    items = []
+    while not q.empty():
+        items.append(q.get())
+    return items, stream
+
+
+def test_broken_stream_resumes_without_loss_or_duplicates(cluster, tmp_path) -> None:
+    cluster.faults.break_log_after(7, times=4)  # four cuts, each after 7 lines
+    items, stream = _collect(cluster, tmp_path, _records(list(range(1, 41))))
+    seqs = [i.record["seq"] for i in items if i.kind == "record"]
+    assert seqs == list(range(0, 42))  # hello, 40 dns, bye: each exactly once, in order
+    assert stream.resumes >= 4
+    assert stream.seq.lost == 0 and stream.seq.duplicates > 0  # replays were dropped
+    assert items[-1].kind == "end" and items[-1].text == "bye"
+    assert any(i.kind == "notice" and "resuming from" in i.text for i in items)
+
+
+def test_a_real_gap_is_counted_not_hidden(cluster, tmp_path) -> None:
+    items, stream = _collect(cluster, tmp_path, _records([1, 2, 3, 7, 8]))
+    lost = [i.count for i in items if i.kind == "lost"]
+    assert lost == [3] and stream.seq.gaps == [(4, 6)]
+
+
+def test_stream_without_bye_ends_when_the_container_ends(cluster, tmp_path) -> None:
+    records = _records([1, 2])[:-1]  # no bye: the agent died
+    items, _ = _collect(cluster, tmp_path, records)
+    assert [i.record["seq"] for i in items if i.kind == "record"] == [0, 1, 2]
+    assert items[-1].kind == "end" and "without its final record" in items[-1].text

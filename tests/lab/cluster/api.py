@@ -169,6 +169,9 @@ class Api:
             else:
                 self._check_ns_list(route)
                 items, rv = self.store.list(res, route.namespace or None, match)
+                for item in items:  # list items carry no kind/apiVersion on the wire
+                    item.pop("kind", None)
+                    item.pop("apiVersion", None)
                 ex.send_json(200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
                                    "metadata": {"resourceVersion": rv}, "items": items})
         elif verb == "create":

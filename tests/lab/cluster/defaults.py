@@ -40,6 +40,9 @@ def pull_policy(image: str) -> str:
 
 def container(c: dict) -> dict:
     """Container defaults (regular, init and ephemeral containers alike)."""
+    for flag in ("stdin", "stdinOnce", "tty"):  # Go omitempty: false is not serialised
+        if c.get(flag) is False:
+            del c[flag]
     c.setdefault("resources", {})
     c.setdefault("terminationMessagePath", "/dev/termination-log")
     c.setdefault("terminationMessagePolicy", "File")
@@ -82,7 +85,23 @@ def namespace(obj: dict) -> dict:
     return obj
 
 
-BY_KIND = {"Pod": pod, "Namespace": namespace}
+def node(obj: dict) -> dict:
+    """The TaintNodesByCondition admission taints a node that is not (yet) Ready."""
+    status = obj.setdefault("status", {})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    if not ready:
+        taints = obj.setdefault("spec", {}).setdefault("taints", [])
+        if not any(t.get("key") == "node.kubernetes.io/not-ready" for t in taints):
+            taints.append({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"})
+    status.setdefault("daemonEndpoints", {"kubeletEndpoint": {"Port": 0}})
+    info = status.setdefault("nodeInfo", {})
+    for key in ("machineID", "systemUUID", "bootID", "kernelVersion", "osImage", "containerRuntimeVersion",
+                "kubeletVersion", "kubeProxyVersion", "operatingSystem", "architecture"):
+        info.setdefault(key, "")
+    return obj
+
+
+BY_KIND = {"Pod": pod, "Namespace": namespace, "Node": node}
 GENERATION_KINDS = {"Pod", "Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "Job", "CronJob"}
 
 

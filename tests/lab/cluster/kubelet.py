@@ -135,6 +135,7 @@ class Kubelet:
         self._regular_logs: dict[tuple[str, str, str], ContainerRun] = {}
         self._lock = threading.Lock()
         self.stopping = False
+        self.images: dict[str, str] = {}
         self.python3 = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "python3"
         store.add_listener(self._on_event)
 
@@ -147,6 +148,11 @@ class Kubelet:
                 self._netns[(namespace, pod_name)] = netns_name
             else:
                 self._netns.pop((namespace, pod_name), None)
+
+    def provide_image(self, image: str, kind: str = "host") -> None:
+        """Pretend the node has ``image``: "host" runs argv as given with the host's tools,
+        "python" like a python image, "project" like the project's agent image."""
+        self.images[image] = kind
 
     def append_log(self, namespace: str, pod_name: str, container: str, line: str) -> None:
         """Add a log line to a regular (simulated) container of a pod."""
@@ -211,7 +217,7 @@ class Kubelet:
         time.sleep(0.2 + self.faults.start_delay)
         if self.stopping:
             return
-        kind = image_kind(run.image)
+        kind = self.images.get(run.image) or image_kind(run.image)
         if ec.get("imagePullPolicy") == "Never" and not kind:
             run.reason = "ErrImageNeverPull"
             run.message = f'Container image "{run.image}" is not present with pull policy of Never'

@@ -96,3 +96,104 @@ def test_our_containers_are_counted_by_name() -> None:
                                             {"name": "dnstrace-2"}]}}
     assert our_containers(pod) == ["dnstrace-1", "dnstrace-2"]
     assert WARN_EXISTING == 50
+
+
+# ---- against the simulated cluster: pulls, timeouts, early exits ---------------------------------
+
+import time  # noqa: E402
+
+from kubectl_dnstrace.errors import AgentFailed, ExitCode  # noqa: E402
+from kubectl_dnstrace.kube.ephemeral import (  # noqa: E402
+    add_capture_container,
+    early_exit_error,
+    wait_running,
+)
+from kubectl_dnstrace.kube.targets import resolve_targets  # noqa: E402
+from kubectl_dnstrace.trace import _agent_error_message  # noqa: E402
+from tests.kubesim import PYTHON_IMAGE, connect, emitter_command, running_pod, sim_cluster  # noqa: E402
+
+
+@pytest.fixture
+def cluster():
+    with sim_cluster() as c:
+        running_pod(c, "shop", "web-1")
+        yield c
+
+
+def _setup(cluster, tmp_path, image=PYTHON_IMAGE, command=None, pull=None):
+    kube = connect(cluster, tmp_path)
+    pod = resolve_targets(kube, ["pod/web-1"], namespace="shop").pods[0]
+    spec = CaptureSpec("f00f00", image, command or ["python3", "-c", "import time; time.sleep(30)"],
+                       image_pull_policy=pull)
+    add_capture_container(kube, spec, pod, ["NET_RAW"])
+    return kube, pod, spec
+
+
+def test_running_is_reached_quickly_and_states_are_reported(cluster, tmp_path) -> None:
+    t0 = time.monotonic()
+    kube, pod, spec = _setup(cluster, tmp_path)
+    seen: list[str] = []
+    st = wait_running(kube, pod, spec.container_name, time.monotonic() + 20,
+                      lambda p, s: seen.append(s.phase + ":" + s.reason))
+    assert st.phase == "running"
+    assert time.monotonic() - t0 < 10
+    assert seen[-1] == "running:"
+
+
+@pytest.mark.parametrize(("pull", "reason"), [(None, "Err"), ("Never", "ErrImageNeverPull")])
+def test_image_that_cannot_be_pulled_fails_fast(cluster, tmp_path, pull, reason) -> None:
+    image = "registry.invalid/nothing:1"
+    cluster.faults.fail_image(image)
+    kube, pod, spec = _setup(cluster, tmp_path, image=image, pull=pull)
+    t0 = time.monotonic()
+    with pytest.raises(ContainerFailed) as info:
+        wait_running(kube, pod, spec.container_name, time.monotonic() + 30)
+    assert time.monotonic() - t0 < 15
+    assert reason in info.value.message and "shop/web-1" in info.value.message
+    assert "--image" in info.value.hint and "mirror" in info.value.hint
+    assert info.value.exit_code == ExitCode.CONTAINER_FAILED
+
+
+def test_wait_is_bounded_by_the_timeout(cluster, tmp_path) -> None:
+    cluster.faults.slow_start(30)
+    kube, pod, spec = _setup(cluster, tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(ContainerFailed) as info:
+        wait_running(kube, pod, spec.container_name, time.monotonic() + 2)
+    assert time.monotonic() - t0 < 8
+    assert "did not start within the timeout" in info.value.message
+    assert "--timeout" in info.value.hint
+
+
+def test_early_exit_shows_the_agents_error_record(cluster, tmp_path) -> None:
+    records = [{"type": "hello", "seq": 0, "agent_version": "t", "protocol": 1,
+                "interfaces": [], "filters": {}},
+               {"type": "error", "seq": 1,
+                "message": "cannot open a packet socket: Operation not permitted (no CAP_NET_RAW)"},
+               {"type": "bye", "seq": 2, "reason": "error"}]
+    kube, pod, spec = _setup(cluster, tmp_path,
+                             command=emitter_command(records, delay=0.0, exit_code=1))
+    st = wait_running(kube, pod, spec.container_name, time.monotonic() + 20)
+    deadline = time.monotonic() + 10
+    while st.phase != "terminated" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        st = container_state(kube.get("pods", "web-1", "shop"), spec.container_name)
+    assert (st.phase, st.exit_code) == ("terminated", 1)
+    err = early_exit_error(kube, pod, spec.container_name, st, _agent_error_message)
+    assert isinstance(err, AgentFailed)
+    assert "no CAP_NET_RAW" in err.message and "NET_RAW" in err.hint
+
+
+def test_many_previous_traces_warn_about_pod_size(cluster, tmp_path) -> None:
+    kube = connect(cluster, tmp_path)
+    pod = resolve_targets(kube, ["pod/web-1"], namespace="shop").pods[0]
+    pod.ephemeral_containers = [f"dnstrace-{i:06x}" for i in range(WARN_EXISTING)]
+    notices: list[str] = []
+    spec = CaptureSpec("abcdef", PYTHON_IMAGE, ["python3", "-c", "pass"])
+    add_capture_container(kube, spec, pod, ["NET_RAW"], notices.append)
+    assert any("already carries 50 dnstrace capture containers" in n and "rollout restart" in n
+               for n in notices)
+    # A second container with the same name in one run is refused before any request.
+    pod.ephemeral_containers.append(spec.container_name)
+    with pytest.raises(ContainerFailed):
+        add_capture_container(kube, spec, pod, ["NET_RAW"])

@@ -349,7 +349,9 @@ def _read_name(buf, pos, cache):
             run_parts = len(parts)
             run_octets = octets - 1
         else:
-            raise DnsParseError("unsupported label type 0x%02x" % (n & 0xC0), pos)
+            raise DnsParseError(
+                "label length byte 0x%02x is over 63 and not a compression pointer" % n, pos
+            )
         if pos >= limit:
             if limit == size:
                 raise DnsParseError("name runs past the end of the message", pos)

@@ -1,0 +1,298 @@
+"""Renders, exactly: live lines, the table, -o wide, -o json, -o ndjson, and the evidence
+pcap — through the Pipeline, as a sandwich (events in, stdout and stderr out).
+
+Times print in UTC; every render is deterministic, so these are exact-output tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from kubectl_dnstrace import render
+from kubectl_dnstrace.attribution import Attributor
+from kubectl_dnstrace.errors import ExitCode
+from kubectl_dnstrace.kube.inventory import Inventory
+from kubectl_dnstrace.model import DnsEvent, OutputOptions
+from kubectl_dnstrace.pipeline import Pipeline
+from tests.test_inventory import T0, node, owner, pod
+from tests.test_linking import q, r
+
+COREDNS = "kube-system/coredns-7db6d8ff4d-abcde"
+
+
+def inventory() -> Inventory:
+    pods = [
+        pod("web-5d8f7c9b6-x2k4p", "10.244.0.5", owner=("ReplicaSet", "web-5d8f7c9b6")),
+        pod("coredns-7db6d8ff4d-abcde", "10.244.1.2", namespace="kube-system", node="node-b",
+            labels={"k8s-app": "kube-dns"}, owner=("ReplicaSet", "coredns-7db6d8ff4d")),
+        pod("agent-x7k2p", "172.18.0.10", namespace="monitoring", host_network=True,
+            owner=("DaemonSet", "agent")),
+        pod("kube-proxy-a", "172.18.0.10", namespace="kube-system", host_network=True,
+            owner=("DaemonSet", "kube-proxy")),
+    ]
+    owners = [owner("ReplicaSet", "web-5d8f7c9b6", "shop", ("Deployment", "web")),
+              owner("ReplicaSet", "coredns-7db6d8ff4d", "kube-system", ("Deployment", "coredns"))]
+    return Inventory.from_objects(pods, [node("node-a", "172.18.0.10", "10.244.0.0/24"),
+                                         node("node-b", "172.18.0.11", "10.244.1.0/24")],
+                                  owners=owners, since=T0 - 60)
+
+
+def events() -> list[DnsEvent]:
+    """A CoreDNS capture: a pod's lookup goes upstream, a hostNetwork pod asks, the pod asks
+    again (cache), a query gets no answer, an unknown private address asks."""
+    web = q(0.000, "10.244.0.5", "10.244.1.2", 4242, "evil.example.com")
+    up = q(0.001, "10.244.1.2", "172.18.0.53", 777, "evil.example.com", sport=51000)
+    agent = q(1.250, "172.18.0.10", "10.244.1.2", 99, "good.example.com", sport=41000)
+    again = q(2.5, "10.244.0.5", "10.244.1.2", 4243, "evil.example.com", sport=40001)
+    lost = q(3.0, "10.244.0.5", "10.244.1.2", 4244, "slow.example.com", "TXT", sport=40002)
+    stranger = q(3.5, "192.168.50.7", "10.244.1.2", 5, "evil.example.com", "AAAA", sport=33333)
+    return [web, up, r(up, 0.010), r(web, 0.012), agent,
+            r(agent, 0.0005, answers=("203.0.113.7",)), again, r(again, 0.0004), lost, stranger,
+            r(stranger, 0.001, "NXDOMAIN", ())]
+
+
+def run(fmt: str, evs: list[DnsEvent] | None = None, **output) -> tuple[str, str, ExitCode]:
+    out, err = io.StringIO(), io.StringIO()
+    p = Pipeline(OutputOptions(format=fmt, **output), out, err,
+                 attributor=Attributor(inventory()),
+                 meta={"command": "trace", "targets": ["coredns"], "roles": {COREDNS: "coredns"}})
+    for ev in events() if evs is None else evs:
+        p.feed(ev)
+    code = p.finish()
+    return out.getvalue(), err.getvalue(), code
+
+
+EXPECTED_TABLE = """\
+TIME          NAMESPACE     CLIENT                        WORKLOAD              QNAME                         QTYPE  RCODE     ANSWERS           LATENCY   SEEN-AT                   NOTE
+14:00:00.001  kube-system   coredns-7db6d8ff4d-abcde      Deployment/coredns    evil.example.com              A      NOERROR   203.0.113.66      10.0ms    kube-system/coredns-7db6d8ff4d-abcde  upstream for shop/web-5d8f7c9b6-x2k4p (Deployment/web)
+14:00:00.000  shop          web-5d8f7c9b6-x2k4p           Deployment/web        evil.example.com              A      NOERROR   203.0.113.66      12.0ms    kube-system/coredns-7db6d8ff4d-abcde  forwarded
+14:00:01.250  -             node/node-a                   one of: kube-system/kube-proxy-a, monitoring/agent-x7k2p  good.example.com              A      NOERROR   203.0.113.7       0.5ms     kube-system/coredns-7db6d8ff4d-abcde  cache
+14:00:02.500  shop          web-5d8f7c9b6-x2k4p           Deployment/web        evil.example.com              A      NOERROR   203.0.113.66      0.4ms     kube-system/coredns-7db6d8ff4d-abcde  cache
+14:00:03.500  -             192.168.50.7 (unknown)        -                     evil.example.com              AAAA   NXDOMAIN  -                 1.0ms     kube-system/coredns-7db6d8ff4d-abcde  cache
+14:00:03.000  shop          web-5d8f7c9b6-x2k4p           Deployment/web        slow.example.com              TXT    -         -                 -         kube-system/coredns-7db6d8ff4d-abcde  no response
+
+NAMESPACE    POD                       WORKLOAD                                                  NODE    NAMES                               COUNT    QTYPES     RCODES      FIRST     LAST
+shop         web-5d8f7c9b6-x2k4p       Deployment/web                                            node-a  evil.example.com, slow.example.com  3        A:2 TXT:1  NOERROR:2   14:00:00  14:00:03
+-            192.168.50.7 (unknown)    -                                                         -       evil.example.com                    1        AAAA:1     NXDOMAIN:1  14:00:03  14:00:03
+-            node/node-a               one of: kube-system/kube-proxy-a, monitoring/agent-x7k2p  node-a  good.example.com                    1        A:1        NOERROR:1   14:00:01  14:00:01
+kube-system  coredns-7db6d8ff4d-abcde  Deployment/coredns                                        node-b  evil.example.com                    1        A:1        NOERROR:1   14:00:00  14:00:00
+
+Notes:
+  192.168.50.7 [192.168.50.7]: not a pod, node or Service address known to the inventory
+  node/node-a [172.18.0.10]: InternalIP of node node-a: a node process or one of its hostNetwork pods
+
+Upstream lookups:
+  upstream lookup of evil.example.com A at 14:00:00 by kube-system/coredns-7db6d8ff4d-abcde (Deployment/coredns) to 172.18.0.53 caused by shop/web-5d8f7c9b6-x2k4p (Deployment/web)
+"""
+
+EXPECTED_WIDE = """\
+TIME          NAMESPACE     CLIENT                        IP               WORKLOAD              QNAME                         QTYPE  RCODE     ANSWERS           LATENCY   SERVER           SEEN-AT                   NOTE
+14:00:00.001  kube-system   coredns-7db6d8ff4d-abcde      10.244.1.2       Deployment/coredns    evil.example.com              A      NOERROR   203.0.113.66      10.0ms    172.18.0.53      kube-system/coredns-7db6d8ff4d-abcde  upstream for shop/web-5d8f7c9b6-x2k4p (Deployment/web)
+14:00:00.000  shop          web-5d8f7c9b6-x2k4p           10.244.0.5       Deployment/web        evil.example.com              A      NOERROR   203.0.113.66      12.0ms    10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  forwarded
+14:00:01.250  -             node/node-a                   172.18.0.10      one of: kube-system/kube-proxy-a, monitoring/agent-x7k2p  good.example.com              A      NOERROR   203.0.113.7       0.5ms     10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  cache
+14:00:02.500  shop          web-5d8f7c9b6-x2k4p           10.244.0.5       Deployment/web        evil.example.com              A      NOERROR   203.0.113.66      0.4ms     10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  cache
+14:00:03.500  -             192.168.50.7 (unknown)        192.168.50.7     -                     evil.example.com              AAAA   NXDOMAIN  -                 1.0ms     10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  cache
+14:00:03.000  shop          web-5d8f7c9b6-x2k4p           10.244.0.5       Deployment/web        slow.example.com              TXT    -         -                 -         10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  no response
+
+NAMESPACE    POD                       WORKLOAD                                                  NODE    NAMES                               COUNT    QTYPES     RCODES      FIRST     LAST      IPS           DNS-SERVERS    SEEN-AT                               P50     P95
+shop         web-5d8f7c9b6-x2k4p       Deployment/web                                            node-a  evil.example.com, slow.example.com  3        A:2 TXT:1  NOERROR:2   14:00:00  14:00:03  10.244.0.5    10.244.1.2     kube-system/coredns-7db6d8ff4d-abcde  0.4ms   12.0ms
+-            192.168.50.7 (unknown)    -                                                         -       evil.example.com                    1        AAAA:1     NXDOMAIN:1  14:00:03  14:00:03  192.168.50.7  10.244.1.2     kube-system/coredns-7db6d8ff4d-abcde  1.0ms   1.0ms
+-            node/node-a               one of: kube-system/kube-proxy-a, monitoring/agent-x7k2p  node-a  good.example.com                    1        A:1        NOERROR:1   14:00:01  14:00:01  172.18.0.10   10.244.1.2     kube-system/coredns-7db6d8ff4d-abcde  0.5ms   0.5ms
+kube-system  coredns-7db6d8ff4d-abcde  Deployment/coredns                                        node-b  evil.example.com                    1        A:1        NOERROR:1   14:00:00  14:00:00  10.244.1.2    172.18.0.53    kube-system/coredns-7db6d8ff4d-abcde  10.0ms  10.0ms
+
+Notes:
+  192.168.50.7 [192.168.50.7]: not a pod, node or Service address known to the inventory
+  node/node-a [172.18.0.10]: InternalIP of node node-a: a node process or one of its hostNetwork pods
+
+Upstream lookups:
+  upstream lookup of evil.example.com A at 14:00:00 by kube-system/coredns-7db6d8ff4d-abcde (Deployment/coredns) to 172.18.0.53 caused by shop/web-5d8f7c9b6-x2k4p (Deployment/web)
+"""
+
+EXPECTED_NDJSON_FIRST_LINES = [
+    '{"type":"dns","ts":1764165600.0,"qr":"query","proto":"udp","src":"10.244.0.5","sport":40000,"dst":"10.244.1.2","dport":53,"id":4242,"qname":"evil.example.com","qtype":"A","iface":"","seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"shop","name":"web-5d8f7c9b6-x2k4p","workload":"Deployment/web","node":"node-a","candidates":[]}}',
+    '{"type":"dns","ts":1764165600.001,"qr":"query","proto":"udp","src":"10.244.1.2","sport":51000,"dst":"172.18.0.53","dport":53,"id":777,"qname":"evil.example.com","qtype":"A","iface":"","seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"kube-system","name":"coredns-7db6d8ff4d-abcde","workload":"Deployment/coredns","node":"node-b","candidates":[]},"forward":{"upstream":true,"caused_by":[{"kind":"pod","namespace":"shop","name":"web-5d8f7c9b6-x2k4p","workload":"Deployment/web","node":"node-a","candidates":[],"ip":"10.244.0.5"}],"via":[]}}',
+    '{"type":"dns","ts":1764165600.011,"qr":"response","proto":"udp","src":"172.18.0.53","sport":53,"dst":"10.244.1.2","dport":51000,"id":777,"qname":"evil.example.com","qtype":"A","iface":"","rcode":"NOERROR","answers":["203.0.113.66"],"latency_ms":10.0,"seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"kube-system","name":"coredns-7db6d8ff4d-abcde","workload":"Deployment/coredns","node":"node-b","candidates":[]}}',
+]
+
+
+def test_table_live_lines_then_summary_notes_and_upstream_lookups():
+    out, err, code = run("table")
+    assert out == EXPECTED_TABLE
+    assert err == ""
+    assert code == ExitCode.MATCHED
+
+
+def test_wide_adds_ips_servers_seen_at_and_latency_percentiles():
+    out, err, _ = run("wide")
+    assert out == EXPECTED_WIDE
+    assert err == ""
+
+
+def test_table_without_live_lines():
+    out, _, _ = run("table", live=False)
+    assert out == EXPECTED_TABLE.split("\n\n", 1)[1]
+
+
+def test_ndjson_streams_one_enriched_event_per_line():
+    out, err, _ = run("ndjson")
+    lines = out.splitlines()
+    assert len(lines) == len(events())
+    assert lines[:3] == EXPECTED_NDJSON_FIRST_LINES
+    assert err == ""
+    for line in lines:
+        rec = json.loads(line)
+        assert set(rec["client"]) >= {"kind", "namespace", "name", "workload", "node",
+                                      "candidates"}
+    agent = json.loads(lines[4])
+    assert agent["client"]["kind"] == "node"
+    assert agent["client"]["candidates"] == ["kube-system/kube-proxy-a", "monitoring/agent-x7k2p"]
+
+
+EXPECTED_JSON = {
+    "kind": "DnsTraceReport",
+    "version": 1,
+    "meta": {"command": "trace", "roles": {COREDNS: "coredns"}},
+    "targets": ["coredns"],
+    "summary": [{
+        "client": {"kind": "pod", "namespace": "shop", "name": "web-5d8f7c9b6-x2k4p",
+                   "workload": "Deployment/web", "node": "node-a", "candidates": [],
+                   "ips": ["10.244.0.5"]},
+        "count": 1,
+        "first": "2025-11-26T14:00:00.000Z",
+        "last": "2025-11-26T14:00:00.012Z",
+        "qtypes": {"A": 1},
+        "rcodes": {"NOERROR": 1},
+        "latency_ms": {"p50": 12.0, "p95": 12.0},
+        "names": [{
+            "name": "evil.example.com", "count": 1, "qtypes": {"A": 1},
+            "rcodes": {"NOERROR": 1}, "answers": ["203.0.113.66"],
+            "first": "2025-11-26T14:00:00.000Z", "last": "2025-11-26T14:00:00.012Z",
+            "observed_at": [COREDNS], "servers": ["10.244.1.2"],
+            "latency_ms": {"p50": 12.0, "p95": 12.0, "max": 12.0}, "served": {"cache": 1},
+        }],
+    }],
+    "upstream": [],
+    "notices": [],
+    "events": [
+        {"type": "dns", "ts": T0, "qr": "query", "proto": "udp", "src": "10.244.0.5",
+         "sport": 40000, "dst": "10.244.1.2", "dport": 53, "id": 4242,
+         "qname": "evil.example.com", "qtype": "A", "iface": "", "seq": 0,
+         "observed_at": COREDNS,
+         "client": {"kind": "pod", "namespace": "shop", "name": "web-5d8f7c9b6-x2k4p",
+                    "workload": "Deployment/web", "node": "node-a", "candidates": []}},
+        {"type": "dns", "ts": T0 + 0.012, "qr": "response", "proto": "udp",
+         "src": "10.244.1.2", "sport": 53, "dst": "10.244.0.5", "dport": 40000, "id": 4242,
+         "qname": "evil.example.com", "qtype": "A", "iface": "", "rcode": "NOERROR",
+         "answers": ["203.0.113.66"], "latency_ms": 12.0, "seq": 0, "observed_at": COREDNS,
+         "client": {"kind": "pod", "namespace": "shop", "name": "web-5d8f7c9b6-x2k4p",
+                    "workload": "Deployment/web", "node": "node-a", "candidates": []},
+         "served": "cache"},  # a CoreDNS capture, and CoreDNS did not ask upstream
+    ],
+}
+
+
+def test_json_is_one_document_with_meta_targets_summary_upstream_and_events():
+    web = events()[0]
+    out, err, code = run("json", [web, r(web, 0.012)])
+    assert out == json.dumps(EXPECTED_JSON, indent=2, ensure_ascii=False) + "\n"
+    assert err == ""
+    assert code == ExitCode.MATCHED
+
+
+def test_json_upstream_links_name_the_causing_pod():
+    out, _, _ = run("json")
+    [link] = json.loads(out)["upstream"]
+    assert link["text"] == (
+        "upstream lookup of evil.example.com A at 14:00:00 by "
+        "kube-system/coredns-7db6d8ff4d-abcde (Deployment/coredns) to 172.18.0.53 caused by "
+        "shop/web-5d8f7c9b6-x2k4p (Deployment/web)")
+    assert [c["name"] for c in link["caused_by"]] == ["web-5d8f7c9b6-x2k4p"]
+    assert link["upstream"] is True
+
+
+@pytest.mark.parametrize("fmt", ["table", "wide", "json", "ndjson"])
+def test_nothing_matched_is_exit_1_with_a_clean_stdout(fmt):
+    out, err, code = run(fmt, [])
+    assert code == ExitCode.NO_MATCH
+    if fmt == "json":
+        assert json.loads(out)["summary"] == []
+    else:
+        assert out == ""
+    assert err == ("No DNS queries matched.\n" if fmt in ("table", "wide") else "")
+
+
+def test_notices_go_to_stderr_only():
+    out, err = io.StringIO(), io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, err)
+    p.notice("waiting for kube-system/coredns-1")
+    assert (out.getvalue(), err.getvalue()) == ("", "waiting for kube-system/coredns-1\n")
+
+
+def test_nodelocal_dns_is_detected_and_said_in_one_line():
+    inv = Inventory.from_objects([pod("node-local-dns-a", "172.18.0.10", namespace="kube-system",
+                                      host_network=True, labels={"k8s-app": "node-local-dns"})],
+                                 [node("node-a", "172.18.0.10", "10.244.0.0/24")], since=T0)
+    out, err = io.StringIO(), io.StringIO()
+    Pipeline(OutputOptions(format="table"), out, err, attributor=Attributor(inv))
+    assert err.getvalue() == (
+        "NodeLocal DNSCache is on (1 node): CoreDNS sees node addresses, not pods; clients are "
+        "named from the node-local-dns captures, which see the pods' own addresses\n")
+
+
+def _with_packets(evs: list[DnsEvent]) -> list[DnsEvent]:
+    from scapy.layers.dns import DNS, DNSQR
+    from scapy.layers.inet import IP, UDP
+
+    for ev in evs:
+        ev.raw = bytes(IP(src=ev.src, dst=ev.dst) / UDP(sport=ev.sport, dport=ev.dport)
+                       / DNS(id=ev.id, qr=int(ev.qr == "response"), qd=DNSQR(qname=ev.qname)))
+    return evs
+
+
+@pytest.mark.parametrize("name", ["evidence.pcap", "evidence.pcapng"])
+def test_evidence_file_is_0600_with_its_sha256_on_stderr(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"old content, world-readable")
+    os.chmod(path, 0o644)
+    out, err, _ = run("ndjson", _with_packets(events()), pcap_path=str(path))
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    kind = "pcapng" if name.endswith("ng") else "pcap"
+    assert err == f"wrote 11 packets to {path} ({kind}, mode 0600); sha256 {digest}\n"
+    assert len(out.splitlines()) == 11
+    fields = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "ip.src", "-e", "dns.qry.name",
+         "-e", "frame.time_epoch"] + (["-e", "frame.comment"] if kind == "pcapng" else []),
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(fields) == 11
+    first = fields[0].split("\t")
+    assert first[:2] == ["10.244.0.5", "evil.example.com"]
+    assert abs(float(first[2]) - T0) < 1e-5
+    if kind == "pcapng":
+        assert first[3] == "shop/web-5d8f7c9b6-x2k4p (Deployment/web) query evil.example.com A"
+        assert fields[4].split("\t")[3] == "node/node-a query good.example.com A"
+
+
+def test_events_without_their_packet_are_counted_not_written(tmp_path):
+    path = tmp_path / "e.pcap"
+    _, err, _ = run("ndjson", events()[:2], pcap_path=str(path))
+    assert re.search(r"wrote 0 packets .*\n2 events came without their packet", err)
+
+
+@pytest.mark.parametrize(("ts", "text"), [(T0, "14:00:00.000"), (T0 + 0.9996, "14:00:01.000"),
+                                          (T0 + 59.0404, "14:00:59.040")])
+def test_clock_with_milliseconds_is_utc(ts, text):
+    assert render.clock_ms(ts) == text
+
+
+@pytest.mark.parametrize(("ms", "text"), [(None, "-"), (0.42, "0.4ms"), (12.0, "12.0ms"),
+                                          (1500.0, "1.50s")])
+def test_latency_text(ms, text):
+    assert render.latency(ms) == text

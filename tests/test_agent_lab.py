@@ -115,7 +115,7 @@ def test_udp_tcp_ipv6_exactly(dlab, tmp_path):
         ("query", "tcp", ip6, DNS6, "txt.example.com", "TXT"),
         ("response", "tcp", DNS6, ip6, "txt.example.com", "TXT", "NOERROR", ('"hello lab"',)),
     ]
-    for q, r in zip(events[::2], events[1::2]):
+    for q, r in zip(events[::2], events[1::2], strict=True):
         assert (q["id"], q["sport"], q["dport"]) == (r["id"], r["dport"], r["sport"])
         assert r["latency_ms"] is not None and 0 <= r["latency_ms"] < 1000
         assert q["iface"] == r["iface"] == "eth0"
@@ -128,7 +128,7 @@ def test_udp_tcp_ipv6_exactly(dlab, tmp_path):
 
 
 def test_domain_filter_on_label_boundaries(dlab, tmp_path):
-    d, client, ip4, _ = dlab
+    d, client, _, _ = dlab
     agent = AgentRun(d.dns, ["--domain", "evil.example.com"], tmp_path)
     agent.wait_hello()
     for name in ("notevil.example.com", "evil.example.com", "www.example.com", "X.Evil.Example.Com"):
@@ -228,7 +228,7 @@ def test_node_namespace_once_per_message_and_late_clients(dlab, tmp_path):
 
 
 def test_loopback_reported_once_and_interface_option(dlab, tmp_path):
-    d, client, ip4, _ = dlab
+    d, client, _, _ = dlab
     agent = AgentRun(d.dns, [], tmp_path)
     agent.wait_hello()
     dig(d.dns, DNS4, "www.example.com")  # to its own address: over lo

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -87,11 +88,20 @@ class Wire:
 
     def __init__(self, cluster: SimCluster):
         self.cluster = cluster
-        host, port = cluster.url.removeprefix("http://").split(":")
+        scheme, rest = cluster.url.split("://")
+        host, port = rest.split(":")
         self.host, self.port = host, int(port)
+        self.ssl = None
+        if scheme == "https":
+            self.ssl = ssl.create_default_context(cadata=cluster.ca_pem.decode())
+
+    def connect(self) -> http.client.HTTPConnection:
+        if self.ssl:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=30, context=self.ssl)
+        return http.client.HTTPConnection(self.host, self.port, timeout=30)
 
     def send(self, method: str, path: str, query: dict, user: str, headers: dict, body):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn = self.connect()
         qs = "&".join(f"{k}={v}" for k, v in query.items())
         hdrs = {k: v for k, v in headers.items() if k in ("Accept", "Content-Type")}
         hdrs["Authorization"] = f"Bearer {self.cluster.token(user)}"
@@ -145,7 +155,7 @@ def top_level_fixtures() -> list[Path]:
 
 
 def open_watch(wire: Wire, events: list) -> threading.Thread:
-    conn = http.client.HTTPConnection(wire.host, wire.port, timeout=30)
+    conn = wire.connect()
     conn.request("GET", "/api/v1/pods?watch=true&allowWatchBookmarks=true&resourceVersion="
                  + wire.cluster.store.resource_version,
                  headers={"Authorization": f"Bearer {wire.cluster.token('admin')}"})

@@ -94,11 +94,14 @@ class Api:
     # -- entry -------------------------------------------------------------------------------
 
     def handle(self, ex: Exchange) -> None:
-        user = self._authenticate(ex)
         path = ex.path
         if path in ("/healthz", "/livez", "/readyz"):
             ex.send_text(200, b"ok")
             return
+        if path == "/version" and not ex.headers.get("Authorization"):
+            ex.send_json(200, VERSION)  # system:public-info-viewer lets anonymous read it
+            return
+        user = self._authenticate(ex)
         if path in ("/version", "/api", "/apis") or (path.startswith(("/api/", "/apis/")) and self._discovery(path)):
             allowed, _ = self.authz.decide(user, Attributes(verb="get", path=path))
             if not allowed:

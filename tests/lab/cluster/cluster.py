@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from . import kubeconfig
+from . import tls as tlsmod
 from .api import Api
 from .faults import Faults
 from .kubelet import Kubelet
@@ -25,8 +26,10 @@ SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
 class SimCluster:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: bool = True):
         self.host, self.port = host, port
+        self.tls = tls and tlsmod.available()
+        self._cert: tlsmod.ServingCert | None = None
         self.store = Store()
         self.faults = Faults()
         self.users = Users()
@@ -48,10 +51,17 @@ class SimCluster:
         if self._server is None:
             raise RuntimeError("SimCluster is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._cert else 'http'}://{host}:{port}"
+
+    @property
+    def ca_pem(self) -> bytes | None:
+        """The CA that signed the serving certificate (None over plain http)."""
+        return self._cert.ca_pem if self._cert else None
 
     def start(self) -> SimCluster:
-        self._server = ApiHTTPServer(self.api, self.host, self.port)
+        if self.tls and self._cert is None:
+            self._cert = tlsmod.make_serving_cert(self.host)
+        self._server = ApiHTTPServer(self.api, self.host, self.port, self._cert.context() if self._cert else None)
         self.api.server_address = f"{self._server.server_address[0]}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         daemon=True, name="sim-apiserver")
@@ -69,6 +79,9 @@ class SimCluster:
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._cert is not None:
+            self._cert.cleanup()
+            self._cert = None
 
     # -- users and kubeconfig ------------------------------------------------------------------
 
@@ -78,7 +91,7 @@ class SimCluster:
     def write_kubeconfig(self, path: str | Path, user: str = "admin", namespace: str | None = None,
                          context: str = "sim") -> Path:
         """A kubeconfig with a bearer token for ``user`` ("admin" may do everything)."""
-        return kubeconfig.write(path, self.url, user, self.token(user), namespace, context)
+        return kubeconfig.write(path, self.url, user, self.token(user), namespace, context, self.ca_pem)
 
     # -- conveniences for tests ----------------------------------------------------------------
 

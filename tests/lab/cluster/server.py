@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +30,10 @@ class Exchange:
         self.query_multi = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         self.query = {k: v[-1] for k, v in self.query_multi.items()}
         self.headers = handler.headers
-        self._body: bytes | None = None
+        # Read the body now: answering early (401, 403) must not leave it in the socket,
+        # where the next keep-alive request would be parsed from it.
+        length = int(self.headers.get("Content-Length") or 0)
+        self._body = handler.rfile.read(length) if length else b""
         self.answered = False
 
     def flag(self, name: str) -> bool:
@@ -40,9 +44,6 @@ class Exchange:
         return (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
 
     def body(self) -> bytes:
-        if self._body is None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self._body = self.h.rfile.read(length) if length else b""
         return self._body
 
     def json_body(self):
@@ -119,6 +120,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # keep test output clean
         pass
 
+    def handle(self) -> None:
+        # a client that hangs up mid-handshake or mid-request is not an error
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError, BrokenPipeError, TimeoutError):
+            super().handle()
+
     def _dispatch(self) -> None:
         ex = Exchange(self)
         self.server.track(self.connection, True)
@@ -129,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
                 ex.send_json(err.code, err.body, err.headers)
             else:
                 self.close_connection = True
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
         except Exception as exc:  # a bug in the simulator must be visible, not a hung client
             if not ex.answered:
@@ -146,8 +152,11 @@ class ApiHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, api, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, api, host: str = "127.0.0.1", port: int = 0, ssl_context=None):
         super().__init__((host, port), _Handler)
+        if ssl_context is not None:
+            # The handshake then happens on the first read, in the request's own thread.
+            self.socket = ssl_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.api = api
         self._audit = 0
         self._lock = threading.Lock()

@@ -134,6 +134,13 @@ USAGE_LINES = (
 class DefaultToTrace(TyperGroup):
     """A group whose unknown first word is a trace target: ``kubectl dnstrace pod/x``."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``kubectl dnstrace -l app=web``: a first option the group does not know is trace's."""
+        known = {o for p in self.get_params(ctx) for o in (*p.opts, *p.secondary_opts)}
+        if args and args[0].startswith("-") and args[0].split("=", 1)[0] not in known:
+            args = ["trace", *args]
+        return super().parse_args(ctx, args)
+
     def resolve_command(self, ctx: click.Context, args: list[str]):
         if (args and args[0] not in self.commands and not args[0].startswith("-")) or (args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version")):
             args.insert(0, "trace")

@@ -1,0 +1,199 @@
+"""End to end: ``kubectl dnstrace`` through the real kubectl binary's plugin mechanism, against
+the simulated cluster, with scenario pods sending real DNS queries in network namespaces.
+
+The agent runs as the simulated kubelet starts it: the inline ``python3 -c`` program from the
+default image, inside the pod's network namespace. Events travel home through pods/log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_lab
+from tests.lab.cluster import SimCluster
+
+KUBECTL = shutil.which("kubectl", path="/usr/bin:/usr/local/bin") or "/usr/bin/kubectl"
+WEB = "web-5d8f7c9b6-x2k4p"
+SCENARIO = {
+    "nodes": ["node-a"],
+    "dns": {"replicas": 1, "records": {"evil.example.com": "203.0.113.66",
+                                       "good.example.com": "203.0.113.7"}},
+    "pods": [
+        {"name": WEB, "namespace": "shop", "workload": "Deployment/web", "labels": {"tier": "front"},
+         "queries": [{"name": "evil.example.com", "type": "A", "every": "300ms"},
+                     {"name": "good.example.com", "type": "A", "every": "1s"}]},
+        {"name": "other-1", "namespace": "shop",
+         "queries": [{"name": "good.example.com", "type": "AAAA", "every": "1s"}]},
+    ],
+}
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    require_lab()
+    if not os.path.exists(KUBECTL):
+        pytest.skip("kubectl binary not installed")
+    from tests.lab.scenario import ScenarioLab
+
+    cluster = SimCluster().start()
+    sl = ScenarioLab(SCENARIO, cluster=cluster, workdir=tmp_path / "lab")
+    try:
+        sl.start()
+        yield sl
+    finally:
+        sl.stop()
+        cluster.stop()
+
+
+def dnstrace(sl, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Run ``kubectl dnstrace ARGS`` (kubectl finds the plugin on PATH) against the scenario."""
+    return subprocess.run([KUBECTL, "dnstrace", *args], env=sl.env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def run_id(stderr: str) -> str:
+    m = re.search(r"container dnstrace-([0-9a-f]{6})", stderr)
+    assert m, stderr
+    return m.group(1)
+
+
+def agents_left(sl, rid: str) -> list[str]:
+    """Agent processes of run ``rid`` still alive: in the lab's namespaces, or anywhere."""
+    marker = f"dnstrace-{rid}.stop"
+    found = []
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    pids: set[int] = set()
+    for line in names.splitlines():
+        ns = line.split()[0] if line.split() else ""
+        if ns.startswith("dtlab-"):
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+            pids.update(int(p) for p in out.split() if p.isdigit())
+    pids.update(int(p) for p in os.listdir("/proc") if p.isdigit())
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            found.append(f"{pid}: {cmd[:80]}")
+    return found
+
+
+def wait_no_agents(sl, rid: str, within: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + within
+    left = agents_left(sl, rid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = agents_left(sl, rid)
+    return left
+
+
+def test_coredns_domain_filter_names_the_asking_pod(scenario) -> None:
+    proc = dnstrace(scenario, "coredns", "--domain", "evil.example.com", "-o", "ndjson",
+                    "--duration", "5s")
+    assert proc.returncode == 0, proc.stderr
+    evs = [e for e in events(proc.stdout) if e.get("type", "dns") == "dns"]
+    assert evs, proc.stderr
+    assert all(e["qname"].endswith("evil.example.com") for e in evs)
+    assert all(e["observed_at"].startswith("kube-system/coredns-") for e in evs)
+    queries = [e for e in evs if e["qr"] == "query" and e["src"] == scenario.pod_ip("shop", WEB)]
+    assert len(queries) >= 5  # one every 300 ms for ~5 s
+    assert {e["client"]["name"] for e in queries} == {WEB}
+    assert "Added ephemeral container dnstrace-" in proc.stderr
+    assert "until the pod is recreated" in proc.stderr and "Falco" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert wait_no_agents(scenario, run_id(proc.stderr)) == []
+
+
+@pytest.mark.parametrize("target", [[f"pod/{WEB}"], ["deploy/web"], ["-l", "tier=front"]])
+def test_pod_deploy_and_selector_targets_capture_the_pods_own_queries(scenario, target) -> None:
+    proc = dnstrace(scenario, *target, "-n", "shop", "-o", "ndjson", "--duration", "4s")
+    assert proc.returncode == 0, proc.stderr
+    evs = events(proc.stdout)
+    assert {e["observed_at"] for e in evs} == {f"shop/{WEB}"}  # not other-1
+    names = {e["qname"] for e in evs}
+    assert {"evil.example.com", "good.example.com"} <= names
+    sent = {q["id"] for q in scenario.query_log("shop", WEB)}
+    seen = {e["id"] for e in evs if e["qr"] == "query"}
+    assert seen and seen <= sent  # every captured query is one the pod really sent
+
+
+def test_broken_log_stream_loses_and_duplicates_nothing(scenario) -> None:
+    scenario.cluster.faults.break_log_after(6, times=3)
+    proc = dnstrace(scenario, f"pod/{WEB}", "-n", "shop", "-o", "ndjson", "--duration", "5s")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("resuming from") >= 3
+    assert "lost" not in proc.stderr
+    evs = events(proc.stdout)
+    seqs = [e["seq"] for e in evs]
+    assert len(seqs) == len(set(seqs))  # none doubled
+    # None lost: every query the pod sent while the capture ran is there.
+    first, last = min(e["ts"] for e in evs), max(e["ts"] for e in evs)
+    sent = {q["id"] for q in scenario.query_log("shop", WEB) if first <= q["ts"] <= last - 0.05}
+    seen = {e["id"] for e in evs if e["qr"] == "query"}
+    assert sent and sent <= seen
+
+
+def test_ctrl_c_stops_every_agent(scenario) -> None:
+    proc = subprocess.Popen([KUBECTL, "dnstrace", "coredns", "deploy/web", "-n", "shop",
+                             "-o", "ndjson", "--duration", "120s"], env=scenario.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        err_lines.append(line)
+        if line.startswith("capturing in"):
+            break
+    assert any(line.startswith("capturing in 2 pod(s)") for line in err_lines), "".join(err_lines)
+    rid = run_id("".join(err_lines))
+    assert agents_left(scenario, rid)  # they run
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # to the kubectl process itself
+    out, err = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    err = "".join(err_lines) + err
+    assert proc.returncode == 0, err
+    assert took < 15
+    assert "Interrupted: stopping the capture agents" in err
+    assert "Traceback" not in err
+    assert events(out)
+    assert wait_no_agents(scenario, rid) == []
+
+
+def test_deadline_leaves_no_agent_running(scenario) -> None:
+    proc = dnstrace(scenario, f"pod/{WEB}", "-n", "shop", "-o", "ndjson", "--duration", "3s")
+    assert proc.returncode == 0, proc.stderr
+    assert wait_no_agents(scenario, run_id(proc.stderr), within=3.0) == []
+    pod = scenario.cluster.store.get("pods", WEB, "shop")
+    [st] = [s for s in pod["status"]["ephemeralContainerStatuses"]
+            if s["name"] == f"dnstrace-{run_id(proc.stderr)}"]
+    assert "terminated" in st["state"]
+
+
+def test_dry_run_prints_the_patch_and_changes_nothing(scenario) -> None:
+    proc = dnstrace(scenario, f"pod/{WEB}", "-n", "shop", "--dry-run", "--domain", "evil.example.com")
+    assert proc.returncode == 0, proc.stderr
+    [doc] = events(proc.stdout)
+    [container] = doc["patch"]["spec"]["ephemeralContainers"]
+    assert (doc["namespace"], doc["pod"]) == ("shop", WEB)
+    assert container["securityContext"]["capabilities"] == {"add": ["NET_RAW"]}
+    assert "--duration" in container["command"] and "evil.example.com" in container["command"]
+    pod = scenario.cluster.store.get("pods", WEB, "shop")
+    assert not pod["spec"].get("ephemeralContainers")

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         sl.up()
         _say(f"scenario {args.scenario} up in {time.monotonic() - started:.1f}s "
-             f"({len(plan.nodes)} nodes, {len(plan.pods)} pods)")
+             f"({len(plan.nodes)} nodes, {len(plan.pods)} pods; network namespaces dtlab-{sl.lab.tag}-*)")
         if args.command == "up" or not args.quiet:
             print(sl.summary(), file=sys.stderr, flush=True)
         sl.begin()
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         sl.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
-    return code
+    # A command killed by a signal reports -N; a shell reports that as 128+N.
+    return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":

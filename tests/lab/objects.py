@@ -50,8 +50,11 @@ def node(plan: NodePlan) -> dict:
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "kubelet is posting ready status"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-            "nodeInfo": {"kubeletVersion": "v1.32.0", "containerRuntimeVersion": "containerd://1.7.24",
-                         "operatingSystem": "linux", "architecture": "amd64"},
+            "nodeInfo": {"kubeletVersion": "v1.32.0", "kubeProxyVersion": "v1.32.0",
+                         "containerRuntimeVersion": "containerd://1.7.24", "operatingSystem": "linux",
+                         "architecture": "amd64", "osImage": "Debian GNU/Linux 12 (bookworm)",
+                         "kernelVersion": "6.1.0-28-amd64", "bootID": plan.uid, "machineID": plan.uid.replace("-", ""),
+                         "systemUUID": plan.uid},
         },
     }
 
@@ -92,7 +95,8 @@ def owner_object(owner: OwnerPlan, pods: list[PodPlan]) -> dict:
         obj["spec"] = {"selector": selector, "template": _template(owner, pod_spec),
                        "updateStrategy": {"type": "RollingUpdate"}}
         obj["status"] = {"currentNumberScheduled": len(mine), "desiredNumberScheduled": len(mine),
-                         "numberReady": len(mine)}
+                         "numberMisscheduled": 0, "numberReady": len(mine), "numberAvailable": len(mine),
+                         "updatedNumberScheduled": len(mine), "observedGeneration": 1}
     elif owner.kind == "StatefulSet":
         obj["spec"] = {"replicas": max(1, len(mine)), "selector": selector, "serviceName": owner.name,
                        "template": _template(owner, pod_spec)}

@@ -382,6 +382,7 @@ class ScenarioLab:
 
         store.mutate("pods", pod.name, pod.namespace, terminating)
         store.delete("pods", pod.name, pod.namespace)
+        self.cluster.kubelet.register_pod_netns(pod.namespace, pod.name, None)
         if live.own_netns:
             self.topology.remove_pod(live.netns)
         self.events.append(LifecycleEvent(self.elapsed(), time.time(), "deleted", pod.namespace, pod.name, pod.ip))

@@ -71,10 +71,15 @@ class Topology:
     def build(self) -> None:
         self.fabric = self.lab.netns("fabric")
         self.lab.bridge(self.fabric, "fabric0")
+        self.fabric.ip("link", "set", "fabric0", "address", "02:42:ac:12:00:01")
         for index, name in enumerate(self.node_names):
             ns = self.lab.netns(f"node{index}")
             self.lab.attach(self.fabric, "fabric0", ns, [f"{node_ip(index)}/{FABRIC_LEN}"])
             self.lab.bridge(ns, "cni0", f"{pod_gateway(index)}/24")
+            # A Linux bridge takes the lowest MAC of its ports unless given one, so a pod coming
+            # or going would change the gateway's MAC under every other pod's ARP cache (the
+            # bridge CNI plugin pins it for the same reason).
+            ns.ip("link", "set", "cni0", "address", f"02:42:0a:f4:{index:02x}:01")
             ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
             self.nodes[name] = NodeNet(name, index, ns, node_ip(index), pod_cidr(index), pod_gateway(index))
         self.upstream = self.lab.netns("upstream")

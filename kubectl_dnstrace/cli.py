@@ -303,6 +303,7 @@ def analyze(
     rcode: RcodeOpt = None,
     output: OutputOpt = "table",
     pcap: PcapOpt = None,
+    no_lines: Annotated[bool, typer.Option("--no-lines", help="Table/wide: only the summary, no line per query.")] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     request_timeout: RequestTimeoutOpt = "10s",
@@ -310,10 +311,12 @@ def analyze(
     """Attribute the DNS queries in capture files to pods, like a live trace."""
     from kubectl_dnstrace.analyze import run_analyze
 
+    out_opts = _output(output, pcap)
+    out_opts.live = not no_lines
     request = AnalyzeRequest(
         files=list(files),
         filters=_filters(domain, domain_file, qtype, rcode),
-        output=_output(output, pcap),
+        output=out_opts,
         cluster=ClusterOptions(
             kubeconfig=kubeconfig,
             context=context,

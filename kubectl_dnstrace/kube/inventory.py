@@ -341,8 +341,8 @@ class Inventory:
                 pod.node = spec.get("nodeName") or pod.node
                 if ips:
                     pod.ips = tuple(dict.fromkeys(pod.ips + ips))
-            start = (parse_time(status.get("startTime"))
-                     or parse_time(meta.get("creationTimestamp")) or observed)
+            start = _first_known(parse_time(status.get("startTime")),
+                                 parse_time(meta.get("creationTimestamp")), observed)
             end = _end_time(status, observed, deleted)
             if pod.host_network:
                 if pod.node:
@@ -448,6 +448,10 @@ def _end_time(status: dict, observed: float, deleted: bool) -> float:
         known = [f for f in finished if f is not None]
         return (max(known) + TRUNCATION_SLACK) if known else observed
     return observed if deleted else INF
+
+
+def _first_known(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
 
 
 def _norm(ip: str) -> str:

@@ -1,0 +1,237 @@
+"""``kubectl dnstrace analyze``: capture files through the same back half as a live trace.
+
+The lab tests make real captures — tcpdump in a DNS namespace while dig asks dnsmasq — and
+check every packet against tshark: source, name, type and rcode.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kubectl_dnstrace import dnswire
+from kubectl_dnstrace.cli import main
+from tests.lab import dnslab
+from tests.test_inventory import pod
+
+DNS4, DNS6 = dnslab.host_addrs(dnslab.DNS_HOST)
+
+
+def analyze(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["analyze", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---- files without a lab ----------------------------------------------------------------
+
+
+def _write_pcap(path: Path, packets) -> None:
+    from scapy.utils import wrpcap
+
+    wrpcap(str(path), packets)
+
+
+def _exchange(src: str, name: str, qid: int, ts: float, sport: int = 40000,
+              rcode: int = 0, answer: str | None = "203.0.113.66"):
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    query = Ether() / IP(src=src, dst=DNS4) / UDP(sport=sport, dport=53) / DNS(
+        id=qid, rd=1, qd=DNSQR(qname=name))
+    response = Ether() / IP(src=DNS4, dst=src) / UDP(sport=53, dport=sport) / DNS(
+        id=qid, qr=1, rcode=rcode, qd=DNSQR(qname=name),
+        an=DNSRR(rrname=name, rdata=answer) if answer else None)
+    query.time, response.time = ts, ts + 0.002
+    return [query, response]
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a capture file\n", b"\xd4\xc3\xb2"])
+def test_a_file_that_is_not_a_capture_is_bad_input(tmp_path, capsys, content):
+    path = tmp_path / "notes.pcap"
+    path.write_bytes(content)
+    code, out, err = analyze(capsys, "--offline", str(path))
+    assert code == 10
+    assert out == ""
+    assert err.startswith(f"error: {path} is not a pcap or pcapng capture file\n")
+
+
+def test_a_missing_file_is_bad_input(tmp_path, capsys):
+    code, _, err = analyze(capsys, "--offline", str(tmp_path / "nope.pcap"))
+    assert code == 10
+    assert f"cannot read {tmp_path / 'nope.pcap'}: no such file" in err
+
+
+def test_a_malformed_dns_packet_is_counted_and_skipped(tmp_path, capsys):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    # A header announcing one question whose name runs past the end of the packet.
+    broken = bytes.fromhex("123401000001000000000000") + b"\x05ab"
+    bad = Ether() / IP(src="10.244.0.9", dst=DNS4) / UDP(sport=1234, dport=53) / broken
+    bad.time = 1_764_165_601.0
+    path = tmp_path / "mixed.pcap"
+    _write_pcap(path, [bad, *_exchange("10.244.0.5", "evil.example.com", 7, 1_764_165_600.0)])
+    code, out, err = analyze(capsys, "--offline", "-o", "ndjson", str(path))
+    assert code == 0
+    assert [json.loads(line)["qname"] for line in out.splitlines()] == ["evil.example.com"] * 2
+    assert f"{path}: 3 packets, 3 DNS messages, 2 matched, 1 malformed (skipped)" in err
+
+
+def test_a_truncated_file_yields_the_records_before_the_cut(tmp_path, capsys):
+    path = tmp_path / "cut.pcap"
+    _write_pcap(path, _exchange("10.244.0.5", "evil.example.com", 7, 1_764_165_600.0))
+    path.write_bytes(path.read_bytes()[:-10])
+    code, out, _ = analyze(capsys, "--offline", "-o", "ndjson", str(path))
+    assert code == 0
+    assert len(out.splitlines()) == 1
+
+
+def test_filters_exit_status_and_pods_file_attribution(tmp_path, capsys):
+    path = tmp_path / "node7.pcap"
+    _write_pcap(path, [*_exchange("10.244.0.5", "evil.example.com", 1, 1_764_165_600.0),
+                       *_exchange("10.244.0.6", "good.example.com", 2, 1_764_165_601.0, 40001),
+                       *_exchange("10.244.0.6", "gone.example.com", 3, 1_764_165_602.0, 40002,
+                                  rcode=3, answer=None)])
+    pods = tmp_path / "pods.json"
+    pods.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        pod("web-5d8f7c9b6-x2k4p", "10.244.0.5", start=1_764_165_000.0,
+            owner=("ReplicaSet", "web-5d8f7c9b6"), labels={"pod-template-hash": "5d8f7c9b6"})]}))
+    code, out, _ = analyze(capsys, "--offline", "--pods", str(pods), "--domain",
+                           "EVIL.example.com.", "-o", "ndjson", str(path))
+    assert code == 0
+    clients = [json.loads(line)["client"] for line in out.splitlines()]
+    assert clients == [{"kind": "pod", "namespace": "shop", "name": "web-5d8f7c9b6-x2k4p",
+                        "workload": "Deployment/web", "node": "node-a", "candidates": []}] * 2
+    code, out, _ = analyze(capsys, "--offline", "--rcode", "nxdomain", "-o", "ndjson", str(path))
+    assert [(e["qname"], e["rcode"]) for e in map(json.loads, out.splitlines())] == [
+        ("gone.example.com", "NXDOMAIN")]
+    code, out, err = analyze(capsys, "--offline", "--domain", "nothing.example", str(path))
+    assert (code, out) == (1, "")
+    assert err.endswith("No DNS queries matched.\n")
+    code, _, err = analyze(capsys, "--offline", "--qtype", "BOGUS", str(path))
+    assert code == 2
+
+
+# ---- real captures from the lab, checked against tshark ---------------------------------
+
+QUERIES = [  # (name, type, tcp)
+    ("www.example.com", "A", False),
+    ("nope.example.com", "A", False),
+    ("www.example.com", "AAAA", False),
+    ("txt.example.com", "TXT", False),
+    ("alias.example.com", "A", True),
+    ("evil.example.com", "MX", False),
+    ("x.evil.example.com", "A", True),
+    ("api.lab.test", "A", False),
+    ("missing.lab.test", "TXT", True),
+]
+
+
+def _tcpdump(ns, path: Path, *extra: str):
+    # --immediate-mode: without it libpcap hands packets over in ring blocks, and a
+    # SIGINT loses the last block's packets.
+    proc = ns.popen(["tcpdump", "-n", "-U", "--immediate-mode", "-w", str(path), *extra,
+                     "port", "53"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # tcpdump writes the file header once it listens
+        if path.exists() and path.stat().st_size >= 24:
+            return proc
+        time.sleep(0.05)
+    raise AssertionError("tcpdump did not start")
+
+
+def _stop(proc) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=10)
+
+
+def _tshark(path: Path) -> list[tuple[str, str, str, str]]:
+    res = subprocess.run(
+        ["tshark", "-r", str(path), "-Y", "dns", "-T", "fields", "-e", "ip.src", "-e", "ipv6.src",
+         "-e", "dns.qry.name", "-e", "dns.qry.type", "-e", "dns.flags.rcode"],
+        capture_output=True, text=True, check=True)
+    rows = []
+    for line in res.stdout.splitlines():
+        v4, v6, name, qtype, rcode = line.split("\t")
+        rows.append((v4 or v6, name, qtype, rcode))
+    return rows
+
+
+def _ours(events: list[dict]) -> list[tuple[str, str, str, str]]:
+    return [(e["src"], e["qname"], str(dnswire.type_code(e["qtype"])),
+             str(dnswire.rcode_code(e["rcode"])) if e.get("rcode") else "") for e in events]
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory):
+    """One lab run, captured three ways: Ethernet pcap, Linux cooked SLL2, and pcapng."""
+    from tests.conftest import require_lab
+    from tests.lab.netns import Lab
+
+    require_lab()
+    tmp = tmp_path_factory.mktemp("captures")
+    with Lab() as lab:
+        d = dnslab.dns_lab(lab, tmp)
+        client, ip4, ip6 = d.add_client()
+        eth = _tcpdump(d.dns, tmp / "eth.pcap", "-i", "eth0")
+        sll2 = _tcpdump(d.dns, tmp / "sll2.pcap", "-i", "any", "-y", "LINUX_SLL2")
+        for server in (DNS4, DNS6):
+            for name, qtype, tcp in QUERIES:
+                assert dnslab.dig(client, server, name, qtype, tcp=tcp).returncode == 0
+        time.sleep(0.3)
+        _stop(eth)
+        _stop(sll2)
+    subprocess.run(["editcap", "-F", "pcapng", str(tmp / "eth.pcap"), str(tmp / "eth.pcapng")],
+                   check=True, capture_output=True)
+    return tmp, (ip4, ip6)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("name", ["eth.pcap", "sll2.pcap", "eth.pcapng"])
+def test_analyze_agrees_with_tshark_on_every_packet(captures, capsys, name):
+    tmp, _ = captures
+    path = tmp / name
+    code, out, err = analyze(capsys, "--offline", "-o", "ndjson", str(path))
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    expected = _tshark(path)
+    assert len(expected) == 2 * 2 * len(QUERIES)
+    assert _ours(events) == expected
+    # Query and response matched: every response carries its latency.
+    assert all(e["latency_ms"] is not None for e in events if e["qr"] == "response")
+    assert {e["client"]["kind"] for e in events} == {"unknown"}
+
+
+@pytest.mark.lab
+def test_the_link_types_really_differ(captures):
+    from kubectl_dnstrace.pcapio import read_records
+
+    tmp, _ = captures
+    first = {name: next(iter(read_records(str(tmp / name))))[0]
+             for name in ("eth.pcap", "sll2.pcap", "eth.pcapng")}
+    assert first == {"eth.pcap": 1, "sll2.pcap": 276, "eth.pcapng": 1}
+    assert (tmp / "eth.pcapng").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+
+
+@pytest.mark.lab
+def test_analyze_table_names_the_pod_from_a_pods_file(captures, capsys, tmp_path):
+    tmp, (ip4, ip6) = captures
+    client = pod("client-0", ip4, namespace="lab", owner=("StatefulSet", "client"))
+    client["status"]["podIPs"].append({"ip": ip6})
+    pods = tmp_path / "pods.json"
+    pods.write_text(json.dumps({"kind": "List", "items": [client]}))
+    code, out, _ = analyze(capsys, "--offline", "--pods", str(pods), "--domain", "evil.example.com",
+                           "--no-lines", str(tmp / "eth.pcap"))
+    assert code == 0
+    header, row = out.splitlines()[:2]
+    assert header.split() == ["NAMESPACE", "POD", "WORKLOAD", "NODE", "NAMES", "COUNT", "QTYPES",
+                              "RCODES", "FIRST", "LAST"]
+    assert row.split()[:9] == ["lab", "client-0", "StatefulSet/client", "node-a",
+                               "evil.example.com,", "x.evil.example.com", "4", "A:2", "MX:2"]

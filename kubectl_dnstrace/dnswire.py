@@ -487,6 +487,8 @@ def _rdata_soa(buf, pos, end, cache):
 
 
 def _rdata_txt(buf, pos, end, cache):
+    if pos == end:
+        raise DnsParseError("TXT rdata without a string", pos)
     out = []
     while pos < end:
         n = buf[pos]

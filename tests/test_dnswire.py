@@ -15,6 +15,7 @@ import struct
 import timeit
 
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -302,6 +303,7 @@ HOSTILE = {
         header(an=1) + QUESTION + rr(PTR_QNAME, 6, PTR_QNAME + PTR_QNAME + bytes(16)),
         "SOA rdata length does not match",
     ),
+    "TXT without strings": (header(an=1) + QUESTION + rr(PTR_QNAME, 16, b""), "TXT rdata without a string"),
     "TXT string overflow": (header(an=1) + QUESTION + rr(PTR_QNAME, 16, b"\x05abc"), "TXT string runs past"),
     "OPT not owned by root": (
         header(ar=1) + QUESTION + rr(PTR_QNAME, 41, b"", rclass=512, ttl=0),
@@ -332,6 +334,8 @@ def test_hostile_message_is_refused_with_a_reason(case):
     with pytest.raises(DnsParseError, match=re.escape(reason)) as err:
         parse_message(buf)
     assert isinstance(err.value, ValueError)
+    with pytest.raises(dns.exception.FormError):  # dnspython refuses each of them too
+        dns.message.from_wire(buf, ignore_trailing=True)
     # The question fast path refuses what it reads, and accepts what it does not read.
     try:
         head = parse_question(buf)
@@ -533,7 +537,7 @@ def expected_records(section):
 
 
 def assert_same_as_dnspython(wire):
-    theirs = dns.message.from_wire(wire, one_rr_per_rrset=True)
+    theirs = dns.message.from_wire(wire, one_rr_per_rrset=True, ignore_trailing=True)
     ours = parse_message(wire)
     assert (ours.id, ours.flags, ours.rcode) == (theirs.id, theirs.flags, theirs.rcode())
     assert ours.questions == [
@@ -567,7 +571,7 @@ def assert_same_as_dnspython(wire):
 
 
 DIFFERENTIAL = settings(
-    max_examples=250,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -576,7 +580,7 @@ DIFFERENTIAL = settings(
 @DIFFERENTIAL
 @given(messages())
 def test_matches_dnspython_on_generated_messages(msg):
-    wire = msg.to_wire(max_size=65535)
+    wire = msg.to_wire(max_size=65535, want_shuffle=False)  # reproducible examples
     ours = assert_same_as_dnspython(wire)
     # And against what was built, for the fields dnspython's reading could not hide.
     assert ours.id == msg.id

@@ -192,6 +192,7 @@ def test_pods_resolve_through_cluster_dns_which_forwards_and_caches():
         assert dig.stdout.split() == ["203.0.113.66"]
         nx = sl.netns("shop", web.name).run("dig", "+time=2", "+tries=2", f"@{dns_ip}", "nothing.example.com")
         assert "status: NXDOMAIN" in nx.stdout
+        sl.netns("shop", web.name).run("dig", "+time=2", "+tries=2", f"@{dns_ip}", "nothing.example.com")
         svc = sl.netns("shop", web.name).run("dig", "+short", f"@{dns_ip}", "kube-dns.kube-system.svc.cluster.local")
         assert svc.stdout.split() == ["10.96.0.10"]
         sl.wait_until(4.0)
@@ -201,6 +202,7 @@ def test_pods_resolve_through_cluster_dns_which_forwards_and_caches():
         coredns_log = sl.dns_log(f"kube-system/{dns_pod.name}")
         assert f"query[A] evil.example.com from {web.ip}" in coredns_log
         assert "cached evil.example.com is 203.0.113.66" in coredns_log  # served from cache
+        assert "cached nothing.example.com is NXDOMAIN" in coredns_log  # denials are cached too
         upstream = sl.dns_log("upstream")
         forwarded = re.findall(rf"query\[A\] evil\.example\.com from {re.escape(dns_ip)}$", upstream, re.M)
         client_queries = len(re.findall(rf"query\[A\] evil\.example\.com from {re.escape(web.ip)}$", coredns_log, re.M))
@@ -245,6 +247,9 @@ def test_api_objects_match_the_network_and_chain_their_owners():
         assert (svc.spec.cluster_ip, svc.spec.selector) == ("10.96.0.10", {"k8s-app": "kube-dns"})
         eps = core.read_namespaced_endpoints("kube-dns", "kube-system")
         assert sorted(a.ip for a in eps.subsets[0].addresses) == ["10.244.0.2", "10.244.1.2"]
+        namespaces = {n.metadata.name: n.metadata.labels for n in core.list_namespace().items}
+        assert namespaces["batch"]["pod-security.kubernetes.io/enforce"] == "baseline"
+        assert namespaces["shop"]["team"] == "web" and "kube-system" in namespaces
         nodes = {n.metadata.name: n for n in core.list_node().items}
         assert nodes["node-b"].spec.pod_cidr == "10.244.1.0/24"
         assert [a.address for a in nodes["node-b"].status.addresses if a.type == "InternalIP"] == ["172.18.0.11"]
@@ -338,6 +343,23 @@ def test_node_local_dns_hides_pods_from_coredns():
             nl[0].metadata.owner_references[0].uid
         kube_dns_labelled = core.list_namespaced_service("kube-system", label_selector="k8s-app=kube-dns").items
         assert sorted(s.metadata.name for s in kube_dns_labelled) == ["kube-dns", "kube-dns-upstream"]
+
+
+@pytest.mark.lab
+def test_host_network_pods_share_their_nodes_namespace_and_address():
+    with _lab(SCENARIOS / "hostnetwork.yaml") as sl:
+        core, _apps, _batch = _core(sl)
+        node_b = sl.node_netns("node-b")
+        assert sl.netns("monitoring", "agent-x7k2p") is node_b
+        assert sl.netns("kube-system", "kube-proxy-m4n5b") is node_b
+        hostnet = [p for p in core.list_pod_for_all_namespaces().items if p.spec.host_network]
+        assert sorted((p.metadata.name, p.status.pod_ip, p.status.host_ip) for p in hostnet) == [
+            ("agent-x7k2p", "172.18.0.11", "172.18.0.11"), ("kube-proxy-m4n5b", "172.18.0.11", "172.18.0.11")]
+        sl.wait_until(2.5)
+        log = sl.dns_log(f"kube-system/{sl.plan.dns_pods[0].name}")
+        assert "query[A] evil.example.com from 172.18.0.11" in log
+        assert "query[A] good.example.com from 172.18.0.11" in log
+        assert "query[A] good.example.com from 10.244.0.3" in log
 
 
 @pytest.mark.lab

@@ -73,8 +73,10 @@ def upstream_command(listen: str, records: Iterable[Record], ttl: int, log_file:
 def cluster_dns_command(listen: str, upstream: str, cluster_domain: str, records: Iterable[Record],
                         ttl: int, log_file: str) -> list[str]:
     """A CoreDNS stand-in: authoritative for the cluster domain, caching forwarder for the rest."""
+    # neg-ttl: the upstream's NXDOMAIN carries no SOA, and without one dnsmasq would not cache
+    # it — CoreDNS's cache keeps denials too, so cache them for the record TTL.
     return [*_base([listen], log_file), f"--server={upstream}", f"--local=/{cluster_domain}/",
-            f"--local-ttl={ttl}", "--cache-size=1000", *record_args(records)]
+            f"--local-ttl={ttl}", f"--neg-ttl={ttl}", "--cache-size=1000", *record_args(records)]
 
 
 def node_local_command(cluster_dns: Sequence[str], upstream: str, cluster_domain: str,

@@ -270,3 +270,19 @@ def test_containers_and_exec_run_in_the_pod_network_namespace(lab, cluster, v1):
                  command=["ip", "-o", "-4", "addr", "show", "dev", "eth0"], stderr=True, stdout=True,
                  stdin=False, tty=False)
     assert "10.77.0.5/24" in out
+
+
+def test_container_identity_decides_whether_a_packet_socket_opens(lab, cluster, v1):
+    """Like containerd: root with the default set has NET_RAW; a restricted-profile container has none."""
+    ns = lab.netns("caps")
+    cluster.kubelet.register_pod_netns("shop", "web-1", ns.name)
+    probe = program("import socket", "try:", "    socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()",
+                    "    print('packet socket ok')", "except PermissionError as exc:", "    print('denied', exc.errno)")
+    add(v1, "root", probe, securityContext={"runAsUser": 0})
+    add(v1, "restricted", probe, securityContext={
+        "runAsUser": 65532, "runAsNonRoot": True, "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}})
+    add(v1, "dropped", probe, securityContext={"capabilities": {"drop": ["NET_RAW"]}})
+    for name, want in (("root", b"packet socket ok\n"), ("restricted", b"denied 1\n"), ("dropped", b"denied 1\n")):
+        wait_state(v1, name, "terminated")
+        assert v1.read_namespaced_pod_log("web-1", "shop", container=name, _preload_content=False).data == want

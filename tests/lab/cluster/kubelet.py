@@ -14,7 +14,9 @@ What it mirrors (recorded with a real kubelet + containerd, live/*.json):
   ``sinceTime`` has whole-second precision (the apiserver re-encodes it as RFC3339 for the
   kubelet), lines at that second are sent again; a followed stream ends about a second after
   the process exits; a node without a kubelet gives the 500 "dial tcp ...:10250" error;
-- pods/exec runs in the same netns and environment as the container.
+- pods/exec runs in the same netns, environment and identity as the container;
+- the process gets the container's uid and capabilities (see ``security``), so a
+  restricted-profile capture container fails to open its packet socket like on containerd.
 Each container gets its own process group; ``stop()`` kills them all.
 """
 
@@ -33,8 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import security, wsexec
 from . import status as st
-from . import wsexec
 from .defaults import now_rfc3339
 from .faults import Faults
 from .store import Store
@@ -98,6 +100,7 @@ class ContainerRun:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "/"
     netns: str | None = None
+    identity: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     exited_at: float | None = None
@@ -278,9 +281,11 @@ class Kubelet:
                 env[item["name"]] = str(item["value"])
         run.argv, run.env, run.cwd = argv, env, ec.get("workingDir") or "/"
         run.netns = self._netns.get((run.namespace, run.pod))
+        run.identity = security.wrapper(pod, ec)
 
     def _wrap(self, run: ContainerRun, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", run.netns, *argv] if run.netns else list(argv)
+        argv = [*run.identity, *argv]
+        return ["ip", "netns", "exec", run.netns, *argv] if run.netns else argv
 
     def _pump(self, run: ContainerRun) -> None:
         def reader() -> None:
@@ -459,11 +464,12 @@ class Kubelet:
         h.end_headers()
         h.wfile.flush()
         ws = wsexec.WebSocket(h.rfile, h.wfile, h.connection)
-        self._exec(ws, argv, env, netns, run.cwd if run else "/", ex.flag("stdin"))
+        identity = run.identity if run else []
+        self._exec(ws, argv, env, netns, run.cwd if run else "/", ex.flag("stdin"), identity)
 
     def _exec(self, ws: wsexec.WebSocket, argv: list[str], env: dict, netns: str | None, cwd: str,
-              with_stdin: bool) -> None:
-        cmd = ["ip", "netns", "exec", netns, *argv] if netns else argv
+              with_stdin: bool, identity: list[str]) -> None:
+        cmd = ["ip", "netns", "exec", netns, *identity, *argv] if netns else [*identity, *argv]
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,

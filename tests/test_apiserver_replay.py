@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import re
 import ssl
 import threading
 import time
@@ -235,3 +236,92 @@ def test_version_shape(fixture):
     with SimCluster() as cluster:
         status, _, body = Wire(cluster).send("GET", "/version", {}, "admin", {}, None)
     assert status == 200 and set(body) == set(rec["response"]["body"])
+
+
+# -- live/: the same API server with a real kubelet and containerd ----------------------------
+
+LIVE_NOT_REPLAYED = {
+    "live/02-get-dns-pod-running.json": "regular containers are not run by the simulated kubelet: the scenario "
+                                        "runs their workload and writes their status (injected here from this file)",
+    "live/09-log-client.json": "log of a regular container: its text comes from the scenario's workload",
+    "live/10-log-dnsmasq.json": "log of a regular container: its text comes from the scenario's workload",
+}
+VOLATILE = ("startedAt", "finishedAt", "containerID", "imageID", "lastTransitionTime", "startTime")
+
+
+def blank_volatile(value):
+    """Replace values that name a moment or a runtime id with a marker (kept when empty)."""
+    if isinstance(value, dict):
+        return {k: ("*" if k in VOLATILE and v else blank_volatile(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [blank_volatile(v) for v in value]
+    return value
+
+
+def ephemeral_statuses(body: dict) -> list:
+    return blank_volatile((body.get("status") or {}).get("ephemeralContainerStatuses") or [])
+
+
+def wait_for_statuses(wire: Wire, path: str, want: list, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        _, _, body = wire.send("GET", path, {}, "admin", {"Accept": "application/json"}, None)
+        if ephemeral_statuses(body) == want or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
+
+
+def test_replay_live_session(lab):
+    """live/*.json in order: ephemeral containers really run (tcpdump in a pod netns)."""
+    records = sorted(FIX.glob("live/[0-9][0-9]-*.json"))
+    with SimCluster() as cluster:
+        cluster.add_node("rk8s-node", internal_ip="10.123.0.1")
+        cluster.kubelet.provide_image("dnstrace-agent:test")  # present on the node, like the recording's
+        cluster.faults.slow_start(2.0)  # requests "right after the PATCH" see ContainerCreating
+        wire = Wire(cluster)
+        failures: dict[str, list[str]] = {}
+        replayed = []
+        for path in records:
+            name = f"live/{path.name}"
+            rec = json.loads(path.read_text())
+            req, want = rec["request"], rec["response"]
+            if name in LIVE_NOT_REPLAYED:
+                if name == "live/02-get-dns-pod-running.json":
+                    running = want["body"]["status"]
+                    cluster.store.mutate("pods", "dns-server", "kube-system", lambda p, s=running: {**p, "status": s})
+                continue
+            if name.endswith(("01-create-dns-pod.json", "06-create-client-pod.json")):
+                ns = lab.netns(req["body"]["metadata"]["name"])
+                pod_name = req["body"]["metadata"]["name"]
+                cluster.kubelet.register_pod_netns(req["path"].split("/")[4], pod_name, ns.name)
+            if req["method"] == "GET" and isinstance(want["body"], dict) and want["body"].get("kind") == "Pod":
+                wait_for_statuses(wire, req["path"], ephemeral_statuses(want["body"]))
+            status, headers, body = wire.send(req["method"], req["path"], req["query"], "admin", req["headers"],
+                                              req["body"])
+            replayed.append(name)
+            if isinstance(want["body"], str):
+                problems = [] if status == want["status"] else [f"status {status} != {want['status']}"]
+                if name.endswith("16-log-ephemeral-terminated.json") and body != want["body"]:
+                    problems.append(f"log {body!r} != {want['body']!r}")
+                if name.endswith("07-log-ephemeral-tcpdump.json"):
+                    banner = want["body"].splitlines()[:3]
+                    if body.splitlines()[:3] != banner:
+                        problems.append(f"tcpdump banner {body.splitlines()[:3]} != {banner}")
+                if name.endswith("08-log-ephemeral-tcpdump-timestamps-tail.json"):
+                    lines = body.splitlines()
+                    if not lines or len(lines) > 5 or not all(re.match(r"^\S+Z ", ln) for ln in lines):
+                        problems.append(f"timestamped tail {lines}")
+            else:
+                # The recorder labelled the pod (fixture-run) between 15 and 18 to end its watch.
+                ((want["body"].get("metadata") or {}).get("labels") or {}).pop("fixture-run", None)
+                problems = compare(name, rec, status, headers, body)
+                if want["body"].get("kind") == "Pod" and isinstance(body, dict) and body.get("status"):
+                    problems = [p for p in problems if not p.startswith(".status")]
+                    problems += diff_paths(want["body"]["status"].get("observedGeneration"),
+                                           body["status"].get("observedGeneration"), ".status.observedGeneration")
+                    problems += diff_paths(ephemeral_statuses(want["body"]), ephemeral_statuses(body),
+                                           ".status.ephemeralContainerStatuses")
+            if problems:
+                failures[name] = problems
+    assert not failures, json.dumps(failures, indent=1)
+    assert len(replayed) == len(records) - len(LIVE_NOT_REPLAYED) == 17

@@ -210,6 +210,12 @@ class Kubelet:
                         if s["name"] != run.name]
             statuses.append(run.status())
             pod["status"]["ephemeralContainerStatuses"] = sorted(statuses, key=lambda s: s["name"])
+            if "observedGeneration" in pod["status"]:  # the kubelet reports the spec generation it acted on
+                generation = pod["metadata"].get("generation", 1)
+                pod["status"]["observedGeneration"] = generation
+                for cond in pod["status"].get("conditions") or []:
+                    if "observedGeneration" in cond:
+                        cond["observedGeneration"] = generation
             return pod
 
         with contextlib.suppress(st.ApiError):  # the pod may be gone

@@ -10,6 +10,11 @@ bodies field by field after dropping server-generated values (uid, resourceVersi
 timestamps, managedFields) and what the ServiceAccount admission plugin injects
 (the kube-api-access volume and its mounts, not simulated). Warning headers are exact.
 The all-namespaces watch opened before the session must see the recorded event sequence.
+
+live/ and live-psa/ (a real kubelet + containerd) are replayed with the simulated kubelet
+running the ephemeral containers for real, each pod in its own network namespace: status
+transitions, the kubelet's 400s, tcpdump's banner and its EPERM under the restricted profile.
+What is not replayed, and why, is listed in NOT_REPLAYED and LIVE_NOT_REPLAYED.
 """
 
 from __future__ import annotations
@@ -325,3 +330,36 @@ def test_replay_live_session(lab):
                 failures[name] = problems
     assert not failures, json.dumps(failures, indent=1)
     assert len(replayed) == len(records) - len(LIVE_NOT_REPLAYED) == 17
+
+
+def test_replay_live_pod_security_session(lab):
+    """live-psa/: what a capture container can do under baseline (root, default caps) and restricted."""
+    with SimCluster() as cluster:
+        cluster.add_node("rk8s-node", internal_ip="10.123.0.1")
+        cluster.kubelet.provide_image("dnstrace-agent:test")
+        wire = Wire(cluster)
+        failures: dict[str, list[str]] = {}
+        for path in sorted(FIX.glob("live-psa/[0-9][0-9]-*.json")):
+            rec = json.loads(path.read_text())
+            req, want = rec["request"], rec["response"]
+            if req["method"] == "GET" and isinstance(want["body"], dict):
+                wait_for_statuses(wire, req["path"], ephemeral_statuses(want["body"]))
+            status, _headers, body = wire.send(req["method"], req["path"], req["query"], "admin", req["headers"],
+                                              req["body"])
+            problems = [] if status == want["status"] else [f"status {status} != {want['status']}: {body}"]
+            if req["method"] == "POST" and req["path"].endswith("/pods") and status == 201:
+                ns = req["path"].split("/")[4]
+                cluster.store.mutate("pods", "app", ns, lambda p: {**p, "spec": {**p["spec"], "nodeName": "rk8s-node"}})
+                cluster.kubelet.register_pod_netns(ns, "app", lab.netns(ns[-10:]).name)  # the scheduler bound it
+            if isinstance(want["body"], dict) and want["body"].get("kind") == "Pod":
+                problems += diff_paths(ephemeral_statuses(want["body"]), ephemeral_statuses(body))
+            elif isinstance(want["body"], dict) and want["body"].get("kind") == "Namespace":
+                problems += diff_paths(normalize(want["body"]), normalize(body))
+            elif path.name.startswith("05-"):
+                if body.splitlines()[:3] != want["body"].splitlines()[:3]:
+                    problems.append(f"tcpdump banner {body.splitlines()[:3]}")
+            elif path.name.startswith("10-") and body != want["body"]:
+                problems.append(f"log {body!r} != {want['body']!r}")
+            if problems:
+                failures[path.name] = problems
+    assert not failures, json.dumps(failures, indent=1)

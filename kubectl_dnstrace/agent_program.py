@@ -198,6 +198,38 @@ def _rename_locals(tree: ast.Module) -> None:
                 node.name = mapping[node.name]
 
 
+def _is_private(name: str | None) -> bool:
+    return bool(name) and name.startswith("_") and not name.startswith("__") and len(name) > 3
+
+
+def _rename_private(trees: dict[str, ast.Module]) -> None:
+    """Give every ``_private`` identifier of the bundle a short name (``_0``, ``_1``...),
+    the same everywhere: definitions, attributes, imports, parameters and ``__slots__``
+    strings. By convention nothing outside the bundle uses them, and the agent never
+    looks them up by a computed string."""
+    found: set[str] = set()
+    slots: list[ast.Constant] = []
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            for attr in ("id", "attr", "name", "arg", "asname"):
+                value = getattr(node, attr, None)
+                if isinstance(value, str) and _is_private(value):
+                    found.add(value)
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets):
+                slots += [c for c in ast.walk(node.value) if isinstance(c, ast.Constant)]
+    mapping = {name: f"_{i:x}" for i, name in enumerate(sorted(found))}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            for attr in ("id", "attr", "name", "arg", "asname"):
+                value = getattr(node, attr, None)
+                if isinstance(value, str) and value in mapping:
+                    setattr(node, attr, mapping[value])
+    for const in slots:
+        if const.value in mapping:
+            const.value = mapping[const.value]
+
+
 def _unparse_compact(tree: ast.Module) -> str:
     for node in ast.walk(tree):
         for field in ("body", "orelse", "finalbody"):
@@ -216,6 +248,7 @@ def minify_bundle(sources: dict[str, str], roots: set[str]) -> dict[str, str]:
     for tree in trees.values():
         _strip_docs(tree)
     _shake(trees, roots)
+    _rename_private(trees)
     for tree in trees.values():
         _rename_locals(tree)
     return {m: _unparse_compact(tree) for m, tree in trees.items()}

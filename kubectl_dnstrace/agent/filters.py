@@ -46,6 +46,34 @@ def _suffixes(name):
         i += 1
 
 
+def _wire_names(domains):
+    """The names in DNS wire form, lower case (``b"\\x04evil\\x07example\\x03com\\x00"``),
+    for the agent's prefilter on raw packets; None when a name has escapes or non-ASCII
+    (then only the text match is used)."""
+    out = set()
+    for name in domains:
+        if "\\" in name or not name.isascii():
+            return None
+        labels = name.split(".")
+        if any(not label or len(label) > 63 for label in labels):
+            return None
+        out.add(b"".join(bytes([len(label)]) + label.encode("ascii") for label in labels) + b"\x00")
+    return frozenset(out)
+
+
+def match_wire(name, wire_domains):
+    """Whether a lower-cased wire-form name (ending in its root label) is one of
+    ``wire_domains`` or under one: its suffixes start at label boundaries."""
+    i = 0
+    while True:
+        if name[i:] in wire_domains:
+            return True
+        n = name[i]
+        if not n:
+            return False
+        i += n + 1
+
+
 class DnsFilter(object):
     """A question matches when its name is under one of ``domains`` (if any) and its type is
     one of ``qtypes`` (if any). ``rcodes`` (if any) selects responses by their rcode; queries
@@ -59,6 +87,7 @@ class DnsFilter(object):
         "domains",
         "qtypes",
         "rcodes",
+        "wire_domains",
     )
 
     def __init__(self, domains=(), qtypes=(), rcodes=()):
@@ -72,6 +101,11 @@ class DnsFilter(object):
         self._domain_names = sorted(names)
         self._qtype_names = sorted(dnswire.type_name(t) for t in self.qtypes)
         self._rcode_names = sorted(dnswire.rcode_name(r) for r in self.rcodes)
+        self.wire_domains = _wire_names(self.domains)
+
+    @property
+    def match_all_names(self):
+        return self._match_all_names
 
     @property
     def active(self):

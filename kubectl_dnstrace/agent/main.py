@@ -19,19 +19,25 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 import zlib
 
 import kubectl_dnstrace
-from kubectl_dnstrace import protocol
-from kubectl_dnstrace.agent.capture import Capture, CaptureError
+from kubectl_dnstrace import dnswire, protocol
+from kubectl_dnstrace.agent.capture import PKT_HDR, Capture, CaptureError
 from kubectl_dnstrace.agent.dedupe import Deduper
 from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
-from kubectl_dnstrace.agent.frames import LINKTYPE_RAW, FrameDecoder
+from kubectl_dnstrace.agent.frames import LINKTYPE_RAW, DnsSegment, FrameDecoder
 from kubectl_dnstrace.agent.output import Output
 from kubectl_dnstrace.agent.volume import VolumeGate
+
+_PORTS = struct.Struct("!HH")
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_QUESTION_HEADER = b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -132,32 +138,158 @@ class Agent(object):
         self.volume = VolumeGate(opts.max_rate)
         self.seen = 0
         self.stop_reason = None
+        self._only_ifindex = 0  # the one interface seen so far (0: none yet, -1: several)
 
-    # -- per packet: the hot path -----------------------------------------------------
+    # -- per packet ---------------------------------------------------------------------
     def handle(self, packet, ts, ifkey, pkttype):
-        self.seen += 1
+        """The general path: any packet (TCP, IP options, fragments, the recvfrom
+        fallback) through FrameDecoder and Deduper."""
         if pkttype == 4 and (ifkey == 1 or ifkey == "lo"):
             return  # loopback shows every packet twice (outgoing, then incoming)
         segs = self.decoder.decode_ip(packet, ts)
-        if not segs:
-            return
         for seg in segs:
-            if self.deduper.seen(seg):
-                continue
-            volume = self.volume
-            if volume.aggregating:
-                key = self.builder.tally(seg)
-                if key is not None:
-                    volume.tally(key)
-                continue
-            rec = self.builder.build(seg, self.capture.iface_name(ifkey))
-            if rec is None:
-                continue
-            if volume.allow_record(ts):
-                self.out.add(rec)
-            else:
-                client = rec["dst"] if rec["qr"] == "response" else rec["src"]
-                volume.tally((client, rec["qname"].lower(), rec["qtype"], rec.get("rcode")))
+            if not self.deduper.seen(seg):
+                self.report(seg, ifkey)
+
+    def report(self, seg, ifkey):
+        """A new message: a record, or a tally while aggregating."""
+        volume = self.volume
+        if volume.aggregating:
+            key = self.builder.tally(seg)
+            if key is not None:
+                volume.tally(key)
+            return
+        rec = self.builder.build(seg, self.capture.iface_name(ifkey))
+        if rec is None:
+            return
+        if volume.allow_record(seg.ts):
+            self.out.add(rec)
+        else:
+            client = rec["dst"] if rec["qr"] == "response" else rec["src"]
+            volume.tally((client, rec["qname"].lower(), rec["qtype"], rec.get("rcode")))
+
+    def count_handle(self, packet, ts, ifkey, pkttype):
+        self.seen += 1
+        self.handle(packet, ts, ifkey, pkttype)
+
+    def run_block(self, ring, pos, num):
+        """The hot loop over one ring block (most packets are plain UDP over IPv4/IPv6).
+
+        Per packet it reads the few header bytes it needs straight from the packet,
+        suppresses duplicates on raw bytes, and rejects non-matching questions by their
+        wire-form name (a label-boundary suffix check on the lower-cased bytes) before
+        anything is decoded into text. Only messages that may be reported go on to
+        ``report`` (dnswire parsing, the record). While aggregating without an rcode
+        filter, messages are tallied by raw key and turned into text once per second.
+        Everything else takes ``handle``, the general path.
+        """
+        unpack_pkt = PKT_HDR.unpack_from
+        unpack_ports = _PORTS.unpack_from
+        seen_key = self.deduper.seen_key
+        handle = self.handle
+        report = self.report
+        volume = self.volume
+        flt = self.filter
+        wire_domains = flt.wire_domains if flt.domains else None
+        text_only = flt.domains and wire_domains is None
+        qtypes = flt.qtypes
+        raw_tally_ok = not flt.rcodes and not text_only
+        tallies = volume.raw
+        ntop = socket.inet_ntop
+        matched = 0
+        # Duplicates need two interfaces (loopback's second copy is dropped below): until a
+        # second one carries DNS, as in a pod's namespace, the duplicate table is skipped.
+        only_if = self._only_ifindex
+        for _ in range(num):
+            nxt, sec, nsec, snap, mac, ifindex, pkttype = unpack_pkt(ring, pos)
+            start = pos + mac
+            pkt = ring[start:start + snap]
+            pos += nxt
+            ts = sec + nsec * 1e-9
+            if ifindex != only_if:
+                if ifindex == 1:
+                    if pkttype == 4:
+                        continue  # loopback: each packet is seen outgoing and incoming
+                elif only_if == 0:
+                    only_if = self._only_ifindex = ifindex
+                elif only_if > 0:
+                    only_if = self._only_ifindex = -1
+            v = pkt[0]
+            try:
+                if v == 0x45:
+                    if pkt[9] != 17 or pkt[6] & 0x3F or pkt[7]:
+                        handle(pkt, ts, ifindex, pkttype)
+                        continue
+                    a, alen, u, end, fam = 12, 4, 20, (pkt[2] << 8) | pkt[3], _AF_INET
+                elif v >> 4 == 6 and pkt[6] == 17:
+                    a, alen, u, end, fam = 8, 16, 40, 40 + ((pkt[4] << 8) | pkt[5]), _AF_INET6
+                else:
+                    handle(pkt, ts, ifindex, pkttype)
+                    continue
+                sport, dport = unpack_ports(pkt, u)
+                p = pkt[u + 8:end]
+                if len(p) < 17:
+                    continue
+                is_response = p[2] & 0x80
+                if is_response:
+                    key = (pkt[a + alen:a + alen + alen], dport, p)
+                else:
+                    key = (pkt[a:a + alen], sport, p)
+                if only_if < 0 and seen_key(key, ts):
+                    continue
+                i = 12
+                n = p[12]
+                while n:
+                    if n > 63:
+                        break
+                    i += n + 1
+                    n = p[i]
+                if n or p[5] != 1 or p[4]:
+                    # Compressed/odd question or not exactly one: let dnswire decide.
+                    report(DnsSegment(ts, "udp", ntop(fam, pkt[a:a + alen]), sport,
+                                      ntop(fam, pkt[a + alen:a + alen + alen]), dport, p, pkt),
+                           ifindex)
+                    continue
+                qtype = (p[i + 1] << 8) | p[i + 2]
+                name = None
+                if wire_domains is not None:
+                    name = p[12:i + 1].lower()
+                    j = 0
+                    n = name[0]
+                    while name[j:] not in wire_domains:
+                        if not n:
+                            break
+                        j += n + 1
+                        n = name[j]
+                    if not n and name[j:] not in wire_domains:
+                        continue
+                if qtypes and qtype not in qtypes:
+                    continue
+                if volume.aggregating and raw_tally_ok:
+                    if name is None:
+                        name = p[12:i + 1].lower()
+                    tkey = (key[0], name, qtype, (p[3] & 0x0F) if is_response else -1)
+                    tallies[tkey] = tallies.get(tkey, 0) + 1
+                    matched += 1
+                    continue
+            except IndexError:
+                continue  # truncated headers: not a DNS message
+            report(DnsSegment(ts, "udp", ntop(fam, pkt[a:a + alen]), sport,
+                              ntop(fam, pkt[a + alen:a + alen + alen]), dport, p, pkt), ifindex)
+        self.seen += num
+        self.builder.matched += matched
+
+    def text_key(self, key):
+        """A raw tally key (address bytes, lower-case wire name, type, rcode or -1) as the
+        text key of an ``agg`` group. The name goes through dnswire like any other name."""
+        client, wire, qtype, rcode = key
+        fam = _AF_INET if len(client) == 4 else _AF_INET6
+        try:
+            qname = dnswire.parse_question(_QUESTION_HEADER + wire + b"\x00\x01\x00\x01")[2]
+        except dnswire.DnsParseError:
+            qname = "?"
+        return (socket.inet_ntop(fam, client), qname, self.builder.type_name(qtype),
+                None if rcode < 0 else self.builder.rcode_name(rcode))
 
     # -- lifecycle ----------------------------------------------------------------------
     def hello(self, interfaces):
@@ -204,6 +336,8 @@ class Agent(object):
         interfaces = [opts.interface] if opts.interface else \
             [name for _i, name in socket.if_nameindex()]
         out.emit(self.hello(interfaces))
+        if opts.interface is None and len([i for i in interfaces if i != "lo"]) > 1:
+            self._only_ifindex = -1  # a bridge, several veths: duplicates from the start
 
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
@@ -214,8 +348,13 @@ class Agent(object):
         poller = select.poll()
         poller.register(self.capture.fileno(), select.POLLIN | select.POLLERR)
         poller.register(wake_r, select.POLLIN)
-        read = self.capture.read
-        handle = self.handle
+        capture = self.capture
+        count_handle = self.count_handle
+        run_block = self.run_block
+
+        def read():
+            capture.read(count_handle, run_block)
+
         volume = self.volume
         next_stats = start + opts.stats_interval
         stop_file = opts.stop_file
@@ -223,7 +362,7 @@ class Agent(object):
         reason = "deadline"
         try:
             while True:
-                read(handle)
+                read()
                 out.flush()
                 now = time.monotonic()
                 if self.stop_reason is not None:
@@ -237,7 +376,7 @@ class Agent(object):
                         reason = "stop-file"
                         break
                 if volume.aggregating and volume.due(time.time()):
-                    rec = volume.take(time.time())
+                    rec = volume.take(time.time(), self.text_key)
                     if rec is not None:
                         out.add(rec)
                 if now >= next_stats:
@@ -253,9 +392,9 @@ class Agent(object):
                 poller.poll(max(0, int(timeout * 1000)) + 1)
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     os.read(wake_r, 512)
-            read(handle)  # what the kernel already holds is part of the capture
+            read()  # what the kernel already holds is part of the capture
             if volume.aggregating:
-                rec = volume.take(time.time())
+                rec = volume.take(time.time(), self.text_key)
                 if rec is not None:
                     out.add(rec)
             out.add(self.stats_record())

@@ -22,6 +22,7 @@ class VolumeGate(object):
         "_window_start",
         "aggregating",
         "max_rate",
+        "raw",
         "switches",
     )
 
@@ -31,6 +32,7 @@ class VolumeGate(object):
         self._window_start = None
         self._count = 0
         self._groups = {}
+        self.raw = {}  # tallies keyed by raw bytes, filled by the agent's hot loop
         self._agg_start = None
         self.switches = 0
 
@@ -57,10 +59,16 @@ class VolumeGate(object):
     def due(self, now):
         return self.aggregating and now - self._agg_start >= 1.0
 
-    def take(self, now):
+    def take(self, now, text_key=None):
         """The ``agg`` record for the interval just ended, or None if it saw nothing.
-        Aggregation stops when the interval stayed under half the threshold."""
+        Aggregation stops when the interval stayed under half the threshold. ``text_key``
+        turns the hot loop's raw keys into text keys."""
         groups = self._groups
+        if self.raw:
+            for key, count in self.raw.items():
+                tkey = text_key(key)
+                groups[tkey] = groups.get(tkey, 0) + count
+            self.raw.clear()
         start = self._agg_start
         interval = now - start
         total = sum(groups.values())

@@ -141,6 +141,18 @@ def test_node_local_layout_points_clients_at_the_link_local_cache():
     assert services["kube-dns-upstream"]["metadata"]["labels"]["k8s-app"] == "kube-dns"
 
 
+def test_search_list_expansion_follows_ndots():
+    from tests.lab.querier import candidates
+
+    search = ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+    assert candidates("evil.example.com", search, 5) == [
+        "evil.example.com.shop.svc.cluster.local", "evil.example.com.svc.cluster.local",
+        "evil.example.com.cluster.local", "evil.example.com"]
+    assert candidates("a.b.c.d.e.f", search, 5)[0] == "a.b.c.d.e.f"
+    assert candidates("evil.example.com.", search, 5) == ["evil.example.com"]
+    assert candidates("evil.example.com", [], 5) == ["evil.example.com"]
+
+
 def test_check_command_prints_the_layout():
     out = subprocess.run([PYTHON, "-m", "tests.lab", "check", "--scenario", str(SCENARIOS / "incident.yaml")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -343,6 +355,22 @@ def test_node_local_dns_hides_pods_from_coredns():
             nl[0].metadata.owner_references[0].uid
         kube_dns_labelled = core.list_namespaced_service("kube-system", label_selector="k8s-app=kube-dns").items
         assert sorted(s.metadata.name for s in kube_dns_labelled) == ["kube-dns", "kube-dns-upstream"]
+
+
+@pytest.mark.lab
+def test_search_list_queries_reach_coredns_and_stop_at_the_answer():
+    scenario = {"dns": {"records": {"evil.example.com": "203.0.113.66"}}, "pods": [
+        {"name": "web-1", "namespace": "shop", "queries": [
+            {"name": "evil.example.com", "every": "10s", "search": True}]}]}
+    with _lab(scenario) as sl:
+        log = _wait_for(lambda: sl.query_log("shop", "web-1") if len(sl.query_log("shop", "web-1")) >= 4 else None)
+        assert [(q["name"], q["rcode"]) for q in log] == [
+            ("evil.example.com.shop.svc.cluster.local", 3), ("evil.example.com.svc.cluster.local", 3),
+            ("evil.example.com.cluster.local", 3), ("evil.example.com", 0)]
+        assert {q["lookup"] for q in log} == {"evil.example.com"}
+        coredns = sl.dns_log(f"kube-system/{sl.plan.dns_pods[0].name}")
+        assert "query[A] evil.example.com.shop.svc.cluster.local from 10.244.0.3" in coredns
+        assert "cluster.local" not in sl.dns_log("upstream")  # the cluster zone never leaves CoreDNS
 
 
 @pytest.mark.lab

@@ -11,11 +11,12 @@ schedule of another. Every query appends one JSON line to ``--log``::
     {"ts": 1764167000.12, "name": "evil.example.com", "type": "A", "proto": "udp",
      "server": "10.244.0.2", "id": 4711, "rcode": 0, "answers": 1, "latency_ms": 0.8}
 
-(``"error"`` instead of ``rcode`` when no answer came), which tests read to know exactly
-what a pod asked and when.
+(``"error"`` instead of ``rcode`` when no answer came; ``"lookup"`` names the original name
+when a search list expanded it), which tests read to know exactly what a pod asked and when.
 
 Usage: ``python3 querier.py --log FILE --spec JSON`` where JSON is
-``{"server": IP, "queries": [{"name": N, "type": T, "every": SECONDS, "tcp": BOOL}]}``.
+``{"server": IP, "search": [SUFFIX...], "ndots": 5, "queries": [{"name": N, "type": T,
+"every": SECONDS, "tcp": BOOL, "count": N, "offset": SECONDS, "search": BOOL}]}``.
 """
 
 from __future__ import annotations
@@ -103,27 +104,55 @@ class QueryLog:
             self._fh.write(line + "\n")
 
 
-def query_loop(server: str, port: int, query: dict, log: QueryLog, stop: threading.Event) -> None:
+def candidates(name: str, search: list, ndots: int) -> list:
+    """The names a glibc/musl stub resolver tries for ``name`` with a resolv.conf search list.
+
+    Kubernetes gives pods ``search <ns>.svc.<domain> svc.<domain> <domain>`` and
+    ``options ndots:5``, so ``evil.example.com`` (two dots) is first tried as
+    ``evil.example.com.<ns>.svc.cluster.local`` and so on — the NXDOMAIN noise every real
+    CoreDNS capture is full of.
+    """
+    if not search or name.endswith("."):
+        return [name.rstrip(".")]
+    expanded = [name + "." + suffix for suffix in search]
+    return [*expanded, name] if name.count(".") < ndots else [name, *expanded]
+
+
+def ask_and_record(server: str, port: int, name: str, qtype_name: str, tcp: bool) -> dict:
+    start = time.monotonic()
+    record = {"ts": round(time.time(), 6), "name": name, "type": qtype_name,
+              "proto": "tcp" if tcp else "udp", "server": server}
+    try:
+        qid, resp = ask(server, port, name, type_code(qtype_name), tcp)
+        flags, _qd, ancount = struct.unpack("!HHH", resp[2:8])
+        record.update(id=qid, rcode=flags & 0x000F, answers=ancount,
+                      latency_ms=round((time.monotonic() - start) * 1000, 3))
+    except (OSError, ConnectionError) as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    return record
+
+
+def query_loop(server: str, port: int, query: dict, log: QueryLog, stop: threading.Event,
+               search: list, ndots: int) -> None:
     name = query["name"]
     qtype_name = str(query.get("type", "A")).upper()
-    qtype = type_code(qtype_name)
     tcp = bool(query.get("tcp", False))
     every = float(query.get("every", 1.0))
     count = query.get("count")
+    names = candidates(name, search if query.get("search") else [], ndots)
     sent = 0
+    if stop.wait(float(query.get("offset") or 0)):
+        return
     next_at = time.monotonic()
     while not stop.is_set():
-        start = time.monotonic()
-        record = {"ts": round(time.time(), 6), "name": name, "type": qtype_name,
-                  "proto": "tcp" if tcp else "udp", "server": server}
-        try:
-            qid, resp = ask(server, port, name, qtype, tcp)
-            flags, _qd, ancount = struct.unpack("!HHH", resp[2:8])
-            record.update(id=qid, rcode=flags & 0x000F, answers=ancount,
-                          latency_ms=round((time.monotonic() - start) * 1000, 3))
-        except (OSError, ConnectionError) as exc:
-            record["error"] = f"{type(exc).__name__}: {exc}"
-        log.write(record)
+        for qname in names:
+            record = ask_and_record(server, port, qname, qtype_name, tcp)
+            if len(names) > 1:
+                record["lookup"] = name
+            log.write(record)
+            # Like the stub resolvers: go on down the list only after a name-level miss.
+            if record.get("rcode") not in (3,) and not (record.get("rcode") == 0 and record.get("answers") == 0):
+                break
         sent += 1
         if count is not None and sent >= int(count):
             return
@@ -149,7 +178,8 @@ def main(argv: list | None = None) -> int:
     for query in spec["queries"]:
         server = query.get("server") or spec["server"]
         port = int(query.get("port") or spec.get("port", 53))
-        thread = threading.Thread(target=query_loop, args=(server, port, query, log, stop), daemon=True)
+        thread = threading.Thread(target=query_loop, daemon=True, args=(
+            server, port, query, log, stop, spec.get("search") or [], int(spec.get("ndots", 5))))
         thread.start()
         threads.append(thread)
     while any(t.is_alive() for t in threads) and not stop.is_set():

@@ -407,9 +407,11 @@ class ScenarioLab:
         pod = live.plan
         if pod.role != "client" or not pod.queries or live.querier is not None:
             return
-        spec = {"server": pod.dns_server, "queries": [
-            {"name": q.name, "type": q.qtype, "every": q.every, "tcp": q.tcp, "count": q.count, "server": q.server}
-            for q in pod.queries]}
+        domain = self.scenario.dns.cluster_domain
+        spec = {"server": pod.dns_server, "ndots": 5,
+                "search": [f"{pod.namespace}.svc.{domain}", f"svc.{domain}", domain],
+                "queries": [{"name": q.name, "type": q.qtype, "every": q.every, "tcp": q.tcp, "count": q.count,
+                             "server": q.server, "search": q.search, "offset": q.offset} for q in pod.queries]}
         live.querier = live.netns.popen(
             [sys.executable, "-I", str(QUERIER), "--spec", json.dumps(spec), "--log", str(self._query_log_path(pod))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

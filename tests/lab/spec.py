@@ -43,6 +43,8 @@ class QuerySpec:
     tcp: bool = False
     count: int | None = None  # stop after this many (None: until the pod stops)
     server: str | None = None  # ask this address instead of the pod's cluster DNS
+    search: bool = False  # expand through the pod's resolv.conf search list (ndots:5)
+    offset: float = 0.0  # delay before the first query
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ def parse_records(value, where: str) -> list[Record]:
 
 def parse_query(value, where: str) -> QuerySpec:
     data = _mapping(value, where)
-    _check_keys(data, ("name", "type", "every", "tcp", "count", "server"), where)
+    _check_keys(data, ("name", "type", "every", "tcp", "count", "server", "search", "offset"), where)
     if "name" not in data:
         raise ScenarioError(f"{where}: a query needs a name")
     qtype = str(data.get("type", "A")).upper()
@@ -225,6 +227,8 @@ def parse_query(value, where: str) -> QuerySpec:
         name=_str(data["name"], f"{where}.name").rstrip("."),
         qtype=qtype, every=every, tcp=_bool(data.get("tcp", False), f"{where}.tcp"), count=count,
         server=_ipv4(data["server"], f"{where}.server") if "server" in data else None,
+        search=_bool(data.get("search", False), f"{where}.search"),
+        offset=parse_duration(data.get("offset", 0), f"{where}.offset"),
     )
 
 

@@ -280,3 +280,48 @@ def test_unknown_token_is_401(cluster, tmp_path):
     with pytest.raises(ApiException) as err:
         client.CoreV1Api(config.new_client_from_config(str(path))).list_namespace()
     assert err.value.status == 401
+
+
+RBAC_YAML = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: dnstrace, namespace: shop}
+rules:
+- apiGroups: [""]
+  resources: [pods/ephemeralcontainers]
+  verbs: [patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: dnstrace, namespace: shop}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: dnstrace}
+subjects: [{kind: User, name: dev-user, apiGroup: rbac.authorization.k8s.io}]
+"""
+
+
+def test_kubectl_applies_rbac_and_answers_can_i(cluster, tmp_path):
+    """The real kubectl: HTTPS + token, JSON create/apply, protobuf SSAR, --as impersonation."""
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl is not installed")
+    kc = cluster.write_kubeconfig(tmp_path / "kc")
+    (tmp_path / "rbac.yaml").write_text(RBAC_YAML)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([kubectl, "--kubeconfig", str(kc), *args], capture_output=True, text=True, timeout=60)
+
+    # No OpenAPI documents are served, so client-side validation must be off.
+    applied = run("apply", "--validate=false", "-f", str(tmp_path / "rbac.yaml"))
+    assert applied.returncode == 0, applied.stderr
+    can = ("auth", "can-i", "patch", "pods", "--subresource=ephemeralcontainers", "-n", "shop")
+    assert run(*can, "--as", "dev-user").stdout.strip() == "yes"
+    assert run(*can[:-1], "kube-system", "--as", "dev-user").stdout.strip() == "no"
+    listed = run("get", "pods", "-A")
+    assert listed.returncode == 0, listed.stderr
+    dev = cluster.write_kubeconfig(tmp_path / "dev", user="dev-user")
+    denied = subprocess.run([kubectl, "--kubeconfig", str(dev), "get", "pods", "-n", "shop", "--as", "admin"],
+                            capture_output=True, text=True, timeout=60)
+    assert denied.returncode != 0 and 'cannot impersonate resource "users"' in denied.stderr

@@ -17,7 +17,7 @@ import json
 import queue
 import time
 
-from . import defaults, psa, resources, selectors, validation
+from . import defaults, protobuf, psa, resources, selectors, validation
 from . import patch as patches
 from . import status as st
 from .faults import Faults
@@ -128,8 +128,21 @@ class Api:
         if auth.lower().startswith("bearer "):
             user = self.users.by_token(auth[7:].strip())
             if user:
-                return user
+                return self._impersonate(ex, user)
         raise st.unauthorized()
+
+    def _impersonate(self, ex: Exchange, user: User) -> User:
+        """``Impersonate-User``/``-Group`` headers (kubectl --as): only admins may impersonate."""
+        name = ex.headers.get("Impersonate-User")
+        if not name:
+            return user
+        if not user.is_admin:
+            raise ApiError(st.failure(403, f'users "{name}" is forbidden: User "{user.name}" cannot impersonate '
+                                      'resource "users" in API group "" at the cluster scope', "Forbidden",
+                                      {"name": name, "kind": "users"}))
+        groups = tuple(ex.headers.get_all("Impersonate-Group") or ())
+        base = self.users.get(name)
+        return User(name, groups or base.groups, base.token) if groups else base
 
     def _discovery(self, path: str):
         if path == "/api":
@@ -347,7 +360,13 @@ class Api:
     # -- authorization review ------------------------------------------------------------------
 
     def _ssar(self, ex: Exchange, user: User) -> None:
-        body = ex.json_body()
+        if ex.content_type == "application/vnd.kubernetes.protobuf":
+            try:
+                body = protobuf.decode_ssar(ex.body())
+            except (ValueError, IndexError):
+                raise ApiError(st.failure(400, "the object provided is unrecognized (protobuf)", "BadRequest")) from None
+        else:
+            body = ex.json_body()
         spec = body.get("spec") or {}
         ra = spec.get("resourceAttributes")
         nra = spec.get("nonResourceAttributes")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, UDP
 
 from kubectl_dnstrace import protocol
+from tests.conftest import IN_CI
 from tests.lab import dnslab
 from tests.lab.dnslab import dig
 
@@ -333,3 +335,35 @@ def test_bad_arguments_are_an_error_record(tmp_path):
     records = [protocol.decode(line) for line in res.stdout.splitlines()]
     assert [r["type"] for r in records] == ["hello", "error", "bye"]
     assert "unknown query type 'BOGUS'" in records[1]["message"]
+
+
+def test_node_namespace_before_and_after_dnat_once(dlab, tmp_path):
+    """kube-proxy's DNAT in a node's namespace: the query is seen going to the Service IP
+    and again going to the DNS pod; the reply coming from the pod and again, rewritten,
+    from the Service IP. One query, one response."""
+    if not shutil.which("iptables"):
+        msg = "the DNAT test needs iptables (apt-get install iptables)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    d, _, _, _ = dlab
+    lab, node = d.lab, d.node
+    lab.bridge(node, "br1", "10.244.1.1/24")  # a second pod subnet, routed by the node
+    node.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    client = lab.netns("natclient")
+    lab.attach(node, "br1", client, ["10.244.1.101/24"], gateway="10.244.1.1")
+    for proto in ("udp", "tcp"):
+        node.run("iptables", "-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.10/32", "-p", proto,
+                 "--dport", "53", "-j", "DNAT", "--to-destination", DNS4)
+    agent = AgentRun(node, [], tmp_path)
+    agent.wait_hello()
+    assert dig(client, "10.96.0.10", "www.example.com").returncode == 0
+    assert dig(client, "10.96.0.10", "evil.example.com", tcp=True).returncode == 0
+    agent.stop()
+    assert [(e["qr"], e["proto"], e["src"], e["dst"], e["qname"]) for e in agent.dns()] == [
+        ("query", "udp", "10.244.1.101", "10.96.0.10", "www.example.com"),
+        ("response", "udp", DNS4, "10.244.1.101", "www.example.com"),
+        ("query", "tcp", "10.244.1.101", "10.96.0.10", "evil.example.com"),
+        ("response", "tcp", DNS4, "10.244.1.101", "evil.example.com"),
+    ]
+    assert all(e["latency_ms"] is not None for e in agent.dns() if e["qr"] == "response")

@@ -192,6 +192,12 @@ class Api:
                                    "metadata": {"resourceVersion": rv}, "items": items})
         elif verb == "create":
             obj = ex.json_body()
+            body_ns = (obj.get("metadata") or {}).get("namespace")
+            if res.namespaced and body_ns and body_ns != route.namespace:
+                raise st.bad_request("the namespace of the provided object does not match the namespace sent on "
+                                     "the request")
+            if res.kind == "Pod":
+                obj["status"] = {}  # PrepareForCreate: a new pod's status is the server's, not the client's
             headers = self._admit_create(res, route.namespace, obj)
             ex.send_json(201, self.store.create(obj, res, route.namespace or None), headers)
         elif verb == "update":

@@ -211,3 +211,116 @@ def test_unreachable_is_reported_for_requests_after_connect(tmp_path, replay) ->
     replay.server_close()
     with pytest.raises(ClusterUnreachable):
         kube.get("pods", "web-1", "shop")
+
+
+# ---- every refusal through the command line, against the simulated cluster -------------------------
+
+from tests.kubesim import emitter_command, running_pod, sim_cluster  # noqa: E402
+
+
+@pytest.fixture
+def sim(tmp_path):
+    with sim_cluster() as c:
+        running_pod(c, "shop", "web-1")
+        c.kubeconfig = c.write_kubeconfig(tmp_path / "kc", namespace="shop")
+        yield c
+
+
+def trace_cli(sim, capsys, *args: str) -> tuple[int, str, str]:
+    return run_cli([*args, "--kubeconfig", str(sim.kubeconfig)], capsys)
+
+
+def _ephemeral(sim) -> list[dict]:
+    return sim.store.get("pods", "web-1", "shop")["spec"].get("ephemeralContainers") or []
+
+
+@pytest.mark.parametrize(("verb", "sub"), [("patch", "ephemeralcontainers"), ("get", "log")])
+def test_cli_rbac_denial_per_permission(sim, capsys, verb, sub) -> None:
+    sim.faults.deny("admin", verb, "pods", sub, "shop")
+    code, out, err = trace_cli(sim, capsys, "pod/web-1")
+    assert code == ExitCode.FORBIDDEN
+    assert f"you may not {verb} pods/{sub} in namespace shop" in err
+    assert "Traceback" not in err and out == "" and _ephemeral(sim) == []
+
+
+def test_cli_pod_security_restricted(sim, capsys) -> None:
+    sim.set_psa("shop", enforce="restricted")
+    code, _, err = trace_cli(sim, capsys, "pod/web-1")
+    assert code == ExitCode.POD_SECURITY
+    assert "restricted" in err and "NET_RAW" in err and "kubectl dnstrace analyze" in err
+    assert _ephemeral(sim) == []
+
+
+def test_cli_pod_security_baseline_uses_no_added_capabilities(sim, capsys) -> None:
+    sim.set_psa("shop", enforce="baseline")
+    code, out, err = trace_cli(sim, capsys, "pod/web-1", "--dry-run")
+    assert code == 0
+    [doc] = [json.loads(line) for line in out.splitlines()]
+    sc = doc["patch"]["spec"]["ephemeralContainers"][0]["securityContext"]
+    assert sc["runAsUser"] == 0 and "capabilities" not in sc and sc["privileged"] is False
+    assert "baseline" in err and _ephemeral(sim) == []
+
+
+def test_cli_no_ephemeral_support(sim, capsys) -> None:
+    sim.faults.disable_ephemeral()
+    code, _, err = trace_cli(sim, capsys, "pod/web-1")
+    assert code == ExitCode.UNSUPPORTED
+    assert "ephemeral containers are unavailable" in err
+
+
+def test_cli_image_pull_failure(sim, capsys) -> None:
+    # Not a python image, so the simulated kubelet cannot pull it (and never runs anything).
+    code, _, err = trace_cli(sim, capsys, "pod/web-1", "--image", "registry.invalid/capture:nope",
+                             "--timeout", "20s", "--duration", "5s")
+    assert code == ExitCode.CONTAINER_FAILED
+    assert "ErrImagePull" in err or "ImagePullBackOff" in err
+    assert "--image" in err and "Traceback" not in err
+    # The refused container stays in the spec; the user is told so.
+    assert "Added ephemeral container dnstrace-" in err and len(_ephemeral(sim)) == 1
+
+
+def test_cli_wait_timeout(sim, capsys) -> None:
+    sim.faults.slow_start(30)
+    t0 = time.monotonic()
+    code, _, err = trace_cli(sim, capsys, "pod/web-1", "--timeout", "2s", "--duration", "3s")
+    assert code == ExitCode.CONTAINER_FAILED and time.monotonic() - t0 < 20
+    assert "did not start within the timeout" in err
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["pod/nope"], "pod 'nope' not found in namespace shop"),
+    (["pod/web-1", "-n", "no-such-ns"], "namespace 'no-such-ns' not found"),
+    (["deploy/nope"], "deployment 'nope' not found in namespace shop"),
+])
+def test_cli_not_found(sim, capsys, args, words) -> None:
+    code, _, err = trace_cli(sim, capsys, *args)
+    assert code == ExitCode.NOT_FOUND
+    assert words in err
+
+
+@pytest.mark.parametrize("target", ["foo/bar/baz", "svc/kube-dns"])
+def test_cli_bad_target_syntax(sim, capsys, target) -> None:
+    code, _, err = trace_cli(sim, capsys, target)
+    assert code == ExitCode.USAGE
+    assert "valid targets: coredns | dns | pod/NAME" in err
+
+
+def test_cli_agent_error_exits_with_its_message(sim, capsys, monkeypatch) -> None:
+    """A capture container that reports an error record and exits non-zero."""
+    import kubectl_dnstrace.trace as trace_mod
+    from kubectl_dnstrace.kube.ephemeral import CaptureSpec
+
+    records = [{"type": "hello", "seq": 0, "agent_version": "t", "protocol": 1,
+                "interfaces": [], "filters": {}},
+               {"type": "error", "seq": 1, "message": "cannot capture: Operation not permitted"},
+               {"type": "bye", "seq": 2, "reason": "error"}]
+
+    def spec(req, run_id, user):
+        return CaptureSpec(run_id, "docker.io/library/python:3.13-alpine",
+                           emitter_command(records, delay=0.3, exit_code=1))
+
+    monkeypatch.setattr(trace_mod, "capture_spec", spec)
+    code, _, err = trace_cli(sim, capsys, "pod/web-1", "-o", "ndjson")
+    assert code == ExitCode.AGENT_FAILED
+    assert "the capture agent in shop/web-1 failed: cannot capture: Operation not permitted" in err
+    assert "CAP_NET_RAW" in err and "Traceback" not in err

@@ -1,0 +1,188 @@
+"""Capture throughput: the agent against tcpdump on the same DNS traffic, at rising rates.
+
+In the lab (tests/lab): dnsmasq in a DNS namespace answers a local zone, dnsperf in a
+client namespace sends queries at 5k, 20k, 40k queries/s and then as fast as it can. Four
+captures run side by side in the DNS namespace on the same traffic, in the same run:
+
+- the agent with ``--domain`` matching about 1 % of the names,
+- the agent with no filter (above 2,000 records/s it sends per-second aggregates),
+- ``tcpdump -i eth0 -n -l -vvv port 53`` with its output drained through a pipe (``wc -l``),
+- ``tcpdump -i eth0 -w /dev/null port 53``.
+
+For each it reports packets handled / packets on the wire, kernel drops, and CPU (user +
+system time from /proc/<pid>/stat over the capture's life). Run as root:
+
+    .venv/bin/python benchmarks/agent_throughput.py [--seconds 10] [--rates 5000,20000,40000,max]
+
+It prints a markdown table (for docs/performance.md) and the raw figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kubectl_dnstrace import protocol
+from tests.lab import dnslab
+from tests.lab.netns import Lab
+
+NAMES = 10_000
+WATCHED = "watched.example.com"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def zone() -> dnslab.Zone:
+    a = {}
+    for i in range(NAMES):
+        name = f"w{i}.{WATCHED}" if i % 100 == 0 else f"h{i}.example.com"
+        a[name] = [f"10.1.{i // 250}.{i % 250 + 1}"]
+    return dnslab.Zone(local=["example.com"], a=a)
+
+
+def query_file(path: Path) -> None:
+    lines = [f"w{i}.{WATCHED} A" if i % 100 == 0 else f"h{i}.example.com A" for i in range(NAMES)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tcpdump_counts(stderr: str) -> dict:
+    out = {}
+    for key, pattern in (("captured", r"(\d+) packets captured"),
+                         ("received", r"(\d+) packets received by filter"),
+                         ("drops", r"(\d+) packets dropped by kernel")):
+        m = re.search(pattern, stderr)
+        out[key] = int(m.group(1)) if m else None
+    return out
+
+
+def agent_counts(stdout: str) -> dict:
+    records = [protocol.decode(line) for line in stdout.splitlines() if line.strip()]
+    stats = [r for r in records if r["type"] == "stats"][-1]
+    agg_total = sum(r["total"] for r in records if r["type"] == "agg")
+    dns = sum(1 for r in records if r["type"] == "dns")
+    return {"captured": stats["seen"], "drops": stats["drops"], "matched": stats["matched"],
+            "records": dns, "aggregated": agg_total,
+            "agg_records": sum(1 for r in records if r["type"] == "agg"),
+            "bye": records[-1].get("reason")}
+
+
+AGENT_FILTERED = "agent --domain (1 %)"
+AGENT_ALL = "agent, no filter"
+TCPDUMP_V = "tcpdump -n -l -vvv, piped to wc -l"
+TCPDUMP_W = "tcpdump -w /dev/null"
+
+
+def run_step(lab: Lab, d: dnslab.DnsLab, client, qfile: Path, rate: str, seconds: float,
+             work: Path) -> dict:
+    """One rate: start the four captures, run dnsperf, stop them, collect the figures.
+
+    The agents write to files, as a container runtime writes a container's log: a pipe
+    that nobody drains during the run would stall them, which no kubelet does.
+    """
+    env = dnslab.agent_env()
+    dns = d.dns
+    outs = {name: work / f"{rate}-{i}.ndjson" for i, name in enumerate((AGENT_FILTERED, AGENT_ALL))}
+    agent = ["python3", "-m", "kubectl_dnstrace.agent", "--duration", str(seconds + 60)]
+    procs = {
+        AGENT_FILTERED: dns.popen([*agent, "--domain", WATCHED], env=env,
+                                  stdout=outs[AGENT_FILTERED].open("wb")),
+        AGENT_ALL: dns.popen(agent, env=env, stdout=outs[AGENT_ALL].open("wb")),
+        TCPDUMP_V: dns.popen(["tcpdump", "-i", "eth0", "-n", "-l", "-vvv", "port", "53"]),
+        TCPDUMP_W: dns.popen(["tcpdump", "-i", "eth0", "-w", "/dev/null", "port", "53"],
+                             stdout=subprocess.DEVNULL),
+    }
+    wc = lab.popen(["wc", "-l"], stdin=procs[TCPDUMP_V].stdout)
+    procs[TCPDUMP_V].stdout.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(p.stat().st_size for p in outs.values()):
+        time.sleep(0.05)
+    time.sleep(1.5)  # tcpdump has no ready signal; give it time to open its socket
+    cpu0 = {name: cpu_seconds(p.pid) for name, p in procs.items()}
+    server_cpu0 = cpu_seconds(d.server.proc.pid)
+    argv = ["dnsperf", "-s", d.server.ip4, "-d", str(qfile), "-l", str(seconds), "-c", "8",
+            "-q", "2000", "-t", "2"]
+    if rate != "max":
+        argv += ["-Q", rate]
+    perf = client.run(*argv, timeout=seconds + 60)
+    server_cpu = cpu_seconds(d.server.proc.pid) - server_cpu0
+    time.sleep(1.0)  # let every capture finish what the kernel already queued
+    cpu = {name: cpu_seconds(p.pid) - cpu0[name] for name, p in procs.items()}
+    results = {}
+    for name, p in procs.items():
+        p.send_signal(signal.SIGINT if name.startswith("tcpdump") else signal.SIGTERM)
+    for name, p in procs.items():
+        _out, err = p.communicate(timeout=30)
+        if name in outs:
+            results[name] = agent_counts(outs[name].read_text())
+        else:
+            results[name] = tcpdump_counts(err.decode())
+        results[name]["cpu_s"] = cpu[name]
+    lines = wc.communicate(timeout=10)[0].decode().strip()
+    results[TCPDUMP_V]["lines"] = int(lines or 0)
+    sent = int(re.search(r"Queries sent:\s+(\d+)", perf.stdout).group(1))
+    completed = int(re.search(r"Queries completed:\s+(\d+)", perf.stdout).group(1))
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", perf.stdout).group(1))
+    return {"rate": rate, "seconds": seconds, "sent": sent, "completed": completed, "qps": qps,
+            "wire_packets": sent + completed, "dnsmasq_cpu_s": server_cpu, "captures": results}
+
+
+def table(steps: list[dict]) -> str:
+    rows = ["| offered q/s | answered q/s | capture | packets handled / on the wire | kernel drops | CPU, % of a core |",
+            "|---|---|---|---|---|---|"]
+    for s in steps:
+        for name, c in s["captures"].items():
+            got = c.get("captured")
+            ratio = f"{got:,} / {s['wire_packets']:,}" if got is not None else "?"
+            if name.startswith("agent") and c.get("matched") is not None:
+                ratio += f" ({c['matched']:,} matched)"
+            cpu = 100.0 * c["cpu_s"] / s["seconds"]
+            rows.append(f"| {s['rate']} | {s['qps']:,.0f} | {name} | {ratio} | {c.get('drops')} | {cpu:.0f} |")
+        rows.append(f"| {s['rate']} | {s['qps']:,.0f} | (dnsmasq) | | | "
+                    f"{100.0 * s['dnsmasq_cpu_s'] / s['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rates", default="5000,20000,40000,max")
+    ap.add_argument("--json", help="also write the raw figures here")
+    args = ap.parse_args()
+    steps = []
+    with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        qfile = work / "queries.txt"
+        query_file(qfile)
+        # dnsmasq tuned for rate: no query log, a big cache, many concurrent queries.
+        d = dnslab.dns_lab(lab, work, zone(), log_queries=False,
+                           dnsmasq_extra=["--cache-size=10000", "--dns-forward-max=5000"])
+        client, _, _ = d.add_client()
+        for rate in args.rates.split(","):
+            step = run_step(lab, d, client, qfile, rate, args.seconds, work)
+            steps.append(step)
+            print(json.dumps(step), file=sys.stderr, flush=True)
+    print(table(steps))
+    if args.json:
+        Path(args.json).write_text(json.dumps(steps, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

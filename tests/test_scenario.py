@@ -41,11 +41,13 @@ def test_readme_example_parses_into_what_it_says():
     assert sc.dns.replicas == 2
     assert {(r.name, r.rtype, r.value) for r in sc.dns.records} == {
         ("evil.example.com", "A", "203.0.113.66"), ("good.example.com", "A", "203.0.113.7")}
-    report = sc.pods[1]
+    pods = {p.name: p for p in sc.pods}
+    assert pods["web-5d8f7c9b6-p3n8d"].phase == "Pending" and pods["web-5d8f7c9b6-x2k4p"].phase == "Running"
+    report = pods["report-28471-abcde"]
     assert (report.workload.kind, report.workload.name) == ("CronJob", "report")
     assert (report.start, report.stop) == (2.0, 6.0)
     assert report.queries[0].qtype == "TXT" and report.queries[0].every == 0.5 and report.queries[0].tcp
-    assert sc.pods[2].host_network
+    assert pods["agent-x7k2p"].host_network
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -64,6 +66,8 @@ def test_readme_example_parses_into_what_it_says():
     ({"dns": {"records": {"a.example.com": "not-an-ip"}}}, r"'not-an-ip' is not an IP address"),
     ({"namespaces": {"locked": {"podSecurity": "strict"}}}, r"podSecurity: one of privileged, baseline, restricted"),
     ({"nodeLocalDNS": {"forward": "some"}}, r"forward: 'cluster'"),
+    ({"pods": [{"name": "x", "phase": "Unknown"}]}, r"phase: one of Running, Pending, Succeeded, Failed"),
+    ({"pods": [{"name": "x", "phase": "Pending", "queries": [{"name": "a.b"}]}]}, r"a Pending pod runs nothing"),
 ])
 def test_mistakes_are_errors_that_say_where(data, message):
     with pytest.raises(ScenarioError, match=message):
@@ -246,6 +250,11 @@ def test_api_objects_match_the_network_and_chain_their_owners():
         assert (web.status.phase, web.status.pod_ip, web.status.host_ip, web.spec.node_name) == (
             "Running", "10.244.0.3", "172.18.0.10", "node-a")
         assert web.status.container_statuses[0].state.running is not None
+        pending = pods[("shop", "web-5d8f7c9b6-p3n8d")]
+        assert (pending.status.phase, pending.status.pod_ip) == ("Pending", None)
+        assert pending.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+        with pytest.raises(KeyError):
+            sl.netns("shop", "web-5d8f7c9b6-p3n8d")
         rs_ref = web.metadata.owner_references[0]
         rs = apps.read_namespaced_replica_set(rs_ref.name, "shop")
         assert rs.metadata.uid == rs_ref.uid and rs.metadata.owner_references[0].name == "web"
@@ -267,7 +276,9 @@ def test_api_objects_match_the_network_and_chain_their_owners():
         assert [a.address for a in nodes["node-b"].status.addresses if a.type == "InternalIP"] == ["172.18.0.11"]
         # the hostNetwork pod asks from its node's address, and the DNS pod on node-a sees that
         sl.wait_until(1.5)
-        assert "query[A] good.example.com from 172.18.0.11" in sl.dns_log(f"kube-system/{sl.plan.dns_pods[0].name}")
+        asked = next(p for p in sl.plan.dns_pods if p.ip == sl.pod("monitoring", "agent-x7k2p").dns_server)
+        assert asked.node == "node-a"
+        assert "query[A] good.example.com from 172.18.0.11" in sl.dns_log(f"kube-system/{asked.name}")
 
 
 @pytest.mark.lab

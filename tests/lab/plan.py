@@ -11,7 +11,7 @@ Rules (documented for scenario authors in tests/lab/README.md):
   ``ip:`` take the next free address of their node; an explicit ``ip:`` is never handed out
   to anyone else, and two pods may share one only if their lifetimes do not overlap;
 - a client asks 169.254.20.10 (node-local-dns) when ``nodeLocalDNS`` is on, otherwise DNS
-  replica ``k mod replicas`` where ``k`` is its position among the client pods.
+  replica ``k mod replicas`` where ``k`` is its position among the Running client pods.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class PodPlan:
     stop: float | None = None
     queries: list[QuerySpec] = field(default_factory=list)
     dns_server: str | None = None
+    phase: str = "Running"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -278,11 +279,11 @@ def build_plan(scenario: Scenario) -> Plan:
             ip = spec.ip
         else:
             ip = addresses.allocate(node.name)
-        client_index = len([p for p in pods if p.role == "client"])
+        client_index = len([p for p in pods if p.role == "client" and p.phase == "Running"])
         server = NODE_LOCAL_ADDRESS if scenario.node_local.enabled else dns_ips[client_index % len(dns_ips)]
         pods.append(PodPlan(spec.namespace, name, node.name, ip, spec.host_network, {**labels, **spec.labels},
                             owner, stable_uid("Pod", spec.namespace, name, str(i)), "client", "app", spec.image,
-                            spec.start, spec.stop, list(spec.queries), server))
+                            spec.start, spec.stop, list(spec.queries), server, spec.phase))
     _check_unique(pods, scenario.source)
     return Plan(scenario, nodes, list(owners.by_key.values()), pods)
 

@@ -59,7 +59,7 @@ class LifecycleEvent:
 @dataclass
 class _LivePod:
     plan: PodPlan
-    netns: Netns
+    netns: Netns | None  # None: in the API only (a Pending, Succeeded or Failed pod)
     querier: subprocess.Popen | None = None
     own_netns: bool = True
 
@@ -209,7 +209,7 @@ class ScenarioLab:
         """The network namespace a live pod runs in (its node's for a hostNetwork pod)."""
         with self._lock:
             live = self._live.get((namespace, name))
-        if live is None:
+        if live is None or live.netns is None:
             raise KeyError(f"pod {namespace}/{name} is not running now")
         return live.netns
 
@@ -261,6 +261,8 @@ class ScenarioLab:
         for p in plan.pods:
             when = "" if p.role != "client" else (
                 f"{p.start:g}s..{p.stop:g}s" if p.stop is not None else (f"from {p.start:g}s" if p.start else ""))
+            if p.phase != "Running":
+                when = f"{when} {p.phase}".strip()
             rows.append(f"{p.namespace:<14} {p.name:<40} {p.node:<10} {p.ip:<15} {p.dns_server or '':<15} {when}")
         return "\n".join(rows)
 
@@ -343,6 +345,14 @@ class ScenarioLab:
         node = self.plan.node(pod.node)
         created = time.time()
         store.create(objects.pod(pod, node, "Pending", created))
+        if pod.phase != "Running":
+            if pod.phase != "Pending":
+                final = objects.pod(pod, node, pod.phase, created)
+                store.mutate("pods", pod.name, pod.namespace, lambda cur: {**cur, "status": final["status"]})
+            with self._lock:
+                self._live[pod.key] = _LivePod(pod, None, own_netns=False)
+            self.events.append(LifecycleEvent(self.elapsed(), time.time(), "created", pod.namespace, pod.name, pod.ip))
+            return
         if pod.host_network:
             netns, own = self.topology.nodes[pod.node].ns, False
             if pod.role == "node-local-dns":
@@ -371,7 +381,7 @@ class ScenarioLab:
         self._stop_querier(live)
         store = self.cluster.store
         node = self.plan.node(pod.node)
-        if pod.owner is not None and pod.owner.kind == "Job":
+        if pod.owner is not None and pod.owner.kind == "Job" and pod.phase == "Running":
             done = objects.pod(pod, node, "Succeeded")
             store.mutate("pods", pod.name, pod.namespace, lambda cur: {**cur, "status": done["status"]})
 
@@ -382,8 +392,9 @@ class ScenarioLab:
 
         store.mutate("pods", pod.name, pod.namespace, terminating)
         store.delete("pods", pod.name, pod.namespace)
-        self.cluster.kubelet.register_pod_netns(pod.namespace, pod.name, None)
-        if live.own_netns:
+        if live.netns is not None:
+            self.cluster.kubelet.register_pod_netns(pod.namespace, pod.name, None)
+        if live.own_netns and live.netns is not None:
             self.topology.remove_pod(live.netns)
         self.events.append(LifecycleEvent(self.elapsed(), time.time(), "deleted", pod.namespace, pod.name, pod.ip))
         self._sync_endpoints()
@@ -392,7 +403,7 @@ class ScenarioLab:
         if not self.scenario.services:
             return
         with self._lock:
-            live = [lp.plan for lp in self._live.values()]
+            live = [lp.plan for lp in self._live.values() if lp.netns is not None]
         for svc in self.scenario.services:
             ready = [p for p in live if p.namespace == svc.namespace and svc.selector
                      and all(p.labels.get(k) == v for k, v in svc.selector.items())]

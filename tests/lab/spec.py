@@ -66,6 +66,7 @@ class PodSpec:
     labels: dict[str, str] = field(default_factory=dict)
     image: str = "registry.example.com/app:1.0"
     queries: list[QuerySpec] = field(default_factory=list)
+    phase: str = "Running"  # Pending, Succeeded, Failed: in the API only, no network, no queries
 
 
 @dataclass
@@ -242,7 +243,8 @@ def parse_workload(value, where: str) -> WorkloadRef:
 
 
 POD_KEYS = ("name", "namespace", "node", "workload", "start", "stop", "hostNetwork", "ip",
-            "labels", "image", "queries")
+            "labels", "image", "queries", "phase")
+PHASES = ("Running", "Pending", "Succeeded", "Failed")
 
 
 def parse_pod(value, where: str) -> PodSpec:
@@ -264,7 +266,12 @@ def parse_pod(value, where: str) -> PodSpec:
         image=_str(data.get("image", PodSpec.image), f"{where}.image"),
         queries=[parse_query(q, f"{where}.queries[{i}]")
                  for i, q in enumerate(_list(data.get("queries", []), f"{where}.queries"))],
+        phase=data.get("phase", "Running"),
     )
+    if pod.phase not in PHASES:
+        raise ScenarioError(f"{where}.phase: one of {', '.join(PHASES)}, got {pod.phase!r}")
+    if pod.phase != "Running" and pod.queries:
+        raise ScenarioError(f"{where}: a {pod.phase} pod runs nothing, so it cannot have queries")
     if pod.stop is not None and pod.stop <= pod.start:
         raise ScenarioError(f"{where}: stop ({pod.stop:g}s) must come after start ({pod.start:g}s)")
     if pod.host_network and pod.ip:

@@ -210,7 +210,11 @@ def test_node_namespace_once_per_message_and_late_clients(dlab, tmp_path):
     dig(late, DNS4, "evil.example.com")
     dig(late, DNS6, "www.example.com", "AAAA", tcp=True)
     dig(d.node, DNS4, "api.lab.test")  # from the node itself: out of br0, then the veth
+    subprocess.run(["ip", "netns", "del", client.name], check=True)  # a pod goes: its veth vanishes
+    time.sleep(0.2)
+    dig(late, DNS4, "txt.example.com", "TXT")
     agent.stop()
+    assert agent.returncode == 0 and agent.stderr == ""
     got = [(e["qr"], e["proto"], e["src"], e["qname"]) for e in agent.dns()]
     assert got == [
         ("query", "udp", ip4, "www.example.com"),
@@ -221,6 +225,8 @@ def test_node_namespace_once_per_message_and_late_clients(dlab, tmp_path):
         ("response", "tcp", DNS6, "www.example.com"),
         ("query", "udp", "10.244.0.1", "api.lab.test"),
         ("response", "udp", DNS4, "api.lab.test"),
+        ("query", "udp", late4, "txt.example.com"),
+        ("response", "udp", DNS4, "txt.example.com"),
     ]
     stats = [r for r in agent.records if r["type"] == "stats"][-1]
     # Every UDP message was seen at least twice (TCP copies already end in reassembly).
@@ -243,6 +249,21 @@ def test_loopback_reported_once_and_interface_option(dlab, tmp_path):
     dig(client, DNS4, "api.lab.test")
     agent.stop()
     assert [(e["qname"], e["iface"]) for e in agent.dns()] == [("api.lab.test", "eth0")] * 2
+
+
+def test_recvfrom_fallback_reports_the_same(dlab, tmp_path):
+    d, client, _, _ = dlab
+    agent = AgentRun(d.dns, ["--no-ring"], tmp_path)
+    assert agent.wait_hello()["capture"] == "recvfrom"
+    dig(client, DNS4, "www.example.com")
+    dig(client, DNS6, "nope.example.com", tcp=True)
+    agent.stop()
+    assert [(e["qr"], e["proto"], e["qname"], e.get("rcode"), e["iface"]) for e in agent.dns()] == [
+        ("query", "udp", "www.example.com", None, "eth0"),
+        ("response", "udp", "www.example.com", "NOERROR", "eth0"),
+        ("query", "tcp", "nope.example.com", None, "eth0"),
+        ("response", "tcp", "nope.example.com", "NXDOMAIN", "eth0"),
+    ]
 
 
 def test_pcap_option_carries_the_ip_packet(dlab, tmp_path):

@@ -59,6 +59,7 @@ class Pipeline:
         self._header_done = False
         self._nodelocal_said = False
         self.linker = self._linker()
+        self._ndjson = render.NdjsonWriter()
         self.pcap = None
         if output.pcap_path:
             from kubectl_dnstrace.pcapio import EvidenceWriter
@@ -109,7 +110,7 @@ class Pipeline:
             self.pcap.write(event.raw, event.ts, _comment(a), event.observed_at)
         fmt = self.output.format
         if fmt == "ndjson":
-            self.out.write(render.ndjson_line(a))
+            self.out.write(self._ndjson.line(a))
             if self.streaming:
                 self.out.flush()
         elif self.events is not None:

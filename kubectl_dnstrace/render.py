@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from json.encoder import encode_basestring as _enc
 from typing import Any
 
 from tabulate import tabulate
@@ -137,6 +138,45 @@ def event_json(a: Attributed) -> dict[str, Any]:
 
 def ndjson_line(a: Attributed) -> str:
     return json.dumps(event_json(a), separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+class NdjsonWriter:
+    """``ndjson_line`` at a fraction of the cost, for streams of millions of events.
+
+    Builds the line by hand (strings through the C JSON string encoder) and reuses the
+    ``client`` object's JSON: the attributor hands out the same ``Client`` for every event
+    of an address, so it is encoded once. Output is byte-identical to ``ndjson_line``
+    (a test holds the two together).
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[int, tuple[Client, str]] = {}
+
+    def _client(self, c: Client) -> str:
+        hit = self._clients.get(id(c))
+        if hit is not None and hit[0] is c:
+            return hit[1]
+        if len(self._clients) > 50_000:
+            self._clients.clear()
+        text = json.dumps(client_json(c), separators=(",", ":"), ensure_ascii=False)
+        self._clients[id(c)] = (c, text)  # holding ``c`` keeps its id unique
+        return text
+
+    def line(self, a: Attributed) -> str:
+        if a.served or a.link is not None:
+            return ndjson_line(a)
+        ev = a.event
+        s = _enc
+        head = (f'{{"type":"dns","ts":{ev.ts!r},"qr":"{ev.qr}","proto":"{ev.proto}",'
+                f'"src":{s(ev.src)},"sport":{ev.sport},"dst":{s(ev.dst)},"dport":{ev.dport},'
+                f'"id":{ev.id},"qname":{s(ev.qname)},"qtype":{s(ev.qtype)},"iface":{s(ev.iface)},')
+        if ev.qr == "response":
+            answers = ",".join(_enc(x) for x in ev.answers)
+            lat = "null" if ev.latency_ms is None else repr(ev.latency_ms)
+            rcode = "null" if ev.rcode is None else s(ev.rcode)
+            head += f'"rcode":{rcode},"answers":[{answers}],"latency_ms":{lat},'
+        return (f'{head}"seq":{ev.seq},"observed_at":{s(ev.observed_at)},'
+                f'"client":{self._client(a.client)}}}\n')
 
 
 # ---- live lines -----------------------------------------------------------------------

@@ -296,3 +296,24 @@ def test_clock_with_milliseconds_is_utc(ts, text):
                                           (1500.0, "1.50s")])
 def test_latency_text(ms, text):
     assert render.latency(ms) == text
+
+
+def test_the_fast_ndjson_writer_is_byte_identical_to_the_plain_one():
+    odd = q(9.0, "10.244.0.5", "10.244.1.2", 7, 'we"ird\\\\name.ex\u00e4mple.com', "TYPE65534",
+            sport=40009)
+    evs = [*events(), odd, r(odd, 0.001, "RCODE23", ('"txt with quotes"', "b\u00fccher")),
+           DnsEvent(ts=T0 + 11, qr="response", proto="tcp", src="10.244.1.2", sport=53,
+                    dst="fd00::5", dport=4, id=1, qname=".", qtype="NS", rcode=None,
+                    observed_at="shop/web", iface="eth0", seq=42)]
+    attributor = Attributor(inventory())
+    writer = render.NdjsonWriter()
+    from kubectl_dnstrace.attribution import Attributed
+    from kubectl_dnstrace.linking import Linker
+
+    linker = Linker(server_of=attributor.attribute, resolver_captures={COREDNS})
+    for ev in evs:
+        client = attributor.attribute(ev.src if ev.qr == "query" else ev.dst, ev.ts)
+        ann = linker.observe(ev, client)
+        a = Attributed(ev, client, ann.link, ann.served)
+        assert writer.line(a) == render.ndjson_line(a)
+        json.loads(writer.line(a))

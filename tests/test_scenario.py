@@ -318,19 +318,30 @@ def test_short_lived_cronjob_pod_comes_and_goes_on_schedule():
 def test_an_ip_is_reused_only_after_the_first_pod_is_gone():
     with _lab(SCENARIOS / "ip-reuse.yaml") as sl:
         core, _apps, _batch = _core(sl)
-        first = core.read_namespaced_pod("sync-29410031-abcde", "batch")
-        assert first.status.pod_ip == "10.244.0.20"
+        first = core.read_namespaced_pod("sync-29410031-k7tqz", "batch")
+        assert (first.status.phase, first.status.pod_ip) == ("Running", "10.244.0.20")
         sl.wait_until(6.5)
         second = core.read_namespaced_pod("web-5d8f7c9b6-x2k4p", "shop")
-        assert second.status.pod_ip == "10.244.0.20"
-        assert not [p for p in core.list_namespaced_pod("batch").items]
-        old = sl.query_log("batch", "sync-29410031-abcde")
+        assert (second.status.phase, second.status.pod_ip) == ("Running", "10.244.0.20")
+        first = core.read_namespaced_pod("sync-29410031-k7tqz", "batch")  # completed, still listed
+        assert (first.status.phase, first.status.pod_ip) == ("Succeeded", "10.244.0.20")
+        assert first.status.container_statuses[0].state.terminated.reason == "Completed"
+        old = sl.query_log("batch", "sync-29410031-k7tqz")
         new = sl.query_log("shop", "web-5d8f7c9b6-x2k4p")
         assert {q["name"] for q in old} == {"evil.example.com"} and {q["name"] for q in new} == {"good.example.com"}
-        assert max(q["ts"] for q in old) < min(q["ts"] for q in new)
+        finished = next(e for e in sl.events if e.action == "finished")
+        assert max(q["ts"] for q in old) <= finished.wall < min(q["ts"] for q in new)
         dns_log = sl.dns_log(f"kube-system/{sl.plan.dns_pods[0].name}")
         assert "query[A] evil.example.com from 10.244.0.20" in dns_log
         assert "query[A] good.example.com from 10.244.0.20" in dns_log
+
+
+def test_finish_frees_the_ip_but_an_earlier_reuse_is_refused():
+    pods = [{"name": "a", "ip": "10.244.0.20", "finish": "4s"}, {"name": "b", "ip": "10.244.0.20", "start": "3s"}]
+    with pytest.raises(ScenarioError, match="at the same time"):
+        build_plan(parse_scenario({"pods": pods}))
+    with pytest.raises(ScenarioError, match=r"finish \(4s\) must come after start and before stop"):
+        build_plan(parse_scenario({"pods": [{"name": "a", "finish": "4s", "stop": "3s"}]}))
 
 
 @pytest.mark.lab

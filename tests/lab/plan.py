@@ -89,6 +89,12 @@ class PodPlan:
     queries: list[QuerySpec] = field(default_factory=list)
     dns_server: str | None = None
     phase: str = "Running"
+    finish: float | None = None
+
+    @property
+    def network_end(self) -> float | None:
+        """When the pod stops holding its IP: it finished, or was deleted."""
+        return self.finish if self.finish is not None else self.stop
 
     @property
     def key(self) -> tuple[str, str]:
@@ -283,14 +289,16 @@ def build_plan(scenario: Scenario) -> Plan:
         server = NODE_LOCAL_ADDRESS if scenario.node_local.enabled else dns_ips[client_index % len(dns_ips)]
         pods.append(PodPlan(spec.namespace, name, node.name, ip, spec.host_network, {**labels, **spec.labels},
                             owner, stable_uid("Pod", spec.namespace, name, str(i)), "client", "app", spec.image,
-                            spec.start, spec.stop, list(spec.queries), server, spec.phase))
+                            spec.start, spec.stop, list(spec.queries), server, spec.phase, spec.finish))
     _check_unique(pods, scenario.source)
     return Plan(scenario, nodes, list(owners.by_key.values()), pods)
 
 
-def _overlaps(a: PodPlan, b: PodPlan) -> bool:
-    a_end = a.stop if a.stop is not None else float("inf")
-    b_end = b.stop if b.stop is not None else float("inf")
+def _overlaps(a: PodPlan, b: PodPlan, network: bool = False) -> bool:
+    a_stop = a.network_end if network else a.stop
+    b_stop = b.network_end if network else b.stop
+    a_end = a_stop if a_stop is not None else float("inf")
+    b_end = b_stop if b_stop is not None else float("inf")
     return a.start < b_end and b.start < a_end
 
 
@@ -299,6 +307,6 @@ def _check_unique(pods: list[PodPlan], source: str) -> None:
         for b in pods[i + 1:]:
             if a.key == b.key and _overlaps(a, b):
                 raise ScenarioError(f"{source}: two pods named {a.namespace}/{a.name} exist at the same time")
-            if not a.host_network and not b.host_network and a.ip == b.ip and _overlaps(a, b):
+            if not a.host_network and not b.host_network and a.ip == b.ip and _overlaps(a, b, network=True):
                 raise ScenarioError(f"{source}: pods {a.namespace}/{a.name} and {b.namespace}/{b.name} hold "
                                     f"{a.ip} at the same time (reuse an IP only after the first pod stops)")

@@ -50,7 +50,7 @@ class LifecycleEvent:
 
     t: float
     wall: float
-    action: str  # "created" or "deleted"
+    action: str  # "created", "finished" (Succeeded, network gone) or "deleted"
     namespace: str
     name: str
     ip: str
@@ -67,7 +67,7 @@ class _LivePod:
 @dataclass
 class _Action:
     at: float
-    action: str  # "create" or "delete"
+    action: str  # "create", "finish" or "delete"
     pod: PodPlan = field(compare=False)
 
 
@@ -153,8 +153,10 @@ class ScenarioLab:
             for live in self._live.values():
                 self._start_querier(live)
         actions = [_Action(p.start, "create", p) for p in self.plan.client_pods if p.start > 0]
+        actions += [_Action(p.finish, "finish", p) for p in self.plan.client_pods if p.finish is not None]
         actions += [_Action(p.stop, "delete", p) for p in self.plan.client_pods if p.stop is not None]
-        actions.sort(key=lambda a: (a.at, a.action == "create"))  # a delete before a create at one instant
+        # At one instant, free addresses (finish, delete) before handing them out again (create).
+        actions.sort(key=lambda a: (a.at, a.action == "create"))
         self._scheduler = threading.Thread(target=self._run_schedule, args=(actions,),
                                            name="scenario-schedule", daemon=True)
         self._scheduler.start()
@@ -261,6 +263,8 @@ class ScenarioLab:
         for p in plan.pods:
             when = "" if p.role != "client" else (
                 f"{p.start:g}s..{p.stop:g}s" if p.stop is not None else (f"from {p.start:g}s" if p.start else ""))
+            if p.finish is not None:
+                when = f"{when} finish {p.finish:g}s".strip()
             if p.phase != "Running":
                 when = f"{when} {p.phase}".strip()
             rows.append(f"{p.namespace:<14} {p.name:<40} {p.node:<10} {p.ip:<15} {p.dns_server or '':<15} {when}")
@@ -372,6 +376,23 @@ class ScenarioLab:
         if self.t0 is not None:
             self._start_querier(live)
 
+    def _finish_pod(self, pod: PodPlan, live: _LivePod | None = None) -> None:
+        """The pod's process exits: Succeeded in the API (podIP stays in its status, as on a
+        real cluster), its network goes and the CNI may hand the IP to another pod."""
+        with self._lock:
+            live = live or self._live.get(pod.key)
+        if live is None or live.netns is None:
+            return
+        self._stop_querier(live)
+        done = objects.pod(pod, self.plan.node(pod.node), "Succeeded")
+        self.cluster.store.mutate("pods", pod.name, pod.namespace, lambda cur: {**cur, "status": done["status"]})
+        self.cluster.kubelet.register_pod_netns(pod.namespace, pod.name, None)
+        if live.own_netns:
+            self.topology.remove_pod(live.netns)
+        live.netns = None
+        self.events.append(LifecycleEvent(self.elapsed(), time.time(), "finished", pod.namespace, pod.name, pod.ip))
+        self._sync_endpoints()
+
     def _delete_pod(self, pod: PodPlan) -> None:
         """Graceful deletion as the API shows it: (Succeeded for Job pods) → deletionTimestamp → gone."""
         with self._lock:
@@ -380,10 +401,8 @@ class ScenarioLab:
             return
         self._stop_querier(live)
         store = self.cluster.store
-        node = self.plan.node(pod.node)
-        if pod.owner is not None and pod.owner.kind == "Job" and pod.phase == "Running":
-            done = objects.pod(pod, node, "Succeeded")
-            store.mutate("pods", pod.name, pod.namespace, lambda cur: {**cur, "status": done["status"]})
+        if pod.owner is not None and pod.owner.kind == "Job" and live.netns is not None:
+            self._finish_pod(pod, live)
 
         def terminating(cur: dict) -> dict:
             cur["metadata"]["deletionTimestamp"] = objects.timestamp()
@@ -452,6 +471,8 @@ class ScenarioLab:
             try:
                 if action.action == "create":
                     self._create_pod(action.pod)
+                elif action.action == "finish":
+                    self._finish_pod(action.pod)
                 else:
                     self._delete_pod(action.pod)
             except Exception as exc:  # a failed step must not kill the schedule silently

@@ -61,6 +61,7 @@ class PodSpec:
     workload: WorkloadRef | None = None
     start: float = 0.0
     stop: float | None = None
+    finish: float | None = None  # turns Succeeded (network gone, IP free, object kept) at this time
     host_network: bool = False
     ip: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -242,7 +243,7 @@ def parse_workload(value, where: str) -> WorkloadRef:
     return WorkloadRef(WORKLOAD_KINDS[kind.lower()], _dns_label(name, where, 52))
 
 
-POD_KEYS = ("name", "namespace", "node", "workload", "start", "stop", "hostNetwork", "ip",
+POD_KEYS = ("name", "namespace", "node", "workload", "start", "stop", "finish", "hostNetwork", "ip",
             "labels", "image", "queries", "phase")
 PHASES = ("Running", "Pending", "Succeeded", "Failed")
 
@@ -260,6 +261,7 @@ def parse_pod(value, where: str) -> PodSpec:
         workload=workload,
         start=parse_duration(data.get("start", 0), f"{where}.start"),
         stop=parse_duration(data["stop"], f"{where}.stop") if data.get("stop") is not None else None,
+        finish=parse_duration(data["finish"], f"{where}.finish") if data.get("finish") is not None else None,
         host_network=_bool(data.get("hostNetwork", False), f"{where}.hostNetwork"),
         ip=_ipv4(data["ip"], f"{where}.ip") if "ip" in data else None,
         labels=_labels(data.get("labels", {}), f"{where}.labels"),
@@ -274,6 +276,8 @@ def parse_pod(value, where: str) -> PodSpec:
         raise ScenarioError(f"{where}: a {pod.phase} pod runs nothing, so it cannot have queries")
     if pod.stop is not None and pod.stop <= pod.start:
         raise ScenarioError(f"{where}: stop ({pod.stop:g}s) must come after start ({pod.start:g}s)")
+    if pod.finish is not None and (pod.finish <= pod.start or (pod.stop is not None and pod.finish >= pod.stop)):
+        raise ScenarioError(f"{where}: finish ({pod.finish:g}s) must come after start and before stop")
     if pod.host_network and pod.ip:
         raise ScenarioError(f"{where}: a hostNetwork pod has its node's IP; drop ip:")
     return pod

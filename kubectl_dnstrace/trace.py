@@ -25,6 +25,7 @@ from kubectl_dnstrace.errors import (
     AgentFailed,
     DnstraceError,
     ExitCode,
+    UsageError,
 )
 from kubectl_dnstrace.kube.client import Kube
 from kubectl_dnstrace.kube.ephemeral import (
@@ -383,6 +384,8 @@ class TraceRun:
                                   stop_file_path(self.run_id), notice=self.say)
             if failed:
                 self.say("those agents stop at their own deadline")
+            if len(failed) < len(can):
+                self.say(f"asked {len(can) - len(failed)} agent(s) to stop (pods/exec)")
         if not self.started_streaming:
             return
         # Collect the final records (bye) the stopped agents write.
@@ -391,6 +394,11 @@ class TraceRun:
     def _outcome(self) -> ExitCode:
         runs = list(self.runs.values())
         for run in runs:
+            if run.stats.get("seen") is not None:
+                self.pipeline.notice(
+                    f"{run.pod.key}: the agent saw {run.stats.get('seen')} DNS packet(s), "
+                    f"{run.stats.get('matched')} matched the filters"
+                    + (f"; it ended: {run.bye.get('reason')}" if run.bye else ""))
             if run.stats.get("drops"):
                 self.pipeline.notice(f"{run.pod.key}: the kernel dropped {run.stats['drops']} "
                                      "packet(s) before the agent read them")
@@ -426,10 +434,14 @@ def _agent_error_message(text: str) -> str | None:
     return None
 
 
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
 def run_trace(req: TraceRequest, out: TextIO | None = None, err: TextIO | None = None) -> ExitCode:
     """Run one trace; returns the exit code (refusals raise DnstraceError for cli.main)."""
     if req.duration <= 0:
-        from kubectl_dnstrace.errors import UsageError
-
         raise UsageError("--duration must be positive", "for example --duration 30s")
+    if req.image_pull_policy and req.image_pull_policy not in PULL_POLICIES:
+        raise UsageError(f"unknown --image-pull-policy {req.image_pull_policy!r}",
+                         f"use one of: {', '.join(PULL_POLICIES)}")
     return TraceRun(req, out, err).run()

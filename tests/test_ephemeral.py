@@ -197,3 +197,40 @@ def test_many_previous_traces_warn_about_pod_size(cluster, tmp_path) -> None:
     pod.ephemeral_containers.append(spec.container_name)
     with pytest.raises(ContainerFailed):
         add_capture_container(kube, spec, pod, ["NET_RAW"])
+
+
+# ---- the agent's command line -------------------------------------------------------------------
+
+from kubectl_dnstrace.model import Filters  # noqa: E402
+from kubectl_dnstrace.trace import agent_args, is_project_image  # noqa: E402
+
+
+def test_agent_args_always_carry_the_deadline_and_the_stop_file() -> None:
+    args = agent_args(90, Filters(domains=["evil.example.com"], qtypes=["TXT"], rcodes=["NXDOMAIN"]),
+                      "/tmp/dnstrace-abc.stop", pcap=True)
+    assert args[:4] == ["--duration", "90", "--stop-file", "/tmp/dnstrace-abc.stop"]
+    for pair in (["--domain", "evil.example.com"], ["--qtype", "TXT"], ["--rcode", "NXDOMAIN"]):
+        i = args.index(pair[0])
+        assert args[i:i + 2] == pair
+    assert "--pcap" in args
+
+
+def test_thousands_of_domains_travel_compressed() -> None:
+    from kubectl_dnstrace.agent.main import build_parser, read_domains
+
+    names = [f"host{i}.bad.example" for i in range(5000)]
+    args = agent_args(60, Filters(domains=names), "/tmp/x.stop", pcap=False)
+    assert "--domain" not in args and "--domains-z" in args
+    assert sum(len(a) for a in args) < 40_000
+    assert read_domains(build_parser().parse_args(args)) == names  # the agent reads them back
+
+
+@pytest.mark.parametrize(("image", "project"), [
+    ("ghcr.io/kubectl-dnstrace/agent:0.1.0", True),
+    ("ghcr.io/kubectl-dnstrace/agent@sha256:" + "0" * 64, True),
+    ("registry.corp:5000/kubectl-dnstrace/agent:0.1.0", True),  # a mirror
+    ("docker.io/library/python:3.13-alpine", False),
+    ("registry.corp:5000/python:3.12", False),
+])
+def test_project_image_is_detected_by_name(image: str, project: bool) -> None:
+    assert is_project_image(image) is project

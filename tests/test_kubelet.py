@@ -171,21 +171,33 @@ def test_follow_streams_lines_and_ends_about_a_second_after_exit(cluster, v1):
     assert 0.7 <= ended - run.exited_at <= 3.0
 
 
-def test_break_log_after_cuts_the_stream_and_since_time_resumes(cluster, v1):
+def test_break_log_after_cuts_at_every_n_lines_and_since_time_resumes(cluster, v1):
     add(v1, "dbg", program("import time", "for i in range(8):", "    print('n', i, flush=True)", "    time.sleep(0.1)"))
     wait_state(v1, "dbg", "terminated")
-    cluster.faults.break_log_after(3)
-    resp = raw_log(cluster, {"container": "dbg", "follow": "true", "timestamps": "true"})
-    got = b""
-    with pytest.raises(urllib3.exceptions.ProtocolError):
-        for chunk in resp.stream(64):
-            got += chunk
-    first = got.splitlines()
-    assert len(first) == 3
-    since = first[-1].split(b" ", 1)[0].decode()
-    rest = raw_log(cluster, {"container": "dbg", "follow": "true", "timestamps": "true", "sinceTime": since}).read()
-    seen = {line.split(b" ", 1)[1] for line in first + rest.splitlines()}
-    assert seen == {f"n {i}".encode() for i in range(8)}
+    cluster.faults.break_log_after(3, times=2)
+    seen: list[bytes] = []
+    since = None
+    streams = []
+    for _ in range(3):
+        query = {"container": "dbg", "follow": "true", "timestamps": "true"}
+        if since:
+            query["sinceTime"] = since
+        got = b""
+        try:
+            for chunk in raw_log(cluster, query).stream(64):
+                got += chunk
+            broke = False
+        except urllib3.exceptions.ProtocolError:
+            broke = True
+        lines = got.splitlines()
+        streams.append((broke, [line.split(b" ", 1)[1] for line in lines]))
+        seen += [line.split(b" ", 1)[1] for line in lines]
+        since = lines[-1].split(b" ", 1)[0].decode()
+    # Cut at log positions 3 and 6: each resumed stream gets further than the last cut.
+    assert streams[0] == (True, [b"n 0", b"n 1", b"n 2"])
+    assert streams[1][0] is True and streams[1][1][-1] == b"n 5"
+    assert streams[2][0] is False and streams[2][1][-1] == b"n 7"
+    assert set(seen) == {f"n {i}".encode() for i in range(8)}
 
 
 def test_image_pull_failures(cluster, v1):

@@ -3,7 +3,9 @@
 - ``deny``: an RBAC denial for one user/verb/resource (answered with the exact 403 body);
 - ``fail_image``: the kubelet cannot pull that image (ErrImagePull, then ImagePullBackOff);
 - ``slow_start``: ephemeral containers stay in ContainerCreating this long;
-- ``break_log_after``: a follow log stream is cut (no final chunk) after N lines, ``times`` times;
+- ``break_log_after``: follow streams of a container are cut (no final chunk) at log positions
+  N, 2N, … ``times`` times — so a client resuming with sinceTime (which replays the whole
+  second) still progresses N lines per cut, as with a real flaky connection;
 - ``disable_ephemeral``: the cluster has no ephemeralcontainers subresource (404, no name).
 Pod Security levels are not a switch here: they are the namespace's
 ``pod-security.kubernetes.io/*`` labels, as on a real cluster (see ``SimCluster.set_psa``).
@@ -53,13 +55,19 @@ class Faults:
         self.start_delay = seconds
 
     def break_log_after(self, lines: int, times: int = 1) -> None:
-        """The next ``times`` follow streams each break after ``lines`` lines."""
+        """Cut follow streams ``times`` times, at log positions ``lines``, 2×``lines``, …"""
         with self._lock:
             self._log_breaks.extend([lines] * times)
 
-    def take_log_break(self) -> int | None:
+    def log_break(self) -> int | None:
+        """N of the next pending break (None when no break is pending)."""
         with self._lock:
-            return self._log_breaks.pop(0) if self._log_breaks else None
+            return self._log_breaks[0] if self._log_breaks else None
+
+    def used_log_break(self) -> None:
+        with self._lock:
+            if self._log_breaks:
+                self._log_breaks.pop(0)
 
     def disable_ephemeral(self) -> None:
         self.ephemeral_disabled = True

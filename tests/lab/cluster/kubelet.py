@@ -104,6 +104,7 @@ class ContainerRun:
     proc: subprocess.Popen | None = None
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     exited_at: float | None = None
+    cut_mark: int = 0  # log position of the last simulated connection break
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def status(self) -> dict:
@@ -404,32 +405,34 @@ class Kubelet:
             return (rfc3339nano(ts).encode() + b" " + line) if stamps else line
 
         with run.cond:
-            lines = [item for item in run.lines if since_ns is None or item[0] >= since_ns]
+            lines = [(i, ts, line) for i, (ts, line) in enumerate(run.lines) if since_ns is None or ts >= since_ns]
             if tail is not None:
                 lines = lines[-tail:] if tail > 0 else []
             sent = len(run.lines)
         if not ex.flag("follow"):
-            data = b"".join(fmt(ts, line) for ts, line in lines)
+            data = b"".join(fmt(ts, line) for _, ts, line in lines)
             ex.send_text(200, data[:limit] if limit is not None else data)
             return
-        breaks = self.faults.take_log_break()
         ex.start_stream(200, "text/plain")
-        count = 0
-        pending = list(lines)
+        pending = lines
         while True:
-            for ts, line in pending:
-                if breaks is not None and count >= breaks:
+            for i, ts, line in pending:
+                every = self.faults.log_break()
+                # The connection breaks at log positions N, 2N, 3N ...: a resumed stream that
+                # replays the sinceTime second still gets N lines further than the last cut.
+                if every is not None and i >= run.cut_mark + every:
+                    run.cut_mark = i
+                    self.faults.used_log_break()
                     ex.abort()
                     return
                 if not ex.write_chunk(fmt(ts, line)):
                     return
-                count += 1
             with run.cond:
                 while len(run.lines) == sent and not self.stopping:
                     if run.exited_at is not None and time.monotonic() - run.exited_at >= FOLLOW_GRACE:
                         break
                     run.cond.wait(timeout=0.2)
-                pending = run.lines[sent:]
+                pending = [(i, *run.lines[i]) for i in range(sent, len(run.lines))]
                 sent = len(run.lines)
                 done = not pending and (self.stopping or (run.exited_at is not None
                                                           and time.monotonic() - run.exited_at >= FOLLOW_GRACE))

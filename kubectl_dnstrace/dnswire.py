@@ -274,27 +274,105 @@ def _name_text(parts):
     return raw.decode("ascii")
 
 
+# Key, in a message's name cache, of the list of names read by the fast path (see below).
+_PLAIN = -1
+
+
+def _new_name_cache():
+    return {_PLAIN: []}
+
+
+def _cached_suffix(buf, cache, target):
+    """The cache entry for the name at ``target``, made on demand when ``target`` is a label
+    inside a name the fast path read: its text is then a slice of that name's text."""
+    hit = cache.get(target)
+    if hit is not None:
+        return hit
+    for origin, labels_end, text, tail_octets, last, tail_hops in cache[_PLAIN]:
+        if origin < target < labels_end:
+            pos = origin
+            while pos < target:
+                pos += buf[pos] + 1
+            if pos != target:
+                return None
+            hit = (text[target - origin :], labels_end - target + tail_octets, last, tail_hops)
+            cache[target] = hit
+            return hit
+    return None
+
+
 def _read_name(buf, pos, cache):
     """Decode the name at ``pos``; return (text, offset just after it in the stream).
 
-    Iterative, with dnspython's bounds: after a pointer, reading may not run into the label
-    run it came from, and the next pointer must point before that run's start.
+    ``cache`` (one per message, from :func:`_new_name_cache`) maps the offset of every label
+    run already decoded to ``(text, octets, last offset read in that run, pointer hops
+    after it)``, so the usual response, whose names point into the question, decodes each
+    suffix once. An entry is reused only where decoding it afresh would pass the same checks.
 
-    ``cache`` (one dict per message) maps the offset of every label run already decoded to
-    ``(text, octets, last offset read in that run, pointer hops after it)``, so the usual
-    response, whose names are pointers to the question, decodes each suffix once. An entry
-    is reused only where decoding it afresh would pass the same checks.
+    This function reads the common shapes inline: labels, then either the root or a pointer
+    to a known suffix. Everything else, errors included, goes to
+    :func:`_read_compressed_name`.
+    """
+    origin = pos
+    try:
+        n = buf[pos]
+        parts = []
+        while n:
+            if n > 63:
+                if n < 0xC0:
+                    return _read_compressed_name(buf, origin, cache)
+                hit = _cached_suffix(buf, cache, ((n & 0x3F) << 8) | buf[pos + 1])
+                if (
+                    hit is None
+                    or hit[2] >= origin
+                    or hit[3] >= MAX_POINTER_HOPS
+                    or pos - origin + hit[1] > MAX_NAME_OCTETS
+                ):
+                    return _read_compressed_name(buf, origin, cache)
+                if not parts:
+                    cache[pos] = (hit[0], hit[1], pos + 1, hit[3] + 1)
+                    return hit[0], pos + 2
+                raw = b".".join(parts)
+                if raw.translate(None, _NAME_SAFE) == _DOTS[len(parts) - 1]:
+                    text = raw.decode("ascii")
+                    if hit[0] != ".":
+                        text = text + "." + hit[0]
+                    cache[_PLAIN].append((origin, pos, text, hit[1], pos + 1, hit[3] + 1))
+                else:
+                    text = _name_text(parts)
+                    if hit[0] != ".":
+                        text = text + "." + hit[0]
+                cache[origin] = (text, pos - origin + hit[1], pos + 1, hit[3] + 1)
+                return text, pos + 2
+            start = pos + 1
+            pos = start + n
+            parts.append(buf[start:pos])
+            n = buf[pos]
+    except IndexError:
+        return _read_compressed_name(buf, origin, cache)
+    if pos - origin >= MAX_NAME_OCTETS:
+        raise DnsParseError("name longer than 255 octets", origin)
+    if not parts:
+        return ".", pos + 1
+    raw = b".".join(parts)
+    if raw.translate(None, _NAME_SAFE) == _DOTS[len(parts) - 1]:
+        text = raw.decode("ascii")
+        cache[_PLAIN].append((origin, pos, text, 1, pos, 0))
+    else:
+        text = _name_text(parts)
+    cache[origin] = (text, pos - origin + 1, pos, 0)
+    return text, pos + 1
+
+
+def _read_compressed_name(buf, pos, cache):
+    """The general case of :func:`_read_name`: iterative, with dnspython's bounds. After a
+    pointer, reading may not run into the label run it came from, and the next pointer must
+    point before that run's start; so pointer targets strictly decrease and cannot loop.
     """
     size = len(buf)
     if pos >= size:
         raise DnsParseError("name runs past the end of the message", pos)
     n = buf[pos]
-    if n >= 0xC0 and pos + 1 < size:
-        # A name that is just a pointer to a suffix decoded before.
-        hit = cache.get(((n & 0x3F) << 8) | buf[pos + 1])
-        if hit is not None and hit[2] < pos and hit[3] < MAX_POINTER_HOPS:
-            cache[pos] = (hit[0], hit[1], pos + 1, hit[3] + 1)
-            return hit[0], pos + 2
     origin = pos
     parts = []
     octets = 1  # the root label
@@ -335,7 +413,7 @@ def _read_name(buf, pos, cache):
                     "more than %d compression pointers in a name" % MAX_POINTER_HOPS, pos
                 )
             runs.append((floor, run_parts, run_octets, hops - 1, pos + 1))
-            hit = cache.get(target)
+            hit = _cached_suffix(buf, cache, target)
             if (
                 hit is not None
                 and hit[2] < floor
@@ -431,7 +509,7 @@ def parse_question(buf):
 
 def _parse_question_slow(buf, ident, flags, qdcount):
     try:
-        name, pos = _read_name(buf, 12, {})
+        name, pos = _read_name(buf, 12, _new_name_cache())
         qtype, qclass = _unpack_hh(buf, pos)
     except (IndexError, struct.error):
         raise DnsParseError("message ends inside its question", len(buf)) from None
@@ -570,7 +648,7 @@ def _parse_message(buf):
             4,
         )
     read_name = _read_name
-    cache = {}
+    cache = _new_name_cache()
     pos = 12
     questions = []
     for _ in range(qdcount):
@@ -583,7 +661,20 @@ def _parse_message(buf):
     for section, count in ((0, ancount), (1, nscount), (2, arcount)):
         records = []
         for _ in range(count):
-            name, pos = read_name(buf, pos, cache)
+            # Owners are mostly a pointer to a name already read, or the root (OPT).
+            n = buf[pos]
+            if n >= 0xC0:
+                hit = cache.get(((n & 0x3F) << 8) | buf[pos + 1])
+                if hit is not None and hit[2] < pos and hit[3] < MAX_POINTER_HOPS:
+                    name = hit[0]
+                    pos += 2
+                else:
+                    name, pos = read_name(buf, pos, cache)
+            elif n == 0:
+                name = "."
+                pos += 1
+            else:
+                name, pos = read_name(buf, pos, cache)
             rtype, rclass, ttl, rdlen = _unpack_rr(buf, pos)
             pos += 10
             end = pos + rdlen

@@ -58,3 +58,4 @@ def test_memory_is_bounded():
     for i in range(10_000):
         d.seen(seg(1.0, "10.0.0.1", i, "10.0.0.2", 53, QUERY))
     assert len(d._cur) <= 100 and len(d._old) <= 100
+    assert all(isinstance(k, int) for k in d._cur)  # hashes: no message bytes held

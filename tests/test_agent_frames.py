@@ -205,3 +205,13 @@ def test_tcp_idle_flows_expire():
     d.decode_ip(tcp(b"\x00", 1, sport=1111), 0.0)
     d.decode_ip(tcp(b"\x00", 1, sport=2222), 100.0)
     assert [k[1] for k in d.flows] == [2222]
+
+
+def test_tcp_garbage_length_prefix_does_not_grow_without_bound():
+    d = FrameDecoder()
+    seq = 1
+    for _ in range(40):  # claims a 65535-byte message, then keeps sending
+        chunk = b"\xff\xff" + b"x" * 2000 if seq == 1 else b"x" * 2000
+        d.decode_ip(tcp(chunk, seq), 0.0)
+        seq += len(chunk)
+    assert d.buffered() <= frames.TCP_BUFFER_LIMIT

@@ -16,7 +16,7 @@ window passes or the current one is full.
 """
 
 DEFAULT_WINDOW = 0.2
-DEFAULT_MAX_ENTRIES = 100000
+DEFAULT_MAX_ENTRIES = 65536
 
 
 class Deduper(object):
@@ -34,12 +34,15 @@ class Deduper(object):
         """True when ``seg`` repeats a message seen within the window (and counts it)."""
         p = seg.payload
         if p[2] & 0x80:
-            key = (seg.proto, seg.dst, seg.dport, p)
+            key = hash((seg.proto, seg.dst, seg.dport, p))
         else:
-            key = (seg.proto, seg.src, seg.sport, p)
+            key = hash((seg.proto, seg.src, seg.sport, p))
         return self.seen_key(key, seg.ts)
 
     def seen_key(self, key, ts):
+        """``key``: the hash of (transport, client address, client port, message). A hash,
+        not the tuple, so the table holds no message bytes (64-bit SipHash: a collision
+        within a 0.2 s window is not a practical concern)."""
         start = self._start
         cur = self._cur
         if start is None or ts - start > self.window or len(cur) >= self.max_entries:

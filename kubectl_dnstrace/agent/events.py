@@ -15,7 +15,7 @@ import base64
 from kubectl_dnstrace import dnswire
 
 PENDING_SECONDS = 30.0
-PENDING_MAX = 200000
+PENDING_MAX = 100000
 
 
 class EventBuilder(object):

@@ -49,7 +49,9 @@ _ntop = socket.inet_ntop
 _NULL_V6 = (10, 24, 28, 30)
 
 TCP_FLOW_LIMIT = 4096
-TCP_BUFFER_LIMIT = 2 + 65535 + 65535
+TCP_BUFFER_LIMIT = 2 + 65535  # the longest DNS message and its length prefix
+TCP_BIG_BUFFER = 4096  # above this a flow's buffer is checked against the total budget
+TCP_TOTAL_BUDGET = 16 * 1024 * 1024  # bytes held across all flows
 TCP_IDLE_SECONDS = 30.0
 TCP_MAX_OUT_OF_ORDER = 16
 _FIN_RST = 0x05
@@ -254,8 +256,9 @@ class FrameDecoder(object):
                                           _ntop(family, dst), dport, msg, packet))
             if pos:
                 flow.buf = buf[pos:]
-            if len(flow.buf) > TCP_BUFFER_LIMIT:
-                del flows[key]
+            if len(flow.buf) > TCP_BIG_BUFFER and (
+                    len(flow.buf) > TCP_BUFFER_LIMIT or self.buffered() > TCP_TOTAL_BUDGET):
+                del flows[key]  # not DNS, or too much held: forget this flow
                 return out
         if flags & _FIN_RST and flow is not None and key in flows:
             del flows[key]
@@ -273,7 +276,7 @@ class FrameDecoder(object):
             data = data[skip:]
             delta = 0
         if delta:
-            if len(flow.held) < TCP_MAX_OUT_OF_ORDER:
+            if len(flow.held) < TCP_MAX_OUT_OF_ORDER and delta < TCP_BUFFER_LIMIT:
                 flow.held[seq] = data
             return
         flow.buf += data
@@ -292,6 +295,10 @@ class FrameDecoder(object):
                     progressed = True
             if not progressed:
                 break
+
+    def buffered(self):
+        """Bytes held by all flows (checked only when one flow holds a lot)."""
+        return sum(len(f.buf) + sum(len(d) for d in f.held.values()) for f in self.flows.values())
 
     def _store(self, key, flow):
         flows = self.flows

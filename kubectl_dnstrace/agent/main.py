@@ -232,11 +232,13 @@ class Agent(object):
                     continue
                 is_response = p[2] & 0x80
                 if is_response:
-                    key = (pkt[a + alen:a + alen + alen], dport, p)
+                    client = pkt[a + alen:a + alen + alen]
+                    if only_if < 0 and seen_key(hash((client, dport, p)), ts):
+                        continue
                 else:
-                    key = (pkt[a:a + alen], sport, p)
-                if only_if < 0 and seen_key(key, ts):
-                    continue
+                    client = pkt[a:a + alen]
+                    if only_if < 0 and seen_key(hash((client, sport, p)), ts):
+                        continue
                 i = 12
                 n = p[12]
                 while n:
@@ -268,7 +270,7 @@ class Agent(object):
                 if volume.aggregating and raw_tally_ok:
                     if name is None:
                         name = p[12:i + 1].lower()
-                    tkey = (key[0], name, qtype, (p[3] & 0x0F) if is_response else -1)
+                    tkey = (client, name, qtype, (p[3] & 0x0F) if is_response else -1)
                     tallies[tkey] = tallies.get(tkey, 0) + 1
                     matched += 1
                     continue

@@ -327,7 +327,7 @@ class Agent(object):
         start = time.monotonic()
         deadline = start + opts.duration
         # Backstop: even a write blocked on a full stdout cannot outlive the deadline.
-        signal.alarm(int(opts.duration) + 10)
+        signal.alarm(min(int(opts.duration) + 10, 0x7FFFFFFF))
         try:
             self.capture.open()
         except CaptureError as exc:

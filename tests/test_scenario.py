@@ -226,6 +226,35 @@ def test_pods_resolve_through_cluster_dns_which_forwards_and_caches():
 
 
 @pytest.mark.lab
+def test_every_record_form_of_the_format_resolves():
+    records = {"multi.example.com": ["203.0.113.7", "203.0.113.8", "2001:db8::7"],
+               "txt.example.com": {"TXT": "v=spf1 -all", "A": "203.0.113.9"},
+               "alias.example.com": {"CNAME": "multi.example.com"},
+               "*.tunnel.example.com": "203.0.113.99",
+               "db.shop.svc.cluster.local": "10.96.1.2"}
+    scenario = {"dns": {"records": records}, "pods": [{"name": "web-1", "namespace": "shop"}],
+                "services": [{"name": "web", "namespace": "shop", "clusterIP": "10.96.12.34",
+                              "selector": {"run": "web-1"}, "ports": [80]}]}
+    with _lab(scenario) as sl:
+        ns, dns = sl.netns("shop", "web-1"), sl.dns_pod_ips[0]
+
+        def dig(name: str, qtype: str = "A") -> list[str]:
+            return sorted(ns.run("dig", "+short", "+time=2", "+tries=2", f"@{dns}", name, qtype).stdout.split())
+
+        assert dig("multi.example.com") == ["203.0.113.7", "203.0.113.8"]
+        assert dig("multi.example.com", "AAAA") == ["2001:db8::7"]
+        assert dig("txt.example.com", "TXT") == ['"v=spf1', '-all"']
+        assert dig("txt.example.com") == ["203.0.113.9"]
+        assert dig("alias.example.com") == ["203.0.113.7", "203.0.113.8", "multi.example.com."]
+        assert dig("a.b.tunnel.example.com") == ["203.0.113.99"]
+        assert dig("db.shop.svc.cluster.local") == ["10.96.1.2"]
+        assert dig("web.shop.svc.cluster.local") == ["10.96.12.34"]
+        core, _apps, _batch = _core(sl)
+        eps = core.read_namespaced_endpoints("web", "shop")
+        assert [a.ip for a in eps.subsets[0].addresses] == [sl.pod_ip("shop", "web-1")]
+
+
+@pytest.mark.lab
 def test_a_capture_in_a_dns_pod_sees_clients_and_the_upstream_leg():
     with _lab(SCENARIOS / "upstream.yaml") as sl:
         dns = sl.plan.dns_pods[0]

@@ -290,6 +290,8 @@ def test_aggregates_above_the_rate_threshold(dlab, tmp_path):
     assert len(agent.dns()) == 4
     aggs = [r for r in agent.records if r["type"] == "agg"]
     assert aggs and all(a["threshold"] == 4 for a in aggs)
+    modes = [r["mode"] for r in agent.records if r["type"] == "stats"]
+    assert modes[0] == "aggregate"  # announced at the switch, before the periodic stats
     counts: dict[tuple, int] = {}
     for a in aggs:
         for g in a["groups"]:

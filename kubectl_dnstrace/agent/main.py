@@ -362,6 +362,7 @@ class Agent(object):
         stop_file = opts.stop_file
         next_stop_check = start
         reason = "deadline"
+        mode_aggregating = False
         try:
             while True:
                 read()
@@ -381,6 +382,10 @@ class Agent(object):
                     rec = volume.take(time.time(), self.text_key)
                     if rec is not None:
                         out.add(rec)
+                if volume.aggregating != mode_aggregating:
+                    # Say so at once: a stats record with the new mode.
+                    mode_aggregating = volume.aggregating
+                    next_stats = now
                 if now >= next_stats:
                     next_stats = now + opts.stats_interval
                     self.capture.forget_names()

@@ -298,3 +298,31 @@ def test_container_identity_decides_whether_a_packet_socket_opens(lab, cluster, 
     for name, want in (("root", b"packet socket ok\n"), ("restricted", b"denied 1\n"), ("dropped", b"denied 1\n")):
         wait_state(v1, name, "terminated")
         assert v1.read_namespaced_pod_log("web-1", "shop", container=name, _preload_content=False).data == want
+
+
+def test_real_kubectl_debug_logs_and_exec(cluster, v1, tmp_path):
+    """kubectl debug (strategic merge with $setElementOrder), logs -f and exec (websocket) work as on a cluster."""
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl is not installed")
+    kc = cluster.write_kubeconfig(tmp_path / "kc")
+
+    def k(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([kubectl, "--kubeconfig", str(kc), "-n", "shop", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    dbg = k("debug", "web-1", f"--image={PY}", "--target=app", "--profile=netadmin", "-c", "kdebug", "--",
+            "python3", "-c", "import time\nfor i in range(3): print('hello', i, flush=True); time.sleep(0.2)")
+    assert dbg.returncode == 0, dbg.stderr
+    wait_state(v1, "kdebug", "running")
+    logs = k("logs", "web-1", "-c", "kdebug", "-f")
+    assert logs.stdout == "hello 0\nhello 1\nhello 2\n"
+    k("debug", "web-1", f"--image={PY}", "-c", "kdebug2", "--", "sleep", "30")
+    wait_state(v1, "kdebug2", "running")
+    ex = k("exec", "web-1", "-c", "kdebug2", "--", "sh", "-c", "echo in-exec; exit 2")
+    assert (ex.returncode, ex.stdout) == (2, "in-exec\n") and "exit code 2" in ex.stderr
+    sc = wait_state(v1, "kdebug", "terminated")
+    assert sc["state"]["terminated"]["reason"] == "Completed"

@@ -442,6 +442,27 @@ def test_host_network_pods_share_their_nodes_namespace_and_address():
 
 
 @pytest.mark.lab
+def test_ephemeral_containers_run_in_the_pods_network_namespace():
+    """The lab registers every pod's namespace with the kubelet — the node's for hostNetwork pods."""
+    with _lab(SCENARIOS / "hostnetwork.yaml") as sl:
+        core, _apps, _batch = _core(sl)
+        show_addresses = "import socket; print(sorted(open('/proc/net/fib_trie').read().split()))"
+        for namespace, name, want, not_there in (("shop", "web-5d8f7c9b6-x2k4p", "10.244.0.3", "172.18.0.11"),
+                                                 ("monitoring", "agent-x7k2p", "172.18.0.11", "10.244.0.3")):
+            body = {"spec": {"ephemeralContainers": [{
+                "name": "probe", "image": "python:3.13-alpine", "command": ["python3", "-c", show_addresses]}]}}
+            core.patch_namespaced_pod_ephemeralcontainers(name, namespace, body)
+
+            def finished(namespace=namespace, name=name):
+                statuses = core.read_namespaced_pod(name, namespace).status.ephemeral_container_statuses or []
+                return any(st.state.terminated for st in statuses)
+
+            assert _wait_for(finished, timeout=15)
+            log = core.read_namespaced_pod_log(name, namespace, container="probe")
+            assert f"'{want}'" in log and f"'{not_there}'" not in log, log
+
+
+@pytest.mark.lab
 def test_everything_is_torn_down():
     sl = _lab(SCENARIOS / "basic.yaml")
     sl.start()

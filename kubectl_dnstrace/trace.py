@@ -140,6 +140,7 @@ class TraceRun:
         self.pipeline = None
         self.inventory = None
         self.started_streaming = False
+        self.agents_started = 0.0  # wall clock when the first capture container ran
 
     def say(self, text: str) -> None:
         self.progress.line(text)
@@ -162,6 +163,7 @@ class TraceRun:
         if req.dry_run:
             return self._dry_run(spec, resolution.pods, pre)
         self.pipeline = self._pipeline(resolution)
+        interrupted = False
         try:
             self._add_all(spec, resolution.pods, pre)
             self._wait_all(spec)
@@ -170,15 +172,18 @@ class TraceRun:
         except KeyboardInterrupt:
             self.say("Interrupted: stopping the capture agents (Ctrl-C again to stop waiting)")
             interrupted = True
-        except DnstraceError:
+        except BaseException:
+            # Refusals and bugs alike: stop what we started and say what stays behind.
             self._cleanup(pre, reason="error")
+            self._say_leftovers()
             raise
-        else:
-            interrupted = False
         self._cleanup(pre, reason="interrupt" if interrupted else "end")
-        if interrupted and not self.started_streaming:
-            return ExitCode.INTERRUPTED
-        return self._outcome()
+        try:
+            if interrupted and not self.started_streaming:
+                return ExitCode.INTERRUPTED
+            return self._outcome()
+        finally:
+            self._say_leftovers()
 
     # Steps --------------------------------------------------------------------------------
 
@@ -272,6 +277,7 @@ class TraceRun:
                     raise exc
                 run.state = state
                 run.running_at = time.monotonic()
+                self.agents_started = self.agents_started or time.time()
                 if state.phase == "terminated" and state.exit_code not in (0, None):
                     raise early_exit_error(self.kube, run.pod, run.container, state,
                                            _agent_error_message)
@@ -282,10 +288,8 @@ class TraceRun:
             self.progress.done()
         took = max(r.running_at - r.patched_at for r in self.runs.values())
         self.say(f"capturing in {len(self.runs)} pod(s) with container {spec.container_name} "
-                 f"(running {took:.2f}s after the patch); until {self._until()} UTC or Ctrl-C")
+                 f"(running {took:.2f}s after the patch); until {self._until_deadline()} UTC or Ctrl-C")
 
-    def _until(self) -> str:
-        return time.strftime("%H:%M:%S", time.gmtime(time.time() + self.req.duration))
 
     def _stream_all(self) -> None:
         for run in self.runs.values():
@@ -364,12 +368,16 @@ class TraceRun:
         finally:
             if self.inventory is not None:
                 self.inventory.stop()
-            msg = leftovers_message([(r.pod, r.container) for r in self.runs.values()])
-            if msg:
-                self.say(msg)
+
+    def _say_leftovers(self) -> None:
+        msg = leftovers_message([(r.pod, r.container) for r in self.runs.values()])
+        if msg:
+            self.say(msg)
 
     def _until_deadline(self) -> str:
-        return self._until()
+        """When the agents' own deadline passes (they started at about the first Running)."""
+        start = self.agents_started or time.time()
+        return time.strftime("%H:%M:%S", time.gmtime(start + self.req.duration))
 
     def _stop_agents(self, live: list[PodRun], pre: Preflight, reason: str) -> None:
         can = [r for r in live if pre.plan(r.pod.namespace).can_exec]

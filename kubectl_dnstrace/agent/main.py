@@ -389,6 +389,9 @@ class Agent(object):
                 if now >= next_stats:
                     next_stats = now + opts.stats_interval
                     self.capture.forget_names()
+                    if self._only_ifindex >= 0 and opts.interface is None and \
+                            len(socket.if_nameindex()) > 2:
+                        self._only_ifindex = -1  # a second interface appeared: dedupe from now
                     out.add(self.stats_record())
                     out.flush()
                 timeout = min(deadline, next_stats) - now

@@ -538,3 +538,24 @@ def test_up_prints_the_kubeconfig_and_tears_down_after_its_duration():
     assert not Path(kubeconfig).exists()  # removed with the rest
     tag = re.search(r"network namespaces dtlab-(\w+)-\*", out.stderr).group(1)
     assert _dtlab_namespaces(tag) == []
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_incident_demo_names_both_culprits_and_no_neighbour():
+    """The README's demo: the trace through kubectl finds the quiet Deployment pod and the
+    six-second CronJob pod among busy benign neighbours, and blames no one else."""
+    require_lab()
+    import json
+
+    out = subprocess.run([PYTHON, "-m", "tests.lab", "run", "--quiet", "--scenario", str(SCENARIOS / "incident.yaml"),
+                          "--", "kubectl", "dnstrace", "coredns", "--domain", "evil.example.com",
+                          "--duration", "11s", "-o", "ndjson"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    clients = {(e["client"]["namespace"], e["client"]["name"], e["client"]["workload"])
+               for e in events if e.get("type") == "dns" and e["qr"] == "query" and e["dport"] == 53
+               and e["dst"] != "172.18.0.53"}
+    assert clients == {("shop", "checkout-84d6c7b9f-tw7pn", "Deployment/checkout"),
+                       ("batch", "backup-29410020-h7k2m", "CronJob/backup")}
+    assert {e["qname"] for e in events if e.get("type") == "dns"} <= {"evil.example.com", "c2.evil.example.com"}

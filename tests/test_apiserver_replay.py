@@ -160,7 +160,7 @@ def top_level_fixtures() -> list[Path]:
     return sorted(p for p in FIX.glob("[0-9][0-9]-*.json") if p.name not in NOT_REPLAYED)
 
 
-def open_watch(wire: Wire, events: list) -> threading.Thread:
+def open_watch(wire: Wire, events: list, full: bool = False) -> threading.Thread:
     conn = wire.connect()
     conn.request("GET", "/api/v1/pods?watch=true&allowWatchBookmarks=true&resourceVersion="
                  + wire.cluster.store.resource_version,
@@ -173,7 +173,7 @@ def open_watch(wire: Wire, events: list) -> threading.Thread:
             ev = json.loads(line)
             if ev["type"] != "BOOKMARK":
                 meta = ev["object"]["metadata"]
-                events.append((ev["type"], meta["namespace"], meta["name"]))
+                events.append(ev if full else (ev["type"], meta["namespace"], meta["name"]))
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
@@ -276,14 +276,29 @@ def wait_for_statuses(wire: Wire, path: str, want: list, timeout: float = 15) ->
         time.sleep(0.05)
 
 
+def state_sequences(events: list) -> dict[str, list[tuple[str, str]]]:
+    """Per ephemeral container, the distinct (state, reason) steps a watch showed."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for ev in events:
+        for s in (ev["object"].get("status") or {}).get("ephemeralContainerStatuses") or []:
+            state = next(iter(s["state"]))
+            step = (state, s["state"][state].get("reason", ""))
+            steps = out.setdefault(s["name"], [])
+            if not steps or steps[-1] != step:
+                steps.append(step)
+    return out
+
+
 def test_replay_live_session(lab):
     """live/*.json in order: ephemeral containers really run (tcpdump in a pod netns)."""
     records = sorted(FIX.glob("live/[0-9][0-9]-*.json"))
+    events: list = []
     with SimCluster() as cluster:
         cluster.add_node("rk8s-node", internal_ip="10.123.0.1")
         cluster.kubelet.provide_image("dnstrace-agent:test")  # present on the node, like the recording's
         cluster.faults.slow_start(2.0)  # requests "right after the PATCH" see ContainerCreating
         wire = Wire(cluster)
+        watch_reader = open_watch(wire, events, full=True)
         failures: dict[str, list[str]] = {}
         replayed = []
         for path in records:
@@ -328,8 +343,12 @@ def test_replay_live_session(lab):
                                            ".status.ephemeralContainerStatuses")
             if problems:
                 failures[name] = problems
+    watch_reader.join(timeout=10)
     assert not failures, json.dumps(failures, indent=1)
     assert len(replayed) == len(records) - len(LIVE_NOT_REPLAYED) == 17
+    recorded = [json.loads(line) for line in (FIX / "live" / "watch-pods-live.jsonl").read_text().splitlines()]
+    # Same steps per container as the real kubelet, e.g. a quick exit never shows "running".
+    assert state_sequences(events) == state_sequences([e for e in recorded if "_meta" not in e])
 
 
 def test_replay_live_pod_security_session(lab):

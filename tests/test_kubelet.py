@@ -96,7 +96,7 @@ def test_lifecycle_follows_the_recorded_states(v1):
     t = threading.Thread(target=watcher)
     t.start()
     time.sleep(0.3)
-    add(v1, "dbg", program("import sys, time", "print('capture-start', flush=True)", "time.sleep(0.3)", "sys.exit(3)"))
+    add(v1, "dbg", program("import sys, time", "print('capture-start', flush=True)", "time.sleep(1)", "sys.exit(3)"))
     t.join(timeout=15)
     assert seen == [("waiting", "ContainerCreating"), ("running", ""), ("terminated", "Error")]
     s = state_of(v1, "dbg")

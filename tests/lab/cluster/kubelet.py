@@ -4,7 +4,9 @@ What it mirrors (recorded with a real kubelet + containerd, live/*.json):
 - an added ephemeral container shows ``waiting: {reason: ContainerCreating}``, then
   ``running: {startedAt}``, then ``terminated: {exitCode, reason: Completed|Error, startedAt,
   finishedAt, containerID}``; each step is a pod status write (a MODIFIED watch event);
-  statuses are sorted by name; ephemeral containers are never restarted;
+  statuses are sorted by name; ephemeral containers are never restarted; a container that
+  exits before the next status sync goes from waiting straight to terminated (live watch,
+  ``dnstrace-exits``);
 - images: ``python:*`` / ``*/python:*`` run argv with python3 resolved to the host's python3;
   the project image ``ghcr.io/kubectl-dnstrace/agent:*`` runs the agent module from this
   repository; anything else never starts (ErrImagePull, then ImagePullBackOff "Back-off
@@ -44,6 +46,7 @@ from .store import Store
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PROJECT_IMAGE = "ghcr.io/kubectl-dnstrace/agent"
 FOLLOW_GRACE = 1.0
+STATUS_SYNC = 0.3  # the status manager reports a started container this much later
 _PYTHON_NAMES = {"python", "python3", "/usr/local/bin/python3", "/usr/local/bin/python", "/usr/bin/python3"}
 
 
@@ -257,9 +260,13 @@ class Kubelet:
             return
         run.container_id = "containerd://" + hashlib.sha256(f"{run.namespace}/{run.pod}/{run.name}/{time.time_ns()}".encode()).hexdigest()
         run.state, run.reason, run.message, run.started = "running", "", "", now_rfc3339()
-        self._publish(run)
-        self._pump(run)
+        reader = self._pump(run)
+        try:  # the status is synced a moment later: a quick exit is never reported as running
+            run.proc.wait(timeout=STATUS_SYNC)
+        except subprocess.TimeoutExpired:
+            self._publish(run)
         code = run.proc.wait()
+        reader.join(timeout=5)
         run.exit_code = code if code >= 0 else 128 - code
         run.finished = now_rfc3339()
         run.state = "terminated"
@@ -294,7 +301,7 @@ class Kubelet:
         argv = [*run.identity, *argv]
         return ["ip", "netns", "exec", run.netns, *argv] if run.netns else argv
 
-    def _pump(self, run: ContainerRun) -> None:
+    def _pump(self, run: ContainerRun) -> threading.Thread:
         def reader() -> None:
             for line in iter(run.proc.stdout.readline, b""):
                 if not line.endswith(b"\n"):
@@ -306,8 +313,7 @@ class Kubelet:
 
         t = threading.Thread(target=reader, daemon=True)
         t.start()
-        run.proc.wait()
-        t.join(timeout=5)
+        return t
 
     def _kill(self, run: ContainerRun, grace: float) -> None:
         proc = run.proc

@@ -35,6 +35,7 @@ from kubectl_dnstrace.kube.ephemeral import (
     agent_hint,
     build_container,
     build_patch,
+    container_state,
     early_exit_error,
     wait_running,
 )
@@ -380,6 +381,17 @@ class TraceRun:
         return time.strftime("%H:%M:%S", time.gmtime(start + self.req.duration))
 
     def _stop_agents(self, live: list[PodRun], pre: Preflight, reason: str) -> None:
+        # Only a running container can be exec'd into; one still waiting may start later and
+        # then stops at its own deadline.
+        for r in live:
+            if r.state is None or r.state.phase != "running":
+                r.state = self._current_state(r)
+        waiting = [r for r in live if r.state is None or r.state.phase != "running"]
+        if waiting:
+            self.say("not started yet: " + ", ".join(r.pod.key for r in waiting)
+                     + f"; if they start later their agents stop at the deadline "
+                     f"(--duration {_num(self.req.duration)}s after they start)")
+        live = [r for r in live if r not in waiting]
         can = [r for r in live if pre.plan(r.pod.namespace).can_exec]
         cannot = [r for r in live if not pre.plan(r.pod.namespace).can_exec]
         if cannot:
@@ -398,6 +410,13 @@ class TraceRun:
             return
         # Collect the final records (bye) the stopped agents write.
         self._drain(deadline=time.monotonic() + STOP_GRACE)
+
+    def _current_state(self, run: PodRun) -> ContainerState | None:
+        try:
+            return container_state(self.kube.get("pods", run.pod.name, run.pod.namespace),
+                                   run.container)
+        except DnstraceError:
+            return None
 
     def _outcome(self) -> ExitCode:
         runs = list(self.runs.values())

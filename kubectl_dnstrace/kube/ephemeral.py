@@ -143,7 +143,8 @@ def add_capture_container(kube: Kube, spec: CaptureSpec, pod: PodRef,
             raise PodSecurityDenied(
                 f"namespace {pod.namespace} enforces Pod Security level restricted, which "
                 "forbids the capture container: raw packet capture needs the NET_RAW "
-                f"capability, which restricted forbids (the API said: {exc.message})",
+                "capability, which restricted forbids (the API said: "
+                f"{getattr(exc, 'api_message', '') or exc.message})",
                 psa_hint("restricted", pod.namespace),
             ) from None
         else:

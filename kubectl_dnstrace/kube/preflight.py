@@ -88,13 +88,14 @@ def check_access(kube: Kube, namespaces: list[str], result: Preflight) -> None:
             elif not allowed:
                 missing.append(f"{verb} {resource}/{sub} in namespace {ns}")
     if missing:
-        nss = " ".join(sorted({m.rsplit(' ', 1)[1] for m in missing}))
+        verb, what, _in, _ns, ns = missing[0].split(" ")
+        nss = sorted({m.rsplit(" ", 1)[1] for m in missing})
+        rbac = f"kubectl dnstrace rbac -n {nss[0]}" if len(nss) == 1 else "kubectl dnstrace rbac --cluster"
         raise Forbidden(
             "you may not " + "; ".join(missing) + " (RBAC): a trace needs both to add the "
             "capture container and read its output",
-            "ask a cluster admin to bind the Role that `kubectl dnstrace rbac -n NAMESPACE` "
-            f"prints (namespaces: {nss}); check with `kubectl auth can-i patch "
-            "pods/ephemeralcontainers -n NAMESPACE`",
+            f"ask a cluster admin to apply what `{rbac}` prints for you; check with "
+            f"`kubectl auth can-i {verb} {what} -n {ns}`",
         )
 
 

@@ -229,12 +229,9 @@ def test_type_and_rcode_names():
 
 
 def test_type_names_agree_with_dnspython():
-    for code in range(0x10000):
-        ours = dnswire.type_name(code)
-        assert dnswire.type_code(ours) == code
-        theirs = dns.rdatatype.to_text(code)
-        if ours != f"TYPE{code}" and not theirs.startswith("TYPE"):
-            assert ours == theirs
+    for code in [*range(1024), *range(32760, 32780), *range(65270, 0x10000)]:
+        assert dnswire.type_name(code) == dns.rdatatype.to_text(code)
+        assert dnswire.type_code(dnswire.type_name(code)) == code
 
 
 # --- hostile messages ------------------------------------------------------------------------
@@ -573,7 +570,7 @@ def assert_same_as_dnspython(wire):
 
 
 DIFFERENTIAL = settings(
-    max_examples=200,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

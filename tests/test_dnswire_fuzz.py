@@ -26,7 +26,7 @@ from tests.test_dnswire import assert_same_as_dnspython, messages
 PARSE_BOUND_S = 1.0
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -274,7 +274,7 @@ class Agent(object):
                     tallies[tkey] = tallies.get(tkey, 0) + 1
                     matched += 1
                     continue
-            except IndexError:
+            except (IndexError, struct.error):
                 continue  # truncated headers: not a DNS message
             report(DnsSegment(ts, "udp", ntop(fam, pkt[a:a + alen]), sport,
                               ntop(fam, pkt[a + alen:a + alen + alen]), dport, p, pkt), ifindex)

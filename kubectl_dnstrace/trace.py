@@ -169,7 +169,10 @@ class TraceRun:
             self._add_all(spec, resolution.pods, pre)
             self._wait_all(spec)
             self._stream_all()
-            self._drain(deadline=time.monotonic() + req.duration + DEADLINE_GRACE)
+            late = self._drain(deadline=time.monotonic() + req.duration + DEADLINE_GRACE)
+            if late:
+                self.say(f"no final record from {', '.join(late)} {DEADLINE_GRACE:.0f}s after "
+                         "the deadline: stopping")
         except KeyboardInterrupt:
             self.say("Interrupted: stopping the capture agents (Ctrl-C again to stop waiting)")
             interrupted = True
@@ -298,20 +301,18 @@ class TraceRun:
             run.stream.start()
         self.started_streaming = True
 
-    def _drain(self, deadline: float) -> None:
-        """Feed the pipeline until every stream has ended (or the deadline passed)."""
+    def _drain(self, deadline: float) -> list[str]:
+        """Feed the pipeline until every stream has ended; returns the pods still going."""
         while any(not r.ended for r in self.runs.values()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                late = [r.pod.key for r in self.runs.values() if not r.ended]
-                self.say(f"no final record from {', '.join(late)} {DEADLINE_GRACE:.0f}s after "
-                         "the deadline: stopping")
-                return
+                return [r.pod.key for r in self.runs.values() if not r.ended]
             try:
                 item = self.items.get(timeout=min(0.5, remaining))
             except queue.Empty:
                 continue
             self._handle(item)
+        return []
 
     def _handle(self, item: StreamItem) -> None:
         run = self.runs[item.pod.key]
@@ -408,8 +409,17 @@ class TraceRun:
                 self.say(f"asked {len(can) - len(failed)} agent(s) to stop (pods/exec)")
         if not self.started_streaming:
             return
-        # Collect the final records (bye) the stopped agents write.
-        self._drain(deadline=time.monotonic() + STOP_GRACE)
+        asked = len(can) - len(failed)
+        to_deadline = self.agents_started + self.req.duration - time.time()
+        if asked:
+            wait = STOP_GRACE  # the stopped agents write their final records (bye)
+        elif to_deadline < STOP_GRACE:
+            wait = max(0.0, to_deadline) + 3.0  # their own deadline is near: see it through
+        else:
+            return
+        late = self._drain(deadline=time.monotonic() + wait)
+        if late:
+            self.say(f"not waiting for the final records of {', '.join(late)}")
 
     def _current_state(self, run: PodRun) -> ContainerState | None:
         try:

@@ -147,9 +147,8 @@ def test_broken_log_stream_loses_and_duplicates_nothing(scenario) -> None:
     assert sent and sent <= seen
 
 
-def test_ctrl_c_stops_every_agent(scenario) -> None:
-    proc = subprocess.Popen([KUBECTL, "dnstrace", "coredns", "deploy/web", "-n", "shop",
-                             "-o", "ndjson", "--duration", "120s"], env=scenario.env(),
+def start_and_wait_capturing(sl, *args: str) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([KUBECTL, "dnstrace", *args], env=sl.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err_lines: list[str] = []
     deadline = time.monotonic() + 60
@@ -160,6 +159,12 @@ def test_ctrl_c_stops_every_agent(scenario) -> None:
         err_lines.append(line)
         if line.startswith("capturing in"):
             break
+    return proc, err_lines
+
+
+def test_ctrl_c_stops_every_agent(scenario) -> None:
+    proc, err_lines = start_and_wait_capturing(scenario, "coredns", "deploy/web", "-n", "shop",
+                                               "-o", "ndjson", "--duration", "120s")
     assert any(line.startswith("capturing in 2 pod(s)") for line in err_lines), "".join(err_lines)
     rid = run_id("".join(err_lines))
     assert agents_left(scenario, rid)  # they run
@@ -175,6 +180,21 @@ def test_ctrl_c_stops_every_agent(scenario) -> None:
     assert "Traceback" not in err
     assert events(out)
     assert wait_no_agents(scenario, rid) == []
+
+
+def test_ctrl_c_without_exec_rights_relies_on_the_agents_deadline(scenario) -> None:
+    scenario.cluster.faults.deny("admin", "create", "pods", "exec", "shop")
+    proc, err_lines = start_and_wait_capturing(scenario, f"pod/{WEB}", "-n", "shop",
+                                               "-o", "ndjson", "--duration", "6s")
+    rid = run_id("".join(err_lines))
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    err = "".join(err_lines) + err
+    assert proc.returncode == 0, err
+    assert "no pods/exec permission in shop: those agents stop at their own deadline" in err
+    # Nothing could stop it early, and it still ends by itself at its deadline.
+    assert wait_no_agents(scenario, rid, within=12.0) == []
 
 
 def test_deadline_leaves_no_agent_running(scenario) -> None:

@@ -326,3 +326,23 @@ def test_real_kubectl_debug_logs_and_exec(cluster, v1, tmp_path):
     assert (ex.returncode, ex.stdout) == (2, "in-exec\n") and "exit code 2" in ex.stderr
     sc = wait_state(v1, "kdebug", "terminated")
     assert sc["state"]["terminated"]["reason"] == "Completed"
+
+
+def test_stop_also_kills_processes_started_by_exec(v1, cluster):
+    add(v1, "dbg", program("import time", "time.sleep(60)"))
+    wait_state(v1, "dbg", "running")
+    resp = stream(v1.connect_get_namespaced_pod_exec, "web-1", "shop", container="dbg",
+                  command=["python3", "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(300)"],
+                  stderr=True, stdout=True, stdin=False, tty=False, _preload_content=False)
+    pid_text = ""
+    deadline = time.monotonic() + 10
+    while not pid_text.strip() and time.monotonic() < deadline:
+        resp.update(timeout=1)
+        pid_text += resp.read_stdout() or ""
+    pid = int(pid_text.split()[0])
+    cluster.stop()
+    resp.close()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()

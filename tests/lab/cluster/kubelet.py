@@ -143,6 +143,7 @@ class Kubelet:
         self._lock = threading.Lock()
         self.stopping = False
         self.images: dict[str, str] = {}
+        self._execs: set[subprocess.Popen] = set()
         self.python3 = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "python3"
         store.add_listener(self._on_event)
 
@@ -176,6 +177,9 @@ class Kubelet:
 
     def stop(self) -> None:
         self.stopping = True
+        for proc in list(self._execs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         for run in list(self._runs.values()):
             self._kill(run, grace=0.5)
             with run.cond:
@@ -498,6 +502,8 @@ class Kubelet:
             ws.close()
             return
 
+        self._execs.add(proc)
+
         def pump(stream, channel: int) -> None:
             for chunk in iter(lambda: stream.read1(65536), b""):
                 ws.send_channel(channel, chunk)
@@ -530,6 +536,7 @@ class Kubelet:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
+        self._execs.discard(proc)
         for t in outs:
             t.join(timeout=5)
         if code == 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,8 +182,6 @@ class ScenarioLab:
         if self._own_lab:
             self.lab.close()
         if self._own_workdir:
-            import shutil
-
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- what tests ask ----------------------------------------------------------------------

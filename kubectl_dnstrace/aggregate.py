@@ -28,15 +28,17 @@ MAX_LATENCIES = 100_000  # per name; beyond that, every other sample (percentile
 class NameStats:
     name: str
     count: int = 0
-    qtypes: Counter = field(default_factory=Counter)
-    rcodes: Counter = field(default_factory=Counter)
+    # Plain dicts, not Counters: one NameStats per (client, name), and a Counter costs a
+    # Python-level __init__ each.
+    qtypes: dict[str, int] = field(default_factory=dict)
+    rcodes: dict[str, int] = field(default_factory=dict)
     answers: dict[str, None] = field(default_factory=dict)  # ordered set
     first: float = 0.0
     last: float = 0.0
     observed_at: set[str] = field(default_factory=set)
     servers: set[str] = field(default_factory=set)
     latencies: list[float] = field(default_factory=list)
-    served: Counter = field(default_factory=Counter)  # "cache" / "forwarded"
+    served: dict[str, int] = field(default_factory=dict)  # "cache" / "forwarded"
 
 
 @dataclass(slots=True)
@@ -116,7 +118,7 @@ class Aggregator:
         else:
             counted = not self._asked.seen_key(tx, ev.ts)
             if ev.rcode:
-                ns.rcodes[ev.rcode] += 1
+                ns.rcodes[ev.rcode] = ns.rcodes.get(ev.rcode, 0) + 1
             for ans in ev.answers:
                 if len(ns.answers) >= MAX_ANSWERS:
                     break
@@ -127,11 +129,11 @@ class Aggregator:
                     del lat[::2]
                 lat.append(ev.latency_ms)
             if a.served:
-                ns.served[a.served] += 1
+                ns.served[a.served] = ns.served.get(a.served, 0) + 1
         if counted:
             ns.count += 1
             cs.count += 1
-            ns.qtypes[ev.qtype] += 1
+            ns.qtypes[ev.qtype] = ns.qtypes.get(ev.qtype, 0) + 1
         if ev.ts < ns.first:
             ns.first = ev.ts
         if ev.ts > ns.last:

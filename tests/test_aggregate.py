@@ -38,13 +38,13 @@ def test_counts_types_rcodes_answers_times_servers_and_latency_per_client_and_na
     evil = web.names["evil.example.com"]
     assert evil.name == "evil.example.com"  # first spelling kept, counted case-insensitively
     assert evil.count == 2
-    assert evil.qtypes == Counter({"A": 1, "AAAA": 1})
-    assert evil.rcodes == Counter({"NOERROR": 2})
+    assert evil.qtypes == {"A": 1, "AAAA": 1}
+    assert evil.rcodes == {"NOERROR": 2}
     assert list(evil.answers) == ["203.0.113.66"]
     assert (evil.first, evil.last) == (q1.ts, q2.ts + 0.004)
     assert evil.servers == {"10.244.1.2"}
     assert evil.latencies == [2.0, 4.0]
-    assert evil.served == Counter({"forwarded": 1, "cache": 1})
+    assert evil.served == {"forwarded": 1, "cache": 1}
     assert web.total("rcodes") == Counter({"NOERROR": 2, "NXDOMAIN": 1})
     assert web.servers() == ["10.244.1.2", "10.244.1.3"]
     assert web.ips == {"10.244.0.5"}
@@ -66,7 +66,7 @@ def test_a_response_without_its_query_still_counts_once():
     only_answer = r(q(0, "10.244.0.5", "10.244.1.2", 1, "gone.example.com"), rcode="NXDOMAIN")
     agg = aggregate([(only_answer, WEB)])
     assert agg.clients()[0].count == 1
-    assert agg.clients()[0].names["gone.example.com"].rcodes == Counter({"NXDOMAIN": 1})
+    assert agg.clients()[0].names["gone.example.com"].rcodes == {"NXDOMAIN": 1}
 
 
 def test_a_retry_with_a_new_id_is_another_query():

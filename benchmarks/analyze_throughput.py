@@ -1,0 +1,171 @@
+"""Offline throughput: ``kubectl-dnstrace analyze`` against tshark on the same capture file.
+
+In the lab (tests/lab): dnsmasq in a DNS namespace answers a local zone while dnsperf in a
+client namespace sends queries, and ``tcpdump -w`` in the DNS namespace writes every packet
+(queries and responses) to a pcap. Then, in the same run, on the same file:
+
+- ``kubectl-dnstrace analyze --offline -o ndjson FILE > /dev/null``
+- ``tshark -r FILE -Y dns -T fields -e ip.src -e dns.qry.name -e dns.qry.type -e dns.flags.rcode``
+
+each at two file sizes (the first quarter of the capture, cut with editcap, and the whole
+file), so peak memory can be compared across sizes: a streaming reader stays flat. For each
+it reports wall time, CPU time (user + system of the process, from wait4), packets/s by
+wall and by CPU, and peak RSS. Run as root, on a quiet machine:
+
+    .venv/bin/python benchmarks/analyze_throughput.py [--packets 1000000] [--rate 25000]
+
+It prints a markdown table (for docs/performance.md) and the raw figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.lab import dnslab
+from tests.lab.netns import Lab
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = str(Path(sys.executable).parent / "kubectl-dnstrace")
+NAMES = 2_000
+
+
+def zone() -> dnslab.Zone:
+    a = {f"h{i}.example.com": [f"10.1.{i // 250}.{i % 250 + 1}"] for i in range(NAMES)}
+    return dnslab.Zone(local=["example.com"], a=a, txt={"t.example.com": "bench"})
+
+
+def query_file(path: Path) -> None:
+    """Mostly A lookups of known names, some NXDOMAIN, AAAA and TXT: realistic variety."""
+    lines = []
+    for i in range(NAMES):
+        lines.append(f"h{i}.example.com A")
+        if i % 10 == 0:
+            lines.append(f"missing{i}.example.com A")
+        if i % 7 == 0:
+            lines.append(f"h{i}.example.com AAAA")
+        if i % 50 == 0:
+            lines.append("t.example.com TXT")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def capture(tmp: Path, packets: int, rate: int) -> Path:
+    """Run dnsperf against dnsmasq while tcpdump writes the DNS namespace's packets."""
+    pcap = tmp / "dnsperf.pcap"
+    qfile = tmp / "queries.txt"
+    query_file(qfile)
+    queries = packets // 2 + packets // 50  # a little extra: some answers may be lost
+    with Lab() as lab:
+        d = dnslab.dns_lab(lab, tmp, zone(), log_queries=False,
+                           dnsmasq_extra=["--cache-size=10000", "--dns-forward-max=5000"])
+        client, _, _ = d.add_client("perf")
+        dump = d.dns.popen(["tcpdump", "-n", "-i", "eth0", "-B", "65536", "-w", str(pcap),
+                            "udp", "port", "53"])
+        if b"listening on" not in dump.stderr.readline():  # tcpdump says so once it listens
+            raise RuntimeError("tcpdump did not start")
+        seconds = queries / rate + 5
+        perf = client.run("dnsperf", "-s", dnslab.host_addrs(dnslab.DNS_HOST)[0], "-d",
+                          str(qfile), "-n", "1000000", "-q", "500", "-Q", str(rate),
+                          "-l", f"{queries / rate:.1f}", "-c", "4", timeout=seconds + 60)
+        time.sleep(1.0)
+        dump.send_signal(signal.SIGINT)
+        _, err = dump.communicate(timeout=30)
+        drops = re.search(rb"(\d+) packets dropped by kernel", err)
+        print(f"dnsperf: {_perf_summary(perf.stdout)}; tcpdump: "
+              f"{drops.group(0).decode() if drops else 'no drop count'}", file=sys.stderr)
+    return pcap
+
+
+def _perf_summary(text: str) -> str:
+    sent = re.search(r"Queries sent:\s+(\d+)", text)
+    done = re.search(r"Queries completed:\s+(\d+)", text)
+    qps = re.search(r"Queries per second:\s+([\d.]+)", text)
+    return (f"{sent.group(1) if sent else '?'} sent, {done.group(1) if done else '?'} completed, "
+            f"{qps.group(1) if qps else '?'} q/s")
+
+
+def count_packets(path: Path) -> int:
+    out = subprocess.run(["capinfos", "-c", "-M", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return int(re.search(r"Number of packets:\s+(\d+)", out).group(1))
+
+
+def measure(argv: list[str]) -> dict:
+    """Wall time, CPU time and peak RSS of one process, its stdout thrown away."""
+    with open(os.devnull, "wb") as null:
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=null, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - start
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        proc.stderr.close() if proc.stderr else None
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err[-500:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "max_rss_mb": usage.ru_maxrss / 1024}
+
+
+def tools(path: Path) -> dict[str, list[str]]:
+    return {
+        "kubectl-dnstrace analyze": [PLUGIN, "analyze", "--offline", "-o", "ndjson", str(path)],
+        "tshark -Y dns -T fields": ["tshark", "-r", str(path), "-Y", "dns", "-T", "fields",
+                                    "-e", "ip.src", "-e", "dns.qry.name", "-e", "dns.qry.type",
+                                    "-e", "dns.flags.rcode"],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packets", type=int, default=1_000_000, help="packets in the big file")
+    ap.add_argument("--rate", type=int, default=25_000, help="dnsperf queries/s")
+    ap.add_argument("--pcap", help="use this capture instead of making one")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool and size (best kept)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="dnstrace-bench-"))
+    big = Path(args.pcap) if args.pcap else capture(tmp, args.packets, args.rate)
+    total = count_packets(big)
+    small = tmp / "quarter.pcap"
+    subprocess.run(["editcap", "-r", str(big), str(small), f"1-{total // 4}"], check=True,
+                   capture_output=True)
+    results = []
+    for path in (small, big):
+        packets = count_packets(path)
+        for name, argv in tools(path).items():
+            runs = [measure(argv) for _ in range(args.repeat)]
+            best = min(runs, key=lambda r: r["wall_s"])
+            best.update(tool=name, packets=packets, file_mb=path.stat().st_size / 1e6,
+                        pps_wall=packets / best["wall_s"], pps_cpu=packets / best["cpu_s"])
+            results.append(best)
+            print(f"{name} on {packets} packets: {best['wall_s']:.1f} s, "
+                  f"{best['pps_wall']:.0f} packets/s", file=sys.stderr)
+    print("| file | tool | wall s | CPU s | packets/s (wall) | packets/s (CPU) | peak RSS MB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['packets']:,} packets, {r['file_mb']:.0f} MB | {r['tool']} | "
+              f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['pps_wall']:,.0f} | "
+              f"{r['pps_cpu']:,.0f} | {r['max_rss_mb']:.0f} |")
+    for size in sorted({r["packets"] for r in results}):
+        ours, theirs = (next(r for r in results if r["packets"] == size and r["tool"] == t)
+                        for t in tools(big))
+        print(f"\n{size:,} packets: analyze / tshark speed = "
+              f"{theirs['wall_s'] / ours['wall_s']:.2f}x (wall), "
+              f"{theirs['cpu_s'] / ours['cpu_s']:.2f}x (CPU)")
+    print("\n" + json.dumps(results, indent=1))
+    if not args.pcap:
+        print(f"capture kept at {big}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The kubectl side's back half: events/s through decode -> attribute -> aggregate, with an
+inventory of 10,000 pods, and that inventory's memory.
+
+No network and no cluster: the inventory is built from API-shaped objects (10,000 pods of
+500 Deployments on 50 nodes, 1,000 Services), and the events are the agent's NDJSON lines
+as they arrive over pods/log, from clients spread over all pods. Stages, each timed over
+the same events (CPU time of this process):
+
+1. decode: ``protocol.decode`` + ``DnsEvent.from_record`` (what a live trace does per line)
+2. + attribute: ``Attributor.attribute`` of the client address at the event's time
+3. + aggregate: ``Aggregator.add``
+4. the whole ``Pipeline`` with ``-o table`` (attribute, link, aggregate; no live lines)
+
+Memory: tracemalloc's count of the inventory alone, and the process's RSS growth while it
+is built. Run:
+
+    .venv/bin/python benchmarks/pipeline_throughput.py [--pods 10000] [--events 300000]
+
+It prints a markdown table (for docs/performance.md) and the raw figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kubectl_dnstrace import protocol
+from kubectl_dnstrace.aggregate import Aggregator
+from kubectl_dnstrace.attribution import Attributed, Attributor
+from kubectl_dnstrace.kube.inventory import Inventory
+from kubectl_dnstrace.model import DnsEvent, OutputOptions
+from kubectl_dnstrace.pipeline import Pipeline
+
+T0 = 1_764_165_600.0
+NODES = 50
+DEPLOYMENTS = 500
+
+
+def stamp(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def cluster_objects(pods: int) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """Pods, nodes, services and ReplicaSets shaped like `kubectl get -o json` items."""
+    nodes = [{"kind": "Node", "metadata": {"name": f"node-{n}"},
+              "spec": {"podCIDR": f"10.{64 + n // 256}.{n % 256}.0/24"},
+              "status": {"addresses": [{"type": "InternalIP", "address": f"172.18.{n // 256}.{n % 256 + 10}"},
+                                       {"type": "Hostname", "address": f"node-{n}"}]}}
+             for n in range(NODES)]
+    owners = [{"kind": "ReplicaSet", "metadata": {
+        "name": f"app{d}-5d8f7c9b6", "namespace": f"ns{d % 40}",
+        "ownerReferences": [{"kind": "Deployment", "name": f"app{d}", "controller": True}]}}
+        for d in range(DEPLOYMENTS)]
+    items = []
+    for i in range(pods):
+        d, n = i % DEPLOYMENTS, i % NODES
+        host = i // NODES + 2
+        items.append({
+            "kind": "Pod",
+            "metadata": {
+                "name": f"app{d}-5d8f7c9b6-{i:05x}", "namespace": f"ns{d % 40}", "uid": f"uid-{i}",
+                "creationTimestamp": stamp(T0 - 3600),
+                "labels": {"app": f"app{d}", "pod-template-hash": "5d8f7c9b6"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                     "name": f"app{d}-5d8f7c9b6", "uid": f"rs-{d}",
+                                     "controller": True, "blockOwnerDeletion": True}],
+            },
+            "spec": {"nodeName": f"node-{n}", "containers": [
+                {"name": "app", "image": f"registry.example.com/app{d}:1.2.3",
+                 "ports": [{"containerPort": 8080}], "resources": {"requests": {"cpu": "100m"}}}]},
+            "status": {"phase": "Running", "startTime": stamp(T0 - 3600),
+                       "podIP": f"10.{64 + n // 256}.{n % 256}.{host}",
+                       "podIPs": [{"ip": f"10.{64 + n // 256}.{n % 256}.{host}"}],
+                       "hostIP": f"172.18.{n // 256}.{n % 256 + 10}",
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"name": "app", "ready": True, "restartCount": 0,
+                                              "state": {"running": {"startedAt": stamp(T0 - 3590)}}}]},
+        })
+    services = [{"kind": "Service", "metadata": {"name": f"svc{s}", "namespace": f"ns{s % 40}"},
+                 "spec": {"clusterIP": f"10.96.{s // 250}.{s % 250 + 1}"}} for s in range(1000)]
+    return items, nodes, services, owners
+
+
+def agent_lines(pods: list[dict], count: int) -> list[str]:
+    """The agent's ``dns`` records as NDJSON lines: query then response, many clients."""
+    rnd = random.Random(7)
+    ips = [p["status"]["podIP"] for p in pods]
+    names = [f"svc{k}.ns{k % 40}.svc.cluster.local" for k in range(300)] + \
+            [f"api{k}.example.com" for k in range(100)]
+    lines = []
+    for k in range(count // 2):
+        ip, name = rnd.choice(ips), rnd.choice(names)
+        ts = T0 + k * 0.0002
+        base = {"type": "dns", "proto": "udp", "id": k & 0xFFFF, "qname": name, "qtype": "A",
+                "iface": "eth0"}
+        lines.append(protocol.encode(dict(base, seq=2 * k, ts=ts, qr="query", src=ip,
+                                          sport=30000 + k % 30000, dst="10.64.0.2", dport=53)))
+        lines.append(protocol.encode(dict(base, seq=2 * k + 1, ts=ts + 0.0004, qr="response",
+                                          src="10.64.0.2", sport=53, dst=ip,
+                                          dport=30000 + k % 30000, rcode="NOERROR",
+                                          answers=["10.96.1.1"], latency_ms=0.4)))
+    return lines
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def timed(fn) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pods", type=int, default=10_000)
+    ap.add_argument("--events", type=int, default=300_000)
+    args = ap.parse_args()
+
+    pods, nodes, services, owners = cluster_objects(args.pods)
+    rss0 = rss_mb()
+    tracemalloc.start()
+    inventory = Inventory.from_objects(pods, nodes, services, owners, since=T0 - 60)
+    inv_bytes, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_inventory = rss_mb() - rss0
+    lines = agent_lines(pods, args.events)
+    n = len(lines)
+    where = "kube-system/coredns-1"
+
+    def decode():
+        for line in lines:
+            DnsEvent.from_record(protocol.decode(line), where)
+
+    attributor = Attributor(inventory)
+
+    def decode_attribute():
+        attribute = attributor.attribute
+        for line in lines:
+            ev = DnsEvent.from_record(protocol.decode(line), where)
+            attribute(ev.src if ev.qr == "query" else ev.dst, ev.ts)
+
+    def decode_attribute_aggregate():
+        attribute = attributor.attribute
+        add = Aggregator().add
+        for line in lines:
+            ev = DnsEvent.from_record(protocol.decode(line), where)
+            add(Attributed(ev, attribute(ev.src if ev.qr == "query" else ev.dst, ev.ts)))
+
+    finish_s = []
+
+    def whole_pipeline():
+        p = Pipeline(OutputOptions(format="table", live=False), io.StringIO(), io.StringIO(),
+                     attributor=Attributor(inventory), streaming=False)
+        for line in lines:
+            p.feed(DnsEvent.from_record(protocol.decode(line), where))
+        finish_s.append(timed(p.finish))  # the summary table, once at the end: apart
+
+    stages = [("decode (protocol.decode + DnsEvent.from_record)", decode),
+              ("+ attribute (10,000-pod inventory)", decode_attribute),
+              ("+ aggregate", decode_attribute_aggregate),
+              ("decode + Pipeline.feed -o table (attribute, link, aggregate)", whole_pipeline)]
+    results = {"pods": args.pods, "events": n, "inventory_tracemalloc_mb": inv_bytes / 2**20,
+               "inventory_rss_growth_mb": rss_inventory, "stages": []}
+    for name, fn in stages:
+        fn()  # warm-up: caches, first-time owner resolution
+        seconds = min(timed(fn) for _ in range(2))
+        if fn is whole_pipeline:
+            seconds -= min(finish_s)
+        results["stages"].append({"stage": name, "cpu_s": seconds, "events_per_s": n / seconds})
+        print(f"{name}: {n / seconds:,.0f} events/s", file=sys.stderr)
+
+    print(f"| stage ({n:,} events, {args.pods:,} pods) | events/s | µs/event |")
+    print("|---|---:|---:|")
+    for s in results["stages"]:
+        print(f"| {s['stage']} | {s['events_per_s']:,.0f} | {1e6 / s['events_per_s']:.1f} |")
+    clients = len({json.loads(line)["src"] for line in lines[::2]})
+    results["summary_table_s"] = min(finish_s)
+    print(f"\nSummary table at the end ({clients:,} clients): {min(finish_s):.2f} s CPU")
+    print(f"\nInventory of {args.pods:,} pods, {NODES} nodes, 1,000 Services: "
+          f"{inv_bytes / 2**20:.1f} MB (tracemalloc), RSS growth {rss_inventory:.1f} MB")
+    print("\n" + json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -324,3 +324,35 @@ def test_cli_agent_error_exits_with_its_message(sim, capsys, monkeypatch) -> Non
     assert code == ExitCode.AGENT_FAILED
     assert "the capture agent in shop/web-1 failed: cannot capture: Operation not permitted" in err
     assert "CAP_NET_RAW" in err and "Traceback" not in err
+
+
+# ---- the Kube contract the other modules build on ------------------------------------------------
+
+from kubectl_dnstrace.kube.client import KINDS, resource_path  # noqa: E402
+
+
+def test_kinds_table_maps_to_api_paths() -> None:
+    assert resource_path("pods", "shop", "web-1", "ephemeralcontainers") == \
+        "/api/v1/namespaces/shop/pods/web-1/ephemeralcontainers"
+    assert resource_path("pods") == "/api/v1/pods"  # all namespaces
+    assert resource_path("nodes", "ignored", "node-a") == "/api/v1/nodes/node-a"
+    assert resource_path("deployments", "shop", "web") == "/apis/apps/v1/namespaces/shop/deployments/web"
+    assert resource_path("cronjobs", "batch") == "/apis/batch/v1/namespaces/batch/cronjobs"
+    for kind in ("pods", "nodes", "services", "endpoints", "namespaces", "replicasets",
+                 "deployments", "daemonsets", "statefulsets", "jobs", "cronjobs"):
+        assert kind in KINDS
+
+
+def test_get_list_watch_and_clone_return_plain_dicts(sim, tmp_path) -> None:
+    kube = Kube.connect(ClusterOptions(kubeconfig=str(sim.kubeconfig)))
+    pod = kube.get("pods", "web-1")  # the context's namespace
+    assert isinstance(pod, dict) and pod["metadata"]["namespace"] == "shop"
+    items, rv = kube.list("pods", None, label_selector=None)
+    assert [p["metadata"]["name"] for p in items] == ["web-1"] and rv
+    running_pod(sim, "shop", "web-2", {"app": "x"})
+    events = list(kube.clone().watch("pods", "shop", resource_version=rv, timeout_seconds=1))
+    assert ("ADDED", "web-2") in [(t, o["metadata"].get("name")) for t, o in events]
+    items, _ = kube.list("pods", "shop", label_selector="app=x")
+    assert [p["metadata"]["name"] for p in items] == ["web-2"]
+    items, _ = kube.list("pods", "shop", field_selector="metadata.name=web-1")
+    assert [p["metadata"]["name"] for p in items] == ["web-1"]

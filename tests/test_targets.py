@@ -152,6 +152,13 @@ def test_selector_namespace_flag_and_all_namespaces(cluster, tmp_path) -> None:
     assert keys(resolve_targets(kube, ["b"])) == ["shop/b"]  # bare NAME is a pod
 
 
+def test_host_network_pod_target_warns_it_sees_the_whole_node(cluster, tmp_path) -> None:
+    running_pod(cluster, "monitoring", "agent-x7k2p", host_network=True, node="node-b")
+    kube = connect(cluster, tmp_path)
+    res = resolve_targets(kube, ["pod/agent-x7k2p"], namespace="monitoring")
+    assert any("hostNetwork" in n and "node node-b" in n for n in res.notes)
+
+
 def test_unknown_pod_and_unknown_namespace_are_told_apart(cluster, tmp_path) -> None:
     running_pod(cluster, "shop", "a")
     kube = connect(cluster, tmp_path)

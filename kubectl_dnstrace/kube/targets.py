@@ -175,6 +175,12 @@ class TargetResolver:
                 self._workload(res, target)
         if selector:
             self._selector(res, selector)
+        for pod in res.pods:
+            if pod.host_network and pod.role == "pod":
+                res.notes.append(
+                    f"{pod.key} uses the node's network (hostNetwork): its capture sees the DNS "
+                    f"traffic of everything on node {pod.node or '?'}, not only this pod"
+                )
         if not res.pods:
             what = ", ".join(targets + ([f"-l {selector}"] if selector else []))
             if res.skipped:

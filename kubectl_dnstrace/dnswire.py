@@ -187,7 +187,8 @@ class Edns(_Plain):
 
 class Message(_Plain):
     """A whole DNS message. Header bits are read from ``flags`` on access; ``rcode`` already
-    includes the EDNS extended bits, so 16 is BADVERS, not NOERROR."""
+    includes the EDNS extended bits, so 16 is BADVERS, not NOERROR. ``authority`` is None
+    when the parse was asked to step over that section."""
 
     __slots__ = ("id", "flags", "rcode", "questions", "answers", "authority", "additional", "edns")  # noqa: RUF023 (field order reads better)
 
@@ -621,20 +622,44 @@ def _read_edns(buf, name, udp_size, ttl, pos, end):
 # --- the full parse --------------------------------------------------------------------------
 
 
-def parse_message(buf):
+def parse_message(buf, authority=True):
     """Parse a whole DNS message (bytes-like) into a :class:`Message`.
+
+    With ``authority=False`` the authority section is stepped over, not decoded, and
+    ``Message.authority`` is None: a caller that wants only the rcode and the answers
+    (the agent, for every response) skips the SOA that most negative answers carry,
+    which costs about as much as the rest of such a message.
 
     Raises DnsParseError, and nothing else, for every input it cannot parse.
     """
     if type(buf) is not bytes:
         buf = bytes(buf)
     try:
-        return _parse_message(buf)
+        return _parse_message(buf, authority)
     except (IndexError, struct.error):
         raise DnsParseError("message ends inside a record", len(buf)) from None
 
 
-def _parse_message(buf):
+def _skip_records(buf, pos, count, size):
+    """Step over ``count`` records from ``pos`` without decoding them; return the end."""
+    for _ in range(count):
+        n = buf[pos]
+        while 0 < n < 64:
+            pos += n + 1
+            n = buf[pos]
+        if n >= 0xC0:
+            pos += 1
+        elif n:
+            raise DnsParseError(
+                "label length byte 0x%02x is over 63 and not a compression pointer" % n, pos
+            )
+        pos += 11 + _unpack_h(buf, pos + 9)[0]
+        if pos > size:
+            raise DnsParseError("rdata runs past the end of the message", pos)
+    return pos
+
+
+def _parse_message(buf, authority):
     size = len(buf)
     if size < 12:
         raise DnsParseError("message shorter than its 12-octet header", 0)
@@ -659,6 +684,10 @@ def _parse_message(buf):
     edns = None
     sections = []
     for section, count in ((0, ancount), (1, nscount), (2, arcount)):
+        if section == 1 and not authority:
+            pos = _skip_records(buf, pos, count, size)
+            sections.append(None)
+            continue
         records = []
         for _ in range(count):
             # Owners are mostly a pointer to a name already read, or the root (OPT).

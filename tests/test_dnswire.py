@@ -191,6 +191,22 @@ def test_edns_extended_rcode_version_and_options():
     assert msg.edns == dnswire.Edns(4096, 1, 0, True, 0x8000, [(10, b"cookie!!"), (65001, b"")])
 
 
+def test_authority_can_be_stepped_over():
+    soa = PTR_EXAMPLE_COM + PTR_EXAMPLE_COM + bytes(20)
+    buf = header(flags=0x8183, ns=2, ar=1) + QUESTION
+    buf += rr(PTR_EXAMPLE_COM, 6, soa) + rr(wire_name(b"x", b"y"), 65280, b"\x01")
+    buf += b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
+    lean = parse_message(buf, authority=False)
+    assert (lean.rcode, lean.authority, lean.edns.udp_size) == (3, None, 1232)
+    assert len(parse_message(buf).authority) == 2
+    with pytest.raises(DnsParseError, match="rdata runs past the end"):
+        parse_message(buf[:-12], authority=False)
+    with pytest.raises(DnsParseError, match="ends inside a record"):
+        parse_message(buf[: 12 + len(QUESTION) + 36 + 2], authority=False)
+    with pytest.raises(DnsParseError, match="byte 0x41 is over 63"):
+        parse_message(buf.replace(b"\x01x\x01y", b"\x41x\x01y"), authority=False)
+
+
 def test_extended_rcode_needs_edns():
     msg = parse_message(header(flags=0x8183) + QUESTION)
     assert (msg.rcode, msg.edns) == (3, None)
@@ -553,6 +569,10 @@ def assert_same_as_dnspython(wire):
         assert ours.edns.do == bool(theirs.ednsflags & dns.flags.DO)
         assert ours.edns.flags == theirs.ednsflags & 0xFFFF
         assert ours.edns.options == [(o.otype, o.data) for o in theirs.options]
+    lean = parse_message(wire, authority=False)
+    assert lean.authority is None
+    lean.authority = ours.authority
+    assert lean == ours
     head = parse_question(wire)
     if ours.questions:
         first = ours.questions[0]

@@ -24,7 +24,7 @@ from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import FrameDecoder
 from kubectl_dnstrace.attribution import Attributor
-from kubectl_dnstrace.errors import BadInput, ExitCode, UsageError
+from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, UsageError
 from kubectl_dnstrace.kube.inventory import Inventory
 from kubectl_dnstrace.model import AnalyzeRequest, DnsEvent
 from kubectl_dnstrace.pcapio import read_records
@@ -109,7 +109,13 @@ def _inventory(request: AnalyzeRequest) -> Inventory:
         return Inventory()
     from kubectl_dnstrace.kube.client import Kube
 
-    kube = Kube.connect(request.cluster)
+    try:
+        kube = Kube.connect(request.cluster)
+    except ClusterUnreachable as exc:
+        hint = (exc.hint + "\n" if exc.hint else "") + (
+            "or attribute without a cluster: --offline (addresses only), or --offline --pods "
+            "FILE with a saved `kubectl get pods -A -o json`")
+        raise ClusterUnreachable(exc.message, hint) from None
     try:
         return Inventory.from_cluster(kube)
     finally:

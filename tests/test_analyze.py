@@ -169,6 +169,19 @@ def _ours(events: list[dict]) -> list[tuple[str, str, str, str]]:
              str(dnswire.rcode_code(e["rcode"])) if e.get("rcode") else "") for e in events]
 
 
+def _strip_ethernet(src: Path, dst: Path) -> None:
+    """The same packets as LINKTYPE_RAW (what a tun device or our own --pcap writes)."""
+    from scapy.utils import RawPcapReader, RawPcapWriter
+
+    reader = RawPcapReader(str(src))
+    writer = RawPcapWriter(str(dst), linktype=101)
+    writer.write_header(None)
+    for frame, meta in reader:
+        writer.write_packet(frame[14:], sec=meta.sec, usec=meta.usec)
+    writer.close()
+    reader.close()
+
+
 @pytest.fixture(scope="module")
 def captures(tmp_path_factory):
     """One lab run, captured three ways: Ethernet pcap, Linux cooked SLL2, and pcapng."""
@@ -181,20 +194,23 @@ def captures(tmp_path_factory):
         d = dnslab.dns_lab(lab, tmp)
         client, ip4, ip6 = d.add_client()
         eth = _tcpdump(d.dns, tmp / "eth.pcap", "-i", "eth0")
+        sll = _tcpdump(d.dns, tmp / "sll.pcap", "-i", "any", "-y", "LINUX_SLL")
         sll2 = _tcpdump(d.dns, tmp / "sll2.pcap", "-i", "any", "-y", "LINUX_SLL2")
         for server in (DNS4, DNS6):
             for name, qtype, tcp in QUERIES:
                 assert dnslab.dig(client, server, name, qtype, tcp=tcp).returncode == 0
         time.sleep(0.3)
         _stop(eth)
+        _stop(sll)
         _stop(sll2)
     subprocess.run(["editcap", "-F", "pcapng", str(tmp / "eth.pcap"), str(tmp / "eth.pcapng")],
                    check=True, capture_output=True)
+    _strip_ethernet(tmp / "eth.pcap", tmp / "raw.pcap")
     return tmp, (ip4, ip6)
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("name", ["eth.pcap", "sll2.pcap", "eth.pcapng"])
+@pytest.mark.parametrize("name", ["eth.pcap", "sll.pcap", "sll2.pcap", "raw.pcap", "eth.pcapng"])
 def test_analyze_agrees_with_tshark_on_every_packet(captures, capsys, name):
     tmp, _ = captures
     path = tmp / name
@@ -214,9 +230,10 @@ def test_the_link_types_really_differ(captures):
     from kubectl_dnstrace.pcapio import read_records
 
     tmp, _ = captures
-    first = {name: next(iter(read_records(str(tmp / name))))[0]
-             for name in ("eth.pcap", "sll2.pcap", "eth.pcapng")}
-    assert first == {"eth.pcap": 1, "sll2.pcap": 276, "eth.pcapng": 1}
+    names = ("eth.pcap", "sll.pcap", "sll2.pcap", "raw.pcap", "eth.pcapng")
+    first = {name: next(iter(read_records(str(tmp / name))))[0] for name in names}
+    assert first == {"eth.pcap": 1, "sll.pcap": 113, "sll2.pcap": 276, "raw.pcap": 101,
+                     "eth.pcapng": 1}
     assert (tmp / "eth.pcapng").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
 
 
@@ -235,3 +252,35 @@ def test_analyze_table_names_the_pod_from_a_pods_file(captures, capsys, tmp_path
                               "RCODES", "FIRST", "LAST"]
     assert row.split()[:9] == ["lab", "client-0", "StatefulSet/client", "node-a",
                                "evil.example.com,", "x.evil.example.com", "4", "A:2", "MX:2"]
+
+
+def test_analyze_attributes_against_the_current_cluster(tmp_path, capsys, monkeypatch):
+    """Without --offline: the kubeconfig's cluster (here the simulated API server, through
+    the real kubernetes client) names the pod, its Deployment and its node."""
+    from tests.lab.cluster import SimCluster
+    from tests.test_inventory import owner
+
+    path = tmp_path / "node7.pcap"
+    _write_pcap(path, _exchange("10.244.0.5", "evil.example.com", 1, time.time() - 5))
+    with SimCluster() as sim:
+        sim.write_kubeconfig(tmp_path / "kubeconfig")
+        sim.store.ensure_namespace("shop")
+        sim.store.create(owner("ReplicaSet", "web-5d8f7c9b6", "shop", ("Deployment", "web")))
+        sim.store.create(pod("web-5d8f7c9b6-x2k4p", "10.244.0.5", start=time.time() - 60,
+                             owner=("ReplicaSet", "web-5d8f7c9b6")))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        code, out, err = analyze(capsys, "-o", "ndjson", str(path))
+    assert code == 0, err
+    assert [json.loads(line)["client"]["workload"] for line in out.splitlines()] == \
+        ["Deployment/web"] * 2
+
+
+def test_analyze_without_a_cluster_says_how_to_go_offline(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "x.pcap"
+    _write_pcap(path, _exchange("10.244.0.5", "evil.example.com", 1, 1_764_165_600.0))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    code, out, err = analyze(capsys, str(path))
+    assert code == 3
+    assert out == ""
+    assert err.rstrip().endswith("or attribute without a cluster: --offline (addresses only), or "
+                                 "--offline --pods FILE with a saved `kubectl get pods -A -o json`")

@@ -11,11 +11,8 @@ What it mirrors (recorded with a real kubelet + containerd, live/*.json):
   the project image ``ghcr.io/kubectl-dnstrace/agent:*`` runs the agent module from this
   repository; anything else never starts (ErrImagePull, then ImagePullBackOff "Back-off
   pulling image ..."; ErrImageNeverPull with imagePullPolicy Never);
-- pods/log: stdout+stderr lines with kubelet's fixed 9-digit RFC3339Nano timestamps;
-  400 "container "x" in pod "p" is waiting to start: ContainerCreating" until it runs;
-  ``sinceTime`` has whole-second precision (the apiserver re-encodes it as RFC3339 for the
-  kubelet), lines at that second are sent again; a followed stream ends about a second after
-  the process exits; a node without a kubelet gives the 500 "dial tcp ...:10250" error;
+- pods/log and pods/exec are served from the processes' output and environment (see
+  ``podlog`` and ``podexec``); a node without a kubelet gives the 500 "dial tcp ...:10250";
 - pods/exec runs in the same netns, environment and identity as the container;
 - the process gets the container's uid and capabilities (see ``security``), so a
   restricted-profile capture container fails to open its packet socket like on containerd.
@@ -25,9 +22,7 @@ Each container gets its own process group; ``stop()`` kills them all.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -37,33 +32,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import security, wsexec
+from . import podexec, podlog, security
 from . import status as st
 from .defaults import now_rfc3339
 from .faults import Faults
+from .podexec import PYTHON_NAMES
 from .store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PROJECT_IMAGE = "ghcr.io/kubectl-dnstrace/agent"
-FOLLOW_GRACE = 1.0
 STATUS_SYNC = 0.3  # the status manager reports a started container this much later
-_PYTHON_NAMES = {"python", "python3", "/usr/local/bin/python3", "/usr/local/bin/python", "/usr/bin/python3"}
-
-
-def rfc3339nano(ns: int) -> str:
-    secs, frac = divmod(ns, 1_000_000_000)
-    base = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{frac:09d}Z"
-
-
-def parse_rfc3339(text: str) -> float:
-    text = text.strip().replace("Z", "+00:00")
-    if "." in text:
-        head, rest = text.split(".", 1)
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        tz = rest[len(digits):]
-        text = f"{head}.{digits[:6]}{tz}"
-    return _dt.datetime.fromisoformat(text).timestamp()
 
 
 def normalize_image(image: str) -> str:
@@ -143,7 +121,7 @@ class Kubelet:
         self._lock = threading.Lock()
         self.stopping = False
         self.images: dict[str, str] = {}
-        self._execs: set[subprocess.Popen] = set()
+        self.execs: set[subprocess.Popen] = set()
         self.python3 = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "python3"
         store.add_listener(self._on_event)
 
@@ -164,10 +142,13 @@ class Kubelet:
 
     def append_log(self, namespace: str, pod_name: str, container: str, line: str) -> None:
         """Add a log line to a regular (simulated) container of a pod."""
-        run = self._regular(namespace, pod_name, container)
+        run = self.regular(namespace, pod_name, container)
         with run.cond:
             run.lines.append((time.time_ns(), line.rstrip("\n").encode() + b"\n"))
             run.cond.notify_all()
+
+    def netns_of(self, namespace: str, pod_name: str) -> str | None:
+        return self._netns.get((namespace, pod_name))
 
     def run(self, namespace: str, pod_name: str, container: str) -> ContainerRun | None:
         return self._runs.get((namespace, pod_name, container))
@@ -177,7 +158,7 @@ class Kubelet:
 
     def stop(self) -> None:
         self.stopping = True
-        for proc in list(self._execs):
+        for proc in list(self.execs):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         for run in list(self._runs.values()):
@@ -288,7 +269,7 @@ class Kubelet:
         if not ec.get("command"):
             entry = ["python3", "-m", "kubectl_dnstrace.agent"] if kind == "project" else ["python3"]
             argv = entry + list(ec.get("args") or [])
-        if argv and argv[0] in _PYTHON_NAMES:
+        if argv and argv[0] in PYTHON_NAMES:
             argv[0] = self.python3
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                "HOSTNAME": pod["metadata"]["name"]}
@@ -334,7 +315,7 @@ class Kubelet:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
 
-    def _regular(self, namespace: str, pod: str, container: str) -> ContainerRun:
+    def regular(self, namespace: str, pod: str, container: str) -> ContainerRun:
         key = (namespace, pod, container)
         with self._lock:
             if key not in self._regular_logs:
@@ -343,7 +324,7 @@ class Kubelet:
 
     # -- pods/log and pods/exec -----------------------------------------------------------------
 
-    def _pick_container(self, pod: dict, requested: str | None) -> tuple[str, bool]:
+    def pick_container(self, pod: dict, requested: str | None) -> tuple[str, bool]:
         spec = pod.get("spec") or {}
         regular = [c["name"] for c in spec.get("containers") or []]
         init = [c["name"] for c in spec.get("initContainers") or []]
@@ -364,7 +345,7 @@ class Kubelet:
             return requested, False
         raise st.bad_request(f"container {requested} is not valid for pod {name}")
 
-    def _node_unreachable(self, pod: dict, path: str) -> None:
+    def check_reachable(self, pod: dict, path: str) -> None:
         node = (pod.get("spec") or {}).get("nodeName")
         if node and node in self.nodes_without_kubelet:
             nodeobj = self.store.find("nodes", node) or {}
@@ -373,178 +354,8 @@ class Kubelet:
             port = (((nodeobj.get("status") or {}).get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port", 10250)
             raise st.internal(f'Get "https://{ip}:{port}{path}": dial tcp {ip}:{port}: connect: connection refused')
 
-    def _log_source(self, pod: dict, container: str, ephemeral: bool, previous: bool) -> ContainerRun:
-        ns, name = pod["metadata"].get("namespace", ""), pod["metadata"]["name"]
-        if previous:
-            raise st.bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
-        if ephemeral:
-            run = self._runs.get((ns, name, container))
-            if run is None or run.state == "waiting":
-                reason = run.reason if run else "ContainerCreating"
-                raise st.bad_request(f'container "{container}" in pod "{name}" is waiting to start: {reason}')
-            return run
-        statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        cs = next((s for s in statuses if s.get("name") == container), None)
-        if cs is None or "waiting" in (cs.get("state") or {}):
-            reason = ((cs or {}).get("state", {}).get("waiting") or {}).get("reason", "ContainerCreating")
-            raise st.bad_request(f'container "{container}" in pod "{name}" is waiting to start: {reason}')
-        return self._regular(ns, name, container)
-
     def serve_log(self, ex, pod: dict) -> None:
-        q = ex.query
-        container, ephemeral = self._pick_container(pod, q.get("container"))
-        ns, name = pod["metadata"].get("namespace", ""), pod["metadata"]["name"]
-        if not (pod.get("spec") or {}).get("nodeName"):
-            ex.send_text(200, b"")
-            return
-        self._node_unreachable(pod, f"/containerLogs/{ns}/{name}/{container}")
-        run = self._log_source(pod, container, ephemeral, ex.flag("previous"))
-        since_ns = None
-        if q.get("sinceTime"):
-            try:
-                since_ns = int(parse_rfc3339(q["sinceTime"])) * 1_000_000_000  # RFC3339 re-encoding: seconds
-            except ValueError:
-                raise st.bad_request(f'parsing time "{q["sinceTime"]}" as "2006-01-02T15:04:05Z07:00": cannot parse') from None
-        elif q.get("sinceSeconds"):
-            since_ns = time.time_ns() - int(q["sinceSeconds"]) * 1_000_000_000
-        tail = int(q["tailLines"]) if q.get("tailLines") else None
-        limit = int(q["limitBytes"]) if q.get("limitBytes") else None
-        stamps = ex.flag("timestamps")
-
-        def fmt(ts: int, line: bytes) -> bytes:
-            return (rfc3339nano(ts).encode() + b" " + line) if stamps else line
-
-        with run.cond:
-            lines = [(i, ts, line) for i, (ts, line) in enumerate(run.lines) if since_ns is None or ts >= since_ns]
-            if tail is not None:
-                lines = lines[-tail:] if tail > 0 else []
-            sent = len(run.lines)
-        if not ex.flag("follow"):
-            data = b"".join(fmt(ts, line) for _, ts, line in lines)
-            ex.send_text(200, data[:limit] if limit is not None else data)
-            return
-        ex.start_stream(200, "text/plain")
-        pending = lines
-        while True:
-            for i, ts, line in pending:
-                every = self.faults.log_break()
-                # The connection breaks at log positions N, 2N, 3N ...: a resumed stream that
-                # replays the sinceTime second still gets N lines further than the last cut.
-                if every is not None and i >= run.cut_mark + every:
-                    run.cut_mark = i
-                    self.faults.used_log_break()
-                    ex.abort()
-                    return
-                if not ex.write_chunk(fmt(ts, line)):
-                    return
-            with run.cond:
-                while len(run.lines) == sent and not self.stopping:
-                    if run.exited_at is not None and time.monotonic() - run.exited_at >= FOLLOW_GRACE:
-                        break
-                    run.cond.wait(timeout=0.2)
-                pending = [(i, *run.lines[i]) for i in range(sent, len(run.lines))]
-                sent = len(run.lines)
-                done = not pending and (self.stopping or (run.exited_at is not None
-                                                          and time.monotonic() - run.exited_at >= FOLLOW_GRACE))
-            if done:
-                ex.end_stream()
-                return
+        podlog.serve_log(self, ex, pod)
 
     def serve_exec(self, ex, pod: dict) -> None:
-        container, ephemeral = self._pick_container(pod, ex.query.get("container"))
-        ns, name = pod["metadata"].get("namespace", ""), pod["metadata"]["name"]
-        self._node_unreachable(pod, f"/exec/{ns}/{name}/{container}")
-        command = ex.query_multi.get("command") or []
-        if not command:
-            raise st.bad_request("you must specify at least 1 command")
-        run = self._runs.get((ns, name, container)) if ephemeral else None
-        if ephemeral and (run is None or run.state != "running"):
-            raise st.bad_request(f"container {container} is not running" if run and run.state == "terminated"
-                                 else f'container "{container}" in pod "{name}" is waiting to start: '
-                                      f"{run.reason if run else 'ContainerCreating'}")
-        protocol = wsexec.choose_protocol(ex.headers.get("Sec-WebSocket-Protocol", ""))
-        key = ex.headers.get("Sec-WebSocket-Key")
-        if not key or ex.headers.get("Upgrade", "").lower() != "websocket" or not protocol:
-            raise st.bad_request("Upgrade request required")
-        env = dict(run.env) if run else {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                                         "HOME": "/root", "HOSTNAME": name}
-        netns = run.netns if run else self._netns.get((ns, name))
-        argv = list(command)
-        if argv[0] in _PYTHON_NAMES:
-            argv[0] = self.python3
-        h = ex.h
-        ex.answered = True
-        h.close_connection = True
-        h.send_response(101, "Switching Protocols")
-        h.send_header("Upgrade", "websocket")
-        h.send_header("Connection", "Upgrade")
-        h.send_header("Sec-WebSocket-Accept", wsexec.accept_key(key))
-        h.send_header("Sec-WebSocket-Protocol", protocol)
-        h.end_headers()
-        h.wfile.flush()
-        ws = wsexec.WebSocket(h.rfile, h.wfile, h.connection)
-        identity = run.identity if run else []
-        self._exec(ws, argv, env, netns, run.cwd if run else "/", ex.flag("stdin"), identity)
-
-    def _exec(self, ws: wsexec.WebSocket, argv: list[str], env: dict, netns: str | None, cwd: str,
-              with_stdin: bool, identity: list[str]) -> None:
-        cmd = ["ip", "netns", "exec", netns, *identity, *argv] if netns else [*identity, *argv]
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                    start_new_session=True)
-        except OSError as exc:
-            msg = (f'OCI runtime exec failed: exec failed: unable to start container process: exec: "{argv[0]}": '
-                   f"{exc.strerror}: unknown")
-            ws.send_channel(3, json.dumps({"metadata": {}, "status": "Failure", "message": msg,
-                                           "reason": "InternalError", "details": {"causes": [
-                                               {"message": msg}]}}).encode())
-            ws.close()
-            return
-
-        self._execs.add(proc)
-
-        def pump(stream, channel: int) -> None:
-            for chunk in iter(lambda: stream.read1(65536), b""):
-                ws.send_channel(channel, chunk)
-
-        def feed() -> None:
-            while True:
-                frame = ws.recv()
-                if frame is None or frame[0] == wsexec.OP_CLOSE:
-                    break
-                _, data = frame
-                if data[:1] == b"\x00" and proc.stdin:
-                    try:
-                        proc.stdin.write(data[1:])
-                        proc.stdin.flush()
-                    except OSError:
-                        pass
-                elif data[:2] == b"\xff\x00" and proc.stdin:
-                    proc.stdin.close()
-            if proc.poll() is None and proc.stdin:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-
-        outs = [threading.Thread(target=pump, args=(proc.stdout, 1), daemon=True),
-                threading.Thread(target=pump, args=(proc.stderr, 2), daemon=True)]
-        for t in outs:
-            t.start()
-        threading.Thread(target=feed, daemon=True).start()
-        try:
-            code = proc.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait()
-        self._execs.discard(proc)
-        for t in outs:
-            t.join(timeout=5)
-        if code == 0:
-            status = {"metadata": {}, "status": "Success"}
-        else:
-            status = {"metadata": {}, "status": "Failure",
-                      "message": f"command terminated with non-zero exit code: error executing command "
-                                 f"[{' '.join(argv)}], exit code {code}",
-                      "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
-        ws.send_channel(3, json.dumps(status).encode())
-        ws.close()
+        podexec.serve_exec(self, ex, pod)

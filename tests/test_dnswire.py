@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import timeit
 from pathlib import Path
 
@@ -255,11 +258,12 @@ def test_type_names_agree_with_dnspython():
 A_RDATA = b"\x0a\x00\x00\x01"
 
 
-def _long_chain():
-    """A question, then 17 answers whose owners each point at the previous owner."""
-    body = header(flags=0x8180, an=17) + QUESTION
+def _pointer_chain(hops):
+    """A question, then answers whose owners each point at the previous owner: the last
+    owner's name takes ``hops`` pointers to read."""
+    body = header(flags=0x8180, an=hops) + QUESTION
     owner = PTR_QNAME
-    for _ in range(17):
+    for _ in range(hops):
         here = len(body)
         body += rr(owner, 1, A_RDATA)
         owner = struct.pack("!H", 0xC000 | here)
@@ -300,7 +304,7 @@ HOSTILE = {
         + rr(b"\x3f" + b"y" * 63 + PTR_QNAME, 1, A_RDATA),
         "longer than 255",
     ),
-    "too many pointer hops": (_long_chain(), "more than 16 compression pointers"),
+    "too many pointer hops": (_pointer_chain(17), "more than 16 compression pointers"),
     "rdata past the end": (header(an=1) + QUESTION + rr(PTR_QNAME, 1, A_RDATA)[:-1], "runs past the end"),
     "A of 5 octets": (header(an=1) + QUESTION + rr(PTR_QNAME, 1, A_RDATA + b"\x00"), "A rdata of 5 octets"),
     "AAAA of 4 octets": (header(an=1) + QUESTION + rr(PTR_QNAME, 28, A_RDATA), "AAAA rdata of 4 octets"),
@@ -392,9 +396,7 @@ def test_longest_legal_name_is_accepted():
 
 
 def test_sixteen_pointer_hops_are_accepted():
-    buf = _long_chain()
-    buf = header(flags=0x8180, an=16) + buf[12:]
-    msg = parse_message(buf[: len(buf) - len(rr(b"\xc0\x00", 1, A_RDATA))])
+    msg = parse_message(_pointer_chain(16))
     assert [r.name for r in msg.answers] == ["www.example.com"] * 16
 
 
@@ -694,3 +696,58 @@ def test_real_dnsmasq_response_reads_as_dig_printed_it(case):
     query = bytes.fromhex(case["query"])
     assert parse_question(query)[2:6] == (questions[0].name, questions[0].qtype, 1, 1)
     assert parse_message(query).questions == questions
+
+
+# --- the oldest python the agent meets -------------------------------------------------------
+
+_OLD_PYTHON_CHECK = r"""
+import json, random, sys
+sys.path.insert(0, sys.argv[1])
+from kubectl_dnstrace import dnswire
+out = []
+for wire in json.loads(sys.stdin.read()):
+    buf = bytes.fromhex(wire)
+    out.append([repr(dnswire.parse_message(buf)), list(dnswire.parse_question(buf))])
+    rnd = random.Random(len(buf))
+    for _ in range(300):
+        b = bytearray(buf)
+        b[rnd.randrange(len(b))] = rnd.randrange(256)
+        del b[rnd.randrange(len(b) + 1):]
+        for parse in (dnswire.parse_message, dnswire.parse_question):
+            try:
+                parse(bytes(b))
+            except dnswire.DnsParseError:
+                pass
+print(json.dumps(out))
+"""
+
+
+def _python38():
+    """A working python3.8: on PATH, or installed by pyenv (whose shims need a shell)."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [*sorted(pyenv.glob("3.8*/bin/python3.8")), shutil.which("python3.8")]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [str(candidate), "-I", "-S", "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if probe.returncode == 0 and probe.stdout.strip() == "(3, 8)":
+            return str(candidate)
+    return None
+
+
+def test_same_results_on_python38():
+    """The agent runs in images with python3.8; dnswire must import and agree there."""
+    python = _python38()
+    if python is None:
+        pytest.skip("no python3.8 on this machine")
+    wires = [case["response"] for case in DIG_CASES] + [_pointer_chain(16).hex()]
+    done = subprocess.run(
+        [python, "-I", "-S", "-c", _OLD_PYTHON_CHECK, str(Path(__file__).parent.parent)],
+        input=json.dumps(wires), capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    expected = [
+        [repr(parse_message(bytes.fromhex(w))), list(parse_question(bytes.fromhex(w)))]
+        for w in wires
+    ]
+    assert json.loads(done.stdout) == expected

@@ -142,6 +142,7 @@ class TraceRun:
         self.inventory = None
         self.started_streaming = False
         self.agents_started = 0.0  # wall clock when the first capture container ran
+        self.startup = 0.0  # seconds from the patch to Running (slowest pod)
 
     def say(self, text: str) -> None:
         self.progress.line(text)
@@ -290,9 +291,7 @@ class TraceRun:
         finally:
             cancel.set()
             self.progress.done()
-        took = max(r.running_at - r.patched_at for r in self.runs.values())
-        self.say(f"capturing in {len(self.runs)} pod(s) with container {spec.container_name} "
-                 f"(running {took:.2f}s after the patch); until {self._until_deadline()} UTC or Ctrl-C")
+        self.startup = max(r.running_at - r.patched_at for r in self.runs.values())
 
 
     def _stream_all(self) -> None:
@@ -300,6 +299,10 @@ class TraceRun:
             run.stream = AgentStream(self.kube, run.pod, run.container, self.items)
             run.stream.start()
         self.started_streaming = True
+        name = next(iter(self.runs.values())).container
+        self.say(f"capturing in {len(self.runs)} pod(s) with container {name} "
+                 f"(running {self.startup:.2f}s after the patch); until "
+                 f"{self._until_deadline()} UTC or Ctrl-C")
 
     def _drain(self, deadline: float) -> list[str]:
         """Feed the pipeline until every stream has ended; returns the pods still going."""

@@ -197,6 +197,24 @@ def test_ctrl_c_without_exec_rights_relies_on_the_agents_deadline(scenario) -> N
     assert wait_no_agents(scenario, rid, within=12.0) == []
 
 
+def test_second_ctrl_c_stops_waiting(scenario) -> None:
+    scenario.cluster.faults.deny("admin", "create", "pods", "exec", "shop")
+    proc, err_lines = start_and_wait_capturing(scenario, f"pod/{WEB}", "-n", "shop",
+                                               "-o", "ndjson", "--duration", "9s")
+    rid = run_id("".join(err_lines))
+    proc.send_signal(signal.SIGINT)  # no exec: it waits for the agent's near deadline
+    time.sleep(1.5)
+    assert proc.poll() is None
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 5
+    err = "".join(err_lines) + err
+    assert "Not waiting any longer: the agents still stop at their own deadline" in err, err
+    assert "Added ephemeral container" in err and "Traceback" not in err
+    assert wait_no_agents(scenario, rid, within=15.0) == []
+
+
 def test_deadline_leaves_no_agent_running(scenario) -> None:
     proc = dnstrace(scenario, f"pod/{WEB}", "-n", "shop", "-o", "ndjson", "--duration", "3s")
     assert proc.returncode == 0, proc.stderr

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
+from collections import deque
 from typing import Any, TextIO
 
 from kubectl_dnstrace import render
@@ -21,9 +23,10 @@ from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
 from kubectl_dnstrace.errors import ExitCode
 from kubectl_dnstrace.linking import Linker, describe_client
-from kubectl_dnstrace.model import DnsEvent, OutputOptions
+from kubectl_dnstrace.model import Client, DnsEvent, OutputOptions
 
 LIVE_WAIT = 3.0  # seconds (event time) a query waits for its answer before its line prints
+WATCH_WAIT = 2.0  # seconds (wall) an event from an unheld pod address waits for the pod watch
 RESOLVER_ROLES = ("coredns", "node-local-dns")
 
 
@@ -56,6 +59,7 @@ class Pipeline:
         self.aggregator = Aggregator() if fmt in ("table", "wide", "json") else None
         self.events: list[Attributed] | None = [] if fmt == "json" else None
         self._pending: dict[tuple, Attributed] = {}
+        self._waiting: deque[tuple[float, DnsEvent]] = deque()
         self._header_done = False
         self._nodelocal_said = False
         self.linker = self._linker()
@@ -100,8 +104,38 @@ class Pipeline:
 
     def feed(self, event: DnsEvent) -> None:
         self.count += 1
-        is_query = event.qr == "query"
-        client = self.attributor.attribute(event.src if is_query else event.dst, event.ts)
+        if self._waiting:
+            self._release(everything=False)
+        client = self._client(event)
+        if self._waiting or self._may_be_new_pod(client):
+            # Keep event order: once one waits, the ones behind it wait too.
+            self._waiting.append((time.monotonic() + WATCH_WAIT, event))
+            return
+        self._process(event, client)
+
+    def _client(self, event: DnsEvent) -> Client:
+        return self.attributor.attribute(event.src if event.qr == "query" else event.dst,
+                                         event.ts)
+
+    def _may_be_new_pod(self, client: Client) -> bool:
+        """A pod address nobody holds, while the pod watch runs: the pod may be so new that
+        its watch event (with its IP) is still on the way, while its first query already
+        arrived over the log stream — a CronJob pod asks at once. Wait for the watch."""
+        return self.attributor.inventory.watching and (
+            (client.kind == "node" and client.reason.startswith("address in "))
+            or (client.kind == "unknown" and client.reason.startswith("no known pod")))
+
+    def _release(self, everything: bool) -> None:
+        now = time.monotonic()
+        while self._waiting:
+            deadline, event = self._waiting[0]
+            client = self._client(event)
+            if not everything and now < deadline and self._may_be_new_pod(client):
+                return
+            self._waiting.popleft()
+            self._process(event, client)
+
+    def _process(self, event: DnsEvent, client: Client) -> None:
         ann = self.linker.observe(event, client)
         a = Attributed(event, client, ann.link, ann.served)
         if self.aggregator is not None:
@@ -158,6 +192,7 @@ class Pipeline:
     # ---- the end ---------------------------------------------------------------------------
 
     def finish(self) -> ExitCode:
+        self._release(everything=True)
         if self.live:
             rest = [render.live_line(a, None, self.wide) for a in self._pending.values()]
             self._pending.clear()

@@ -317,3 +317,39 @@ def test_the_fast_ndjson_writer_is_byte_identical_to_the_plain_one():
         a = Attributed(ev, client, ann.link, ann.served)
         assert writer.line(a) == render.ndjson_line(a)
         json.loads(writer.line(a))
+
+
+def test_an_event_from_an_unheld_pod_address_waits_for_the_pod_watch(monkeypatch):
+    """A new pod's first query can arrive before the watch event that carries its IP."""
+    import kubectl_dnstrace.pipeline as pipeline_module
+
+    inv = inventory()
+    inv.watching = True  # as after start_watch: upserts below play the watch's events
+    out, err = io.StringIO(), io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, err, attributor=Attributor(inv))
+    first = q(5.0, "10.244.0.77", "10.244.1.2", 1, "c2.evil.example.com", sport=5000)
+    p.feed(first)
+    assert out.getvalue() == ""  # waiting: 10.244.0.77 is in node-a's podCIDR, unheld
+    inv.upsert_pod(pod("report-29410020-h7k2m", "10.244.0.77", namespace="batch",
+                       start=T0 + 4, owner=("Job", "report-29410020")), observed=T0 + 5.5)
+    p.feed(r(first))
+    names = [json.loads(line)["client"]["name"] for line in out.getvalue().splitlines()]
+    assert names == ["report-29410020-h7k2m"] * 2
+    # An address that stays unheld is the node's after the wait (here: at once).
+    monkeypatch.setattr(pipeline_module, "WATCH_WAIT", 0.0)
+    p.feed(q(6.0, "10.244.0.1", "10.244.1.2", 2, "x.example.com", sport=5001))
+    p.feed(q(6.1, "10.244.0.5", "10.244.1.2", 3, "y.example.com", sport=5002))
+    kinds = [json.loads(line)["client"]["kind"] for line in out.getvalue().splitlines()]
+    assert kinds == ["pod", "pod", "node", "pod"]
+    assert p.finish() == ExitCode.MATCHED
+
+
+def test_finish_releases_events_still_waiting_for_the_watch():
+    inv = inventory()
+    inv.watching = True
+    out = io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, io.StringIO(), attributor=Attributor(inv))
+    p.feed(q(5.0, "10.244.0.78", "10.244.1.2", 1, "a.example.com"))
+    assert out.getvalue() == ""
+    p.finish()
+    assert json.loads(out.getvalue())["client"]["kind"] == "node"

@@ -241,6 +241,13 @@ class Inventory:
         self.watching = False
 
     def _watch_loop(self, kube: Any, timeout_seconds: float) -> None:
+        try:
+            self._follow(kube, timeout_seconds)
+        finally:
+            if hasattr(kube, "close"):
+                kube.close()
+
+    def _follow(self, kube: Any, timeout_seconds: float) -> None:
         rv = getattr(self, "_resource_version", "") or None
         while not self._stop.is_set():
             try:

@@ -139,6 +139,8 @@ class Agent(object):
         self.seen = 0
         self.stop_reason = None
         self._only_ifindex = 0  # the one interface seen so far (0: none yet, -1: several)
+        self._wire_names = {}
+        self._addr_texts = {}
 
     # -- per packet ---------------------------------------------------------------------
     def handle(self, packet, ts, ifkey, pkttype):
@@ -283,14 +285,27 @@ class Agent(object):
 
     def text_key(self, key):
         """A raw tally key (address bytes, lower-case wire name, type, rcode or -1) as the
-        text key of an ``agg`` group. The name goes through dnswire like any other name."""
+        text key of an ``agg`` group. The name goes through dnswire like any other name;
+        names and addresses repeat from second to second, so both are cached (bounded)."""
         client, wire, qtype, rcode = key
-        fam = _AF_INET if len(client) == 4 else _AF_INET6
-        try:
-            qname = dnswire.parse_question(_QUESTION_HEADER + wire + b"\x00\x01\x00\x01")[2]
-        except dnswire.DnsParseError:
-            qname = "?"
-        return (socket.inet_ntop(fam, client), qname, self.builder.type_name(qtype),
+        names = self._wire_names
+        qname = names.get(wire)
+        if qname is None:
+            try:
+                qname = dnswire.parse_question(_QUESTION_HEADER + wire + b"\x00\x01\x00\x01")[2]
+            except dnswire.DnsParseError:
+                qname = "?"
+            if len(names) >= 100000:
+                names.clear()
+            names[wire] = qname
+        addrs = self._addr_texts
+        addr = addrs.get(client)
+        if addr is None:
+            addr = socket.inet_ntop(_AF_INET if len(client) == 4 else _AF_INET6, client)
+            if len(addrs) >= 100000:
+                addrs.clear()
+            addrs[client] = addr
+        return (addr, qname, self.builder.type_name(qtype),
                 None if rcode < 0 else self.builder.rcode_name(rcode))
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ payloads; the records are still good).
 
 import socket
 import struct
+from bisect import bisect_right as _bisect_right
 
 __all__ = [
     "DnsParseError",
@@ -275,31 +276,37 @@ def _name_text(parts):
     return raw.decode("ascii")
 
 
-# Key, in a message's name cache, of the list of names read by the fast path (see below).
-_PLAIN = -1
+# Keys, in a message's name cache, of the names read by the fast path (see below): their
+# offsets, ascending because names are read in stream order, and their details.
+_PLAIN_AT = -1
+_PLAIN = -2
 
 
 def _new_name_cache():
-    return {_PLAIN: []}
+    return {_PLAIN_AT: [], _PLAIN: []}
 
 
 def _cached_suffix(buf, cache, target):
     """The cache entry for the name at ``target``, made on demand when ``target`` is a label
-    inside a name the fast path read: its text is then a slice of that name's text."""
+    inside a name the fast path read: its text is then a slice of that name's text. Found
+    by bisection, so a message of many names and many stray pointers stays linear."""
     hit = cache.get(target)
     if hit is not None:
         return hit
-    for origin, labels_end, text, tail_octets, last, tail_hops in cache[_PLAIN]:
-        if origin < target < labels_end:
-            pos = origin
-            while pos < target:
-                pos += buf[pos] + 1
-            if pos != target:
-                return None
-            hit = (text[target - origin :], labels_end - target + tail_octets, last, tail_hops)
-            cache[target] = hit
-            return hit
-    return None
+    i = _bisect_right(cache[_PLAIN_AT], target) - 1
+    if i < 0:
+        return None
+    origin, labels_end, text, tail_octets, last, tail_hops = cache[_PLAIN][i]
+    if not origin < target < labels_end:
+        return None
+    pos = origin
+    while pos < target:
+        pos += buf[pos] + 1
+    if pos != target:
+        return None
+    hit = (text[target - origin :], labels_end - target + tail_octets, last, tail_hops)
+    cache[target] = hit
+    return hit
 
 
 def _read_name(buf, pos, cache):
@@ -338,6 +345,7 @@ def _read_name(buf, pos, cache):
                     text = raw.decode("ascii")
                     if hit[0] != ".":
                         text = text + "." + hit[0]
+                    cache[_PLAIN_AT].append(origin)
                     cache[_PLAIN].append((origin, pos, text, hit[1], pos + 1, hit[3] + 1))
                 else:
                     text = _name_text(parts)
@@ -358,6 +366,7 @@ def _read_name(buf, pos, cache):
     raw = b".".join(parts)
     if raw.translate(None, _NAME_SAFE) == _DOTS[len(parts) - 1]:
         text = raw.decode("ascii")
+        cache[_PLAIN_AT].append(origin)
         cache[_PLAIN].append((origin, pos, text, 1, pos, 0))
     else:
         text = _name_text(parts)

@@ -214,3 +214,20 @@ def test_absurd_counts_allocate_nothing():
     else:
         raise AssertionError("absurd counts were accepted")
     assert time.perf_counter() - started < 0.05
+
+
+def test_many_names_and_many_stray_pointers_stay_linear():
+    """Pointers can reach only the first 16 KiB; fill it with small names and the rest of
+    64 KiB with owners pointing at distinct zero octets there (each reads as the root)."""
+    question = b"\x01a\x00\x00\x01\x00\x01"
+    questions = 16000 // len(question)
+    zeros = [12 + i * len(question) + k for i in range(questions) for k in (3, 5)]
+    record = struct.pack("!HHIH", 65280, 1, 0, 0)
+    answers = (65535 - 12 - questions * len(question)) // (2 + len(record))
+    buf = struct.pack("!HHHHHH", 1, 0x8180, questions, answers, 0, 0) + question * questions
+    buf += b"".join(struct.pack("!H", 0xC000 | zeros[i]) + record for i in range(answers))
+    started = time.perf_counter()
+    msg = parse_message(buf)
+    assert {r.name for r in msg.answers} == {"."}
+    assert len(msg.answers) == answers
+    assert time.perf_counter() - started < PARSE_BOUND_S

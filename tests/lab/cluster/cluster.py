@@ -39,6 +39,14 @@ class SimCluster:
         self._thread: threading.Thread | None = None
         for ns in SYSTEM_NAMESPACES:
             self.store.ensure_namespace(ns)
+        # Like every cluster: cluster-admin, bound to system:masters.
+        self.store.create({"kind": "ClusterRole", "metadata": {"name": "cluster-admin"}, "rules": [
+            {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]})
+        self.store.create({"kind": "ClusterRoleBinding", "metadata": {"name": "cluster-admin"},
+                           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                       "name": "cluster-admin"},
+                           "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                         "name": "system:masters"}]})
 
     def __enter__(self) -> SimCluster:
         return self.start()

@@ -51,9 +51,14 @@ class ProtocolError(ValueError):
     """A line from the agent is not a valid record of this protocol version."""
 
 
+# One encoder for every record: json.dumps with non-default separators builds a new
+# encoder per call, a cost the agent would pay per DNS message.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 def encode(record):
     """Serialise one record as a single line (no trailing newline), compact and ASCII-safe."""
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=True)
+    return _ENCODER.encode(record)
 
 
 def decode(line):

@@ -353,12 +353,27 @@ class TraceRun:
             self.pipeline.notice(f"{item.pod.key}: {exc.message if exc else 'stream failed'}")
 
     def _feed_aggregate(self, run: PodRun, rec: dict) -> None:
-        """Aggregate records (busy, unfiltered captures): counted, shown as a notice."""
-        groups = rec.get("groups") or []
-        total = sum(int(g.get("count", 0)) for g in groups if isinstance(g, dict))
+        """Per-second aggregates (a busy, unfiltered capture): counted and shown, top first.
+
+        The agent switches to them above its rate threshold so the pod log stays small; they
+        carry client, name, type and rcode with a count, not single messages.
+        """
+        groups = [g for g in rec.get("groups") or [] if isinstance(g, dict)]
+        total = int(rec.get("total") or sum(int(g.get("count", 0)) for g in groups))
         run.events += total
-        self.pipeline.notice(f"{run.pod.key}: {total} queries in {len(groups)} groups "
-                             f"(aggregated by the agent over {rec.get('interval')}s)")
+        attributor = getattr(self.pipeline, "attributor", None)
+        top = []
+        for g in groups[:5]:
+            who = g.get("client", "?")
+            if attributor is not None and g.get("client"):
+                c = attributor.attribute(g["client"], float(rec.get("ts", 0.0)))
+                if c.name:
+                    who = f"{c.namespace}/{c.name}" if c.namespace else c.name
+            top.append(f"{who} {g.get('qname')} {g.get('qtype')} {g.get('rcode') or ''}".rstrip()
+                       + f" x{g.get('count')}")
+        self.pipeline.notice(
+            f"{run.pod.key}: {total} DNS messages in {rec.get('interval')}s, aggregated by the "
+            f"agent above {rec.get('threshold', '?')}/s" + (": " + "; ".join(top) if top else ""))
 
     # Stopping and the outcome -----------------------------------------------------------------
 

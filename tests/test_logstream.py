@@ -108,3 +108,69 @@ def test_stream_without_bye_ends_when_the_container_ends(cluster, tmp_path) -> N
     items, _ = _collect(cluster, tmp_path, records)
     assert [i.record["seq"] for i in items if i.kind == "record"] == [0, 1, 2]
     assert items[-1].kind == "end" and "without its final record" in items[-1].text
+
+
+# ---- what the trace makes of each stream item ------------------------------------------------------
+
+import io  # noqa: E402
+import json  # noqa: E402
+
+from kubectl_dnstrace.errors import AgentFailed, ExitCode  # noqa: E402
+from kubectl_dnstrace.kube.logstream import StreamItem  # noqa: E402
+from kubectl_dnstrace.model import (  # noqa: E402
+    ClusterOptions,
+    Filters,
+    OutputOptions,
+    PodRef,
+    TraceRequest,
+)
+from kubectl_dnstrace.pipeline import Pipeline  # noqa: E402
+from kubectl_dnstrace.trace import PodRun, TraceRun  # noqa: E402
+
+
+def _trace_run() -> tuple[TraceRun, PodRef, io.StringIO, io.StringIO]:
+    req = TraceRequest(targets=["pod/web-1"], cluster=ClusterOptions(), filters=Filters(),
+                       output=OutputOptions(format="ndjson"))
+    out, err = io.StringIO(), io.StringIO()
+    tr = TraceRun(req, out, err)
+    tr.pipeline = Pipeline(req.output, out, err)
+    pod = PodRef("shop", "web-1")
+    tr.runs[pod.key] = PodRun(pod, "dnstrace-abcdef")
+    return tr, pod, out, err
+
+
+def test_items_become_events_notices_and_counts() -> None:
+    tr, pod, out, err = _trace_run()
+    tr._handle(StreamItem(pod, "record", record=_dns(1)))
+    tr._handle(StreamItem(pod, "lost", count=3))
+    tr._handle(StreamItem(pod, "record", record={"type": "error", "seq": 2, "message": "boom"}))
+    tr._handle(StreamItem(pod, "record", record={
+        "type": "agg", "seq": 3, "ts": 1795699420.0, "interval": 1.0, "threshold": 2000,
+        "total": 5100, "groups": [{"client": "10.244.0.3", "qname": "evil.example.com",
+                                   "qtype": "A", "rcode": "NOERROR", "count": 5100}]}))
+    tr._handle(StreamItem(pod, "end", text="bye"))
+    [event] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (event["qname"], event["observed_at"]) == ("q1.example.com", "shop/web-1")
+    run = tr.runs[pod.key]
+    assert (run.events, run.lost, run.errors, run.ended) == (5101, 3, ["boom"], "bye")
+    text = err.getvalue()
+    assert "3 record(s) from shop/web-1 were lost" in text
+    assert "agent shop/web-1: error: boom" in text
+    assert "5100 DNS messages in 1.0s, aggregated" in text and "evil.example.com A NOERROR x5100" in text
+
+
+def test_lost_records_make_the_exit_code_say_so() -> None:
+    tr, pod, _, err = _trace_run()
+    tr._handle(StreamItem(pod, "record", record=_dns(1)))
+    tr._handle(StreamItem(pod, "lost", count=2))
+    assert tr._outcome() == ExitCode.STREAM_LOST
+    assert "2 record(s) were lost in total" in err.getvalue()
+
+
+def test_agent_errors_without_events_fail_the_run() -> None:
+    tr, pod, _, _ = _trace_run()
+    tr._handle(StreamItem(pod, "record", record={"type": "error", "seq": 1,
+                                                 "message": "socket: Operation not permitted"}))
+    with pytest.raises(AgentFailed) as info:
+        tr._outcome()
+    assert info.value.exit_code == ExitCode.AGENT_FAILED and "CAP_NET_RAW" in info.value.hint

@@ -325,3 +325,18 @@ def test_kubectl_applies_rbac_and_answers_can_i(cluster, tmp_path):
     denied = subprocess.run([kubectl, "--kubeconfig", str(dev), "get", "pods", "-n", "shop", "--as", "admin"],
                             capture_output=True, text=True, timeout=60)
     assert denied.returncode != 0 and 'cannot impersonate resource "users"' in denied.stderr
+
+
+def test_pod_deletion_is_graceful_only_for_bound_pods(cluster, tmp_path):
+    v1 = core(cluster, tmp_path)
+    cluster.add_node("dead", kubelet=False)
+    cluster.store.create(pod("unbound", node=""), namespace="shop")
+    cluster.store.create(pod("stuck", node="dead"), namespace="shop")
+    cluster.store.create(pod("forced", node="dead"), namespace="shop")
+    v1.delete_namespaced_pod("unbound", "shop")
+    marked = v1.delete_namespaced_pod("stuck", "shop")
+    v1.delete_namespaced_pod("forced", "shop", grace_period_seconds=0)
+    assert marked.metadata.deletion_timestamp is not None
+    time.sleep(0.5)
+    # No kubelet confirms the deletion: the pod stays Terminating, as on a real cluster.
+    assert names(v1.list_namespaced_pod("shop")) == ["stuck"]

@@ -259,8 +259,19 @@ def test_deleting_the_pod_kills_its_containers(v1, cluster):
     add(v1, "sleeper", program("import time", "time.sleep(300)"))
     wait_state(v1, "sleeper", "running")
     proc = cluster.kubelet.run("shop", "web-1", "sleeper").proc
-    v1.delete_namespaced_pod("web-1", "shop")
+    marked = v1.delete_namespaced_pod("web-1", "shop")
+    # Graceful deletion: the pod is only marked; the kubelet stops its containers, then removes it.
+    assert marked.metadata.deletion_timestamp is not None and marked.metadata.deletion_grace_period_seconds == 30
     proc.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            v1.read_namespaced_pod("web-1", "shop")
+        except ApiException as err:
+            assert err.status == 404
+            return
+        time.sleep(0.05)
+    raise AssertionError("the pod object was not removed after its containers stopped")
 
 
 def test_containers_and_exec_run_in_the_pod_network_namespace(lab, cluster, v1):

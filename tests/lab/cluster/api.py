@@ -205,8 +205,10 @@ class Api:
         elif verb == "patch":
             self._patch(ex, route)
         elif verb == "delete":
-            obj = self.store.delete(res, route.name, route.namespace)
-            ex.send_json(200, obj)
+            if res.kind == "Pod":
+                ex.send_json(200, self._delete_pod(ex, route))
+            else:
+                ex.send_json(200, self.store.delete(res, route.name, route.namespace))
         else:
             raise st.method_not_allowed()
 
@@ -262,6 +264,26 @@ class Api:
             self.store.unwatch(w)
 
     # -- writes ------------------------------------------------------------------------------
+
+    def _delete_pod(self, ex: Exchange, route: Route) -> dict:
+        """Graceful deletion: a bound pod is only marked (deletionTimestamp); its kubelet stops
+        the containers and then removes it. Unbound pods and gracePeriodSeconds=0 go at once."""
+        cur = self.store.get(route.res, route.name, route.namespace)
+        options = json.loads(ex.body() or b"{}") if ex.body().strip() else {}
+        grace = options.get("gracePeriodSeconds", ex.query.get("gracePeriodSeconds"))
+        grace = int(grace) if grace not in (None, "") else int(cur["spec"].get("terminationGracePeriodSeconds", 30))
+        if not cur["spec"].get("nodeName") or grace == 0:
+            return self.store.delete(route.res, route.name, route.namespace)
+        if cur["metadata"].get("deletionTimestamp"):
+            return cur
+
+        def mark(pod: dict) -> dict:
+            deadline = time.time() + grace
+            pod["metadata"]["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline))
+            pod["metadata"]["deletionGracePeriodSeconds"] = grace
+            return pod
+
+        return self.store.mutate(route.res, route.name, route.namespace, mark)
 
     def _admit_create(self, res: Resource, namespace: str, obj: dict) -> dict:
         if res.kind != "Pod":

@@ -16,6 +16,8 @@ What it mirrors (recorded with a real kubelet + containerd, live/*.json):
 - pods/exec runs in the same netns, environment and identity as the container;
 - the process gets the container's uid and capabilities (see ``security``), so a
   restricted-profile capture container fails to open its packet socket like on containerd.
+- deleting a bound pod marks it (deletionTimestamp); the kubelet stops its containers
+  (SIGTERM, SIGKILL after the grace period) and then removes the pod object.
 Each container gets its own process group; ``stop()`` kills them all.
 """
 
@@ -116,6 +118,7 @@ class Kubelet:
         self.faults = faults
         self.nodes_without_kubelet: set[str] = set()
         self._netns: dict[tuple[str, str], str] = {}
+        self._terminating: set[tuple[str, str]] = set()
         self._runs: dict[tuple[str, str, str], ContainerRun] = {}
         self._regular_logs: dict[tuple[str, str, str], ContainerRun] = {}
         self._lock = threading.Lock()
@@ -183,6 +186,14 @@ class Kubelet:
         node = (new.get("spec") or {}).get("nodeName")
         if not node or node in self.nodes_without_kubelet:
             return
+        if new["metadata"].get("deletionTimestamp"):
+            with self._lock:
+                if (ns, name) in self._terminating:
+                    return
+                self._terminating.add((ns, name))
+            grace = float(new["metadata"].get("deletionGracePeriodSeconds") or 30)
+            threading.Thread(target=self._terminate_pod, args=(ns, name, grace), daemon=True).start()
+            return
         for ec in (new.get("spec") or {}).get("ephemeralContainers") or []:
             key = (ns, name, ec["name"])
             with self._lock:
@@ -192,6 +203,19 @@ class Kubelet:
                 self._runs[key] = run
             threading.Thread(target=self._lifecycle, args=(run, ec, new), daemon=True,
                              name=f"kubelet-{ns}-{name}-{ec['name']}").start()
+
+    def _terminate_pod(self, namespace: str, name: str, grace: float) -> None:
+        """Stop the pod's containers (SIGTERM, SIGKILL after the grace period), then remove it."""
+        runs = [r for key, r in list(self._runs.items()) if key[:2] == (namespace, name)]
+        threads = [threading.Thread(target=self._kill, args=(r, grace), daemon=True) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with contextlib.suppress(st.ApiError):
+            self.store.delete("pods", name, namespace)
+        with self._lock:
+            self._terminating.discard((namespace, name))
 
     def _publish(self, run: ContainerRun) -> None:
         def write(pod: dict) -> dict:

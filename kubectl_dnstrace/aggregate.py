@@ -143,6 +143,30 @@ class Aggregator:
         if ev.ts > cs.last:
             cs.last = ev.ts
 
+    def add_group(self, client: Client, ip: str, qname: str, qtype: str, rcode: str | None,
+                  count: int, ts: float, observed_at: str) -> None:
+        """One group of an agent's ``agg`` record: ``count`` queries (rcode None) or
+        responses of one client for one name and type in one interval. Aggregates carry
+        no ids, so they are not deduplicated across captures."""
+        key = client_key(client)
+        cs = self.by_client.get(key)
+        if cs is None:
+            cs = self.by_client[key] = ClientStats(client, first=ts, last=ts)
+        lname = qname.lower()
+        ns = cs.names.get(lname)
+        if ns is None:
+            ns = cs.names[lname] = NameStats(qname, first=ts, last=ts)
+        ns.observed_at.add(observed_at)
+        cs.ips.add(ip)
+        if rcode is None:
+            ns.count += count
+            cs.count += count
+            ns.qtypes[qtype] = ns.qtypes.get(qtype, 0) + count
+        else:
+            ns.rcodes[rcode] = ns.rcodes.get(rcode, 0) + count
+        ns.first, ns.last = min(ns.first, ts), max(ns.last, ts)
+        cs.first, cs.last = min(cs.first, ts), max(cs.last, ts)
+
     def clients(self) -> list[ClientStats]:
         """Busiest client first; ties by namespace, name, address: a stable order."""
         return sorted(self.by_client.values(),

@@ -13,6 +13,7 @@ returns MATCHED when something matched and NO_MATCH when nothing did, like grep.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections import deque
@@ -151,6 +152,31 @@ class Pipeline:
             self.events.append(a)
         elif self.live:
             self._live(a)
+
+    def feed_aggregate(self, record: dict, observed_at: str = "") -> None:
+        """An agent's ``agg`` record (per-second counts above its record rate): attributed
+        and counted like events; ``-o ndjson`` gets one line per group."""
+        ts = float(record.get("ts") or 0.0)
+        for group in record.get("groups") or []:
+            if not isinstance(group, dict) or not group.get("client"):
+                continue
+            count = int(group.get("count") or 0)
+            self.count += count
+            client = self.attributor.attribute(group["client"], ts)
+            qname, qtype = str(group.get("qname", "")), str(group.get("qtype", ""))
+            rcode = group.get("rcode")
+            if self.aggregator is not None:
+                self.aggregator.add_group(client, group["client"], qname, qtype, rcode, count,
+                                          ts, observed_at)
+            if self.output.format == "ndjson":
+                line = {"type": "agg", "ts": ts, "interval": record.get("interval"),
+                        "client_ip": group["client"], "qname": qname, "qtype": qtype,
+                        "rcode": rcode, "count": count, "observed_at": observed_at,
+                        "client": render.client_json(client)}
+                self.out.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+                               + "\n")
+        if self.streaming:
+            self.out.flush()
 
     def _live(self, a: Attributed) -> None:
         ev = a.event

@@ -88,3 +88,15 @@ def test_nearest_rank_percentiles():
     assert percentile(values, 95) == 95.0
     assert percentile([3.0], 95) == 3.0
     assert percentile([], 50) is None
+
+
+def test_agent_aggregates_count_queries_and_rcodes_per_client_and_name():
+    agg = Aggregator()
+    agg.add_group(WEB, "10.244.0.5", "Evil.example.com", "A", None, 20311, 100.0, "cap")
+    agg.add_group(WEB, "10.244.0.5", "evil.example.com", "A", "NOERROR", 20309, 100.0, "cap")
+    agg.add_group(WEB, "10.244.0.5", "evil.example.com", "A", None, 5, 101.0, "cap")
+    [web] = agg.clients()
+    evil = web.names["evil.example.com"]
+    assert (web.count, evil.count) == (20316, 20316)
+    assert evil.qtypes == {"A": 20316} and evil.rcodes == {"NOERROR": 20309}
+    assert (evil.first, evil.last) == (100.0, 101.0)

@@ -353,3 +353,30 @@ def test_finish_releases_events_still_waiting_for_the_watch():
     assert out.getvalue() == ""
     p.finish()
     assert json.loads(out.getvalue())["client"]["kind"] == "node"
+
+
+def test_agent_aggregate_records_are_attributed_counted_and_streamed():
+    rec = {"type": "agg", "seq": 812, "ts": T0 + 1, "interval": 1.0, "threshold": 2000,
+           "total": 40620, "groups": [
+               {"client": "10.244.0.5", "qname": "evil.example.com", "qtype": "A",
+                "rcode": None, "count": 20311},
+               {"client": "10.244.0.5", "qname": "evil.example.com", "qtype": "A",
+                "rcode": "NOERROR", "count": 20309}]}
+    out, err = io.StringIO(), io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, err, attributor=Attributor(inventory()))
+    p.feed_aggregate(rec, COREDNS)
+    first = json.loads(out.getvalue().splitlines()[0])
+    assert first == {"type": "agg", "ts": T0 + 1, "interval": 1.0, "client_ip": "10.244.0.5",
+                     "qname": "evil.example.com", "qtype": "A", "rcode": None, "count": 20311,
+                     "observed_at": COREDNS,
+                     "client": {"kind": "pod", "namespace": "shop", "name": "web-5d8f7c9b6-x2k4p",
+                                "workload": "Deployment/web", "node": "node-a", "candidates": []}}
+    assert p.finish() == ExitCode.MATCHED
+    table_out, table_err = io.StringIO(), io.StringIO()
+    t = Pipeline(OutputOptions(format="table"), table_out, table_err,
+                 attributor=Attributor(inventory()))
+    t.feed_aggregate(rec, COREDNS)
+    t.finish()
+    row = table_out.getvalue().splitlines()[1].split()
+    assert row[:6] == ["shop", "web-5d8f7c9b6-x2k4p", "Deployment/web", "node-a",
+                       "evil.example.com", "20311"]

@@ -224,8 +224,12 @@ def describe_link(link: Link, clock) -> str:
     """"upstream lookup of evil.example.com A at 10:02:03 by kube-system/coredns-1 to
     8.8.8.8 caused by shop/web-5d8f7c9b6-x2x (Deployment/web)"."""
     what = "upstream lookup" if link.upstream else "forwarded lookup"
+    resolver = describe_client(link.resolver)
+    if link.resolver.kind == "node" and any(
+            c.split("/")[-1].startswith("node-local-dns") for c in link.resolver.candidates):
+        resolver += " (node-local-dns)"
     text = (f"{what} of {link.qname} {link.qtype} at {clock(link.ts)} by "
-            f"{describe_client(link.resolver)} to {describe_client(link.server)}")
+            f"{resolver} to {describe_client(link.server)}")
     if link.causes:
         text += " caused by " + ", ".join(describe_client(c) for c in link.causes)
     else:

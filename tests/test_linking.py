@@ -136,3 +136,13 @@ def test_resolvers_are_learnt_from_traffic_without_an_inventory():
     [link] = linker.links
     assert link.upstream and [c.ip for c in link.causes] == ["10.244.0.5"]
     assert notes[0].link is None
+
+
+def test_node_local_dns_going_upstream_itself_names_the_pod(attributor):
+    # Names outside the cluster domain go from node-local-dns straight to the upstream.
+    pod_q = q(0.000, "10.244.0.5", "169.254.20.10", 100, "evil.example.com", seen=NLD_A)
+    up = q(0.001, "172.18.0.10", "172.18.0.53", 200, "evil.example.com", seen=NLD_A, sport=45000)
+    linker, _ = run(attributor, [pod_q, up])
+    assert describe_link(linker.links[0], clock) == (
+        "upstream lookup of evil.example.com A at 14:00:00 by node/node-a (node-local-dns) to "
+        "172.18.0.53 caused by shop/web-5d8f7c9b6-x2k4p (Deployment/web)")

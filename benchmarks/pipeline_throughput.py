@@ -3,7 +3,8 @@ inventory of 10,000 pods, and that inventory's memory.
 
 No network and no cluster: the inventory is built from API-shaped objects (10,000 pods of
 500 Deployments on 50 nodes, 1,000 Services), and the events are the agent's NDJSON lines
-as they arrive over pods/log, from clients spread over all pods. Stages, each timed over
+as they arrive over pods/log (a query and its response), from clients spread over all
+pods, each pod asking the four names its workload uses. Stages, each timed over
 the same events (CPU time of this process):
 
 1. decode: ``protocol.decode`` + ``DnsEvent.from_record`` (what a live trace does per line)
@@ -94,11 +95,16 @@ def agent_lines(pods: list[dict], count: int) -> list[str]:
     """The agent's ``dns`` records as NDJSON lines: query then response, many clients."""
     rnd = random.Random(7)
     ips = [p["status"]["podIP"] for p in pods]
-    names = [f"svc{k}.ns{k % 40}.svc.cluster.local" for k in range(300)] + \
-            [f"api{k}.example.com" for k in range(100)]
+
+    def names_of(i: int) -> list[str]:  # a workload asks a few names, again and again
+        d = i % DEPLOYMENTS
+        return [f"svc{d % 300}.ns{d % 40}.svc.cluster.local", f"api{d % 100}.example.com",
+                f"db{d % 50}.ns{d % 40}.svc.cluster.local", "metrics.example.net"]
+
     lines = []
     for k in range(count // 2):
-        ip, name = rnd.choice(ips), rnd.choice(names)
+        i = rnd.randrange(len(ips))
+        ip, name = ips[i], rnd.choice(names_of(i))
         ts = T0 + k * 0.0002
         base = {"type": "dns", "proto": "udp", "id": k & 0xFFFF, "qname": name, "qtype": "A",
                 "iface": "eth0"}

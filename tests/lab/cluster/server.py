@@ -115,6 +115,7 @@ class Exchange:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
     server_version = "sim-kube-apiserver"
 
     def log_message(self, fmt, *args):  # keep test output clean

@@ -340,3 +340,43 @@ def test_pod_deletion_is_graceful_only_for_bound_pods(cluster, tmp_path):
     time.sleep(0.5)
     # No kubelet confirms the deletion: the pod stays Terminating, as on a real cluster.
     assert names(v1.list_namespaced_pod("shop")) == ["stuck"]
+
+
+def test_patch_flavours_as_the_real_server_applies_them():
+    from tests.lab.cluster import patch
+
+    pod_obj = {"spec": {"containers": [{"name": "app", "image": "a:1"}],
+                        "ephemeralContainers": [{"name": "old", "image": "x:1"}]}}
+    add = {"spec": {"ephemeralContainers": [{"name": "new", "image": "y:1"}]}}
+    # Strategic merge by name: the patch's new items come first (recordings 25 and 49) ...
+    assert [c["name"] for c in patch.strategic_merge(pod_obj, add)["spec"]["ephemeralContainers"]] == ["new", "old"]
+    # ... unless $setElementOrder says otherwise (what kubectl debug sends).
+    ordered = {"spec": {"$setElementOrder/ephemeralContainers": [{"name": "old"}, {"name": "new"}],
+                        "ephemeralContainers": [{"name": "new", "image": "y:1"}]}}
+    assert [c["name"] for c in patch.strategic_merge(pod_obj, ordered)["spec"]["ephemeralContainers"]] == ["old", "new"]
+    changed = patch.strategic_merge(pod_obj, {"spec": {"containers": [{"name": "app", "image": "a:2"}]}})
+    assert changed["spec"]["containers"] == [{"name": "app", "image": "a:2"}]
+    # A merge patch replaces lists whole (recording 21: "adding" one removes the others).
+    assert patch.merge_patch(pod_obj, add)["spec"]["ephemeralContainers"] == [{"name": "new", "image": "y:1"}]
+    assert "containers" not in patch.merge_patch(pod_obj, {"spec": {"containers": None}})["spec"]
+    # JSON patch appends with "-", and fails on a missing path.
+    ops = [{"op": "add", "path": "/spec/ephemeralContainers/-", "value": {"name": "new"}},
+           {"op": "test", "path": "/spec/containers/0/name", "value": "app"}]
+    assert [c["name"] for c in patch.json_patch(pod_obj, ops)["spec"]["ephemeralContainers"]] == ["old", "new"]
+    with pytest.raises(patch.PatchError):
+        patch.json_patch(pod_obj, [{"op": "remove", "path": "/spec/nothing/0"}])
+
+
+def test_services_and_endpoints_are_listed(cluster, tmp_path):
+    v1 = core(cluster, tmp_path)
+    cluster.store.create({"kind": "Service", "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns"}},
+                          "spec": {"selector": {"k8s-app": "kube-dns"}, "clusterIP": "10.96.0.10",
+                                   "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}, namespace="kube-system")
+    cluster.store.create({"kind": "Endpoints", "metadata": {"name": "kube-dns"},
+                          "subsets": [{"addresses": [{"ip": "10.244.0.2"}], "ports": [{"port": 53}]}]},
+                         namespace="kube-system")
+    svc = v1.read_namespaced_service("kube-dns", "kube-system")
+    assert svc.spec.selector == {"k8s-app": "kube-dns"} and svc.spec.cluster_ip == "10.96.0.10"
+    eps = v1.list_endpoints_for_all_namespaces(field_selector="metadata.name=kube-dns").items
+    assert [a.ip for a in eps[0].subsets[0].addresses] == ["10.244.0.2"]
+    assert [s.metadata.name for s in v1.list_service_for_all_namespaces(label_selector="k8s-app").items] == ["kube-dns"]

@@ -28,6 +28,7 @@ class Progress:
         self._state: dict[str, str] = {}
         self._drawn = 0
         self._tick = 0
+        self._status_shown = False
 
     def set(self, key: str, state: str) -> None:
         """Record a new state for ``key``; prints it (or redraws the block)."""
@@ -71,6 +72,28 @@ class Progress:
 
     def line(self, text: str) -> None:
         with self._lock:
+            self._clear_status()
             self.err.write(text.rstrip("\n") + "\n")
             self.err.flush()
             self._drawn = 0
+
+    def status(self, text: str) -> None:
+        """One self-overwriting status line (terminals only; elsewhere it would be noise)."""
+        if not self.interactive:
+            return
+        with self._lock:
+            self._tick += 1
+            spin = SPINNER[self._tick % len(SPINNER)]
+            self.err.write(f"\r\x1b[2K{spin} {text}")
+            self.err.flush()
+            self._status_shown = True
+
+    def clear_status(self) -> None:
+        with self._lock:
+            self._clear_status()
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.err.write("\r\x1b[2K")
+            self.err.flush()
+            self._status_shown = False

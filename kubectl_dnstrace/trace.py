@@ -143,6 +143,7 @@ class TraceRun:
         self.started_streaming = False
         self.agents_started = 0.0  # wall clock when the first capture container ran
         self.startup = 0.0  # seconds from the patch to Running (slowest pod)
+        self._status_at = 0.0
 
     def say(self, text: str) -> None:
         self.progress.line(text)
@@ -310,15 +311,37 @@ class TraceRun:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return [r.pod.key for r in self.runs.values() if not r.ended]
+            if time.monotonic() - self._status_at >= 0.5:
+                self._status_at = time.monotonic()
+                self._show_stats()
             try:
                 item = self.items.get(timeout=min(0.5, remaining))
             except queue.Empty:
                 continue
             self._handle(item)
+        self.progress.clear_status()
         return []
+
+    def _show_stats(self) -> None:
+        """The agents' latest stats as a status line on a terminal, unless stdout shares it."""
+        fmt = self.req.output.format
+        stdout_tty = bool(getattr(self.out, "isatty", None) and self.out.isatty())
+        if stdout_tty and fmt != "json":
+            return
+        runs = list(self.runs.values())
+        seen = sum(int(r.stats.get("seen") or 0) for r in runs)
+        matched = sum(int(r.stats.get("matched") or 0) for r in runs)
+        drops = sum(int(r.stats.get("drops") or 0) for r in runs)
+        events = sum(r.events for r in runs)
+        self.progress.status(
+            f"capturing in {sum(1 for r in runs if not r.ended)}/{len(runs)} pod(s): "
+            f"{seen} DNS packets seen, {matched} matched, {events} received"
+            + (f", {drops} dropped by the kernel" if drops else ""))
 
     def _handle(self, item: StreamItem) -> None:
         run = self.runs[item.pod.key]
+        if item.kind != "record" or (item.record or {}).get("type") not in ("dns", "stats"):
+            self.progress.clear_status()  # a notice follows: on its own line
         if item.kind == "record":
             rec = item.record or {}
             rtype = rec.get("type")

@@ -174,3 +174,20 @@ def test_agent_errors_without_events_fail_the_run() -> None:
     with pytest.raises(AgentFailed) as info:
         tr._outcome()
     assert info.value.exit_code == ExitCode.AGENT_FAILED and "CAP_NET_RAW" in info.value.hint
+
+
+def test_stats_status_line_only_on_a_terminal_and_cleared_before_notices() -> None:
+    from kubectl_dnstrace.progress import Progress
+
+    tr, pod, _, err = _trace_run()
+    tr.progress = Progress(err, interactive=True)
+    tr._handle(StreamItem(pod, "record", record={"type": "stats", "seq": 1, "seen": 40,
+                                                 "matched": 7, "emitted": 7, "drops": 2}))
+    tr._show_stats()
+    assert "40 DNS packets seen, 7 matched" in err.getvalue() and "2 dropped" in err.getvalue()
+    tr._handle(StreamItem(pod, "notice", text="log stream broke"))
+    assert err.getvalue().endswith("\r\x1b[2Klog stream broke\n")
+    quiet = io.StringIO()
+    tr.progress = Progress(quiet)  # not a terminal: no status line at all
+    tr._show_stats()
+    assert quiet.getvalue() == ""

@@ -234,3 +234,33 @@ def test_thousands_of_domains_travel_compressed() -> None:
 ])
 def test_project_image_is_detected_by_name(image: str, project: bool) -> None:
     assert is_project_image(image) is project
+
+
+# ---- progress while containers start --------------------------------------------------------------
+
+import io  # noqa: E402
+
+from kubectl_dnstrace.progress import Progress  # noqa: E402
+
+
+def test_progress_plain_lines_when_not_a_terminal() -> None:
+    err = io.StringIO()
+    p = Progress(err)
+    p.set("shop/web-1", "waiting (ContainerCreating)")
+    p.set("shop/web-1", "waiting (ContainerCreating)")  # unchanged: not repeated
+    p.set("kube-system/coredns-1", "running")
+    p.spin()
+    p.set("shop/web-1", "running")
+    assert err.getvalue() == ("shop/web-1: waiting (ContainerCreating)\n"
+                              "kube-system/coredns-1: running\n"
+                              "shop/web-1: running\n")
+
+
+def test_progress_redraws_one_line_per_pod_on_a_terminal() -> None:
+    err = io.StringIO()
+    p = Progress(err, interactive=True)
+    p.set("a", "waiting (ContainerCreating)")
+    p.set("b", "pending")
+    p.set("a", "running")
+    last = err.getvalue().rsplit("\x1b[2A", 1)[1]  # the last redraw moved up over both lines
+    assert last == "\x1b[2K  a: running\n\x1b[2K| b: pending\n"

@@ -20,6 +20,7 @@ from kubectl_dnstrace.model import Client
 
 DUPLICATE_WINDOW = 1.0
 QUERY_WINDOW = 30.0  # how long a response may follow its query (the agent's pending window)
+QUERY_MAX = 200_000  # queries remembered per generation: memory stays flat on busy captures
 MAX_ANSWERS = 20  # distinct answers kept per name: enough to recognise, bounded in memory
 MAX_LATENCIES = 100_000  # per name; beyond that, every other sample (percentiles stay fair)
 
@@ -85,7 +86,7 @@ class Aggregator:
     def __init__(self) -> None:
         self.by_client: dict[tuple, ClientStats] = {}
         self._dup = Deduper(window=DUPLICATE_WINDOW)
-        self._asked = Deduper(window=QUERY_WINDOW, max_entries=1_000_000)
+        self._asked = Deduper(window=QUERY_WINDOW, max_entries=QUERY_MAX)
         self.duplicates = 0
 
     def add(self, a: Attributed) -> None:

@@ -20,7 +20,8 @@ output from the same sources, whatever the checkout path, umask or clock:
   name or time.
 
 The zipapp's ``__main__.py`` checks the Python version before anything is unpacked, so an
-old python3 (macOS ships 3.9) gets one clear line instead of a traceback.
+old python3 (macOS ships 3.9) gets one clear line instead of a traceback; it also turns
+the file into kubectl's completion helper when it runs as ``kubectl_complete-dnstrace``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ if sys.version_info < (%(major)d, %(minor)d):
     )
     sys.exit(7)
 import os
+# The same file serves kubectl's completion helper when linked as kubectl_complete-dnstrace.
+if os.path.basename(sys.argv[0]) == "kubectl_complete-dnstrace":
+    os.environ["SHIV_ENTRY_POINT"] = "kubectl_dnstrace.completion:main"
 import _bootstrap
 try:
     _bootstrap.bootstrap()

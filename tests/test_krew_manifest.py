@@ -243,6 +243,11 @@ def test_krew_style_install_runs_through_kubectl_with_an_empty_environment(tmp_p
     version = kubectl_run("dnstrace", "--version")
     assert (version.returncode, version.stdout) == (0, f"kubectl-dnstrace {__version__}\n"), version.stderr
 
+    # The same file is kubectl's completion helper when linked under that name.
+    (bin_dir / "kubectl_complete-dnstrace").symlink_to((bin_dir / "kubectl-dnstrace").resolve())
+    completed = kubectl_run("__complete", "dnstrace", "co")
+    assert completed.stdout.splitlines() == ["coredns", ":4"], completed.stderr
+
     pcap = tmp_path / "node7-port53.pcap"
     tiny_pcap(pcap)
     pods = tmp_path / "pods.json"

@@ -543,13 +543,19 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
                 "`kubectl dnstrace rbac` prints a least-privilege Role for this plugin",
             )
     elif status == 404:
-        if not details.get("name") and what.name and "/" in what.resource:
-            # A 404 without a name on a subresource: the server does not serve it at all.
+        if not details.get("name") and what.resource == "pods/ephemeralcontainers":
+            # A 404 without a name on the subresource: the server does not serve it at all
+            # (how kubectl debug detects it too); a missing pod names itself in details.
             err = Unsupported(
                 f"this cluster does not serve {what.resource} ({api_message}): ephemeral "
                 "containers are unavailable (Kubernetes < 1.23 or the feature is disabled)",
                 "analyze a tcpdump capture taken on the node instead: kubectl dnstrace "
                 "analyze FILE.pcap",
+            )
+        elif not details.get("name") and what.name and "/" in what.resource:
+            err = Unsupported(
+                f"this cluster does not serve {what.resource} ({api_message})",
+                "this plugin needs Kubernetes >= 1.25 with the standard pod subresources",
             )
         else:
             err = NotFound(

@@ -299,23 +299,30 @@ class Api:
             raise st.forbidden(resources.by_plural("pods"), name, verdict.denied)
         return {"Warning": verdict.warnings} if verdict.warnings else {}
 
+    # Read-modify-write happens under the store lock: like the real GuaranteedUpdate loop, a
+    # PATCH never fails with 409 because the kubelet wrote the pod status meanwhile.
+
     def _update(self, ex: Exchange, route: Route) -> None:
         res = route.res
         obj = ex.json_body()
-        cur = self.store.get(res, route.name, route.namespace)
-        new = self._merge_update(res, route.sub, cur, obj)
-        self._validate(res, route.sub, cur, new)
-        new["metadata"]["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion", "")
-        ex.send_json(200, self.store.update(new, res, check_rv=True))
+        with self.store.lock:
+            cur = self.store.get(res, route.name, route.namespace)
+            new = self._merge_update(res, route.sub, cur, obj)
+            self._validate(res, route.sub, cur, new)
+            new["metadata"]["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion", "")
+            stored = self.store.update(new, res, check_rv=True)
+        ex.send_json(200, stored)
 
     def _patch(self, ex: Exchange, route: Route) -> None:
         res = route.res
-        cur = self.store.get(res, route.name, route.namespace)
-        patched = self._apply_patch(ex, cur)
-        new = self._merge_update(res, route.sub, cur, patched)
-        self._validate(res, route.sub, cur, new)
-        new["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
-        ex.send_json(200, self.store.update(new, res, check_rv=True))
+        with self.store.lock:
+            cur = self.store.get(res, route.name, route.namespace)
+            patched = self._apply_patch(ex, cur)
+            new = self._merge_update(res, route.sub, cur, patched)
+            self._validate(res, route.sub, cur, new)
+            new["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
+            stored = self.store.update(new, res, check_rv=True)
+        ex.send_json(200, stored)
 
     def _apply_patch(self, ex: Exchange, cur: dict) -> dict:
         ctype = ex.content_type
@@ -361,10 +368,15 @@ class Api:
 
     def _ephemeral(self, ex: Exchange, route: Route, verb: str, user: User) -> None:
         self._check_ns(route)
-        cur = self.store.get(route.res, route.name, route.namespace)
         if verb == "get":
-            ex.send_json(200, cur)
+            ex.send_json(200, self.store.get(route.res, route.name, route.namespace))
             return
+        with self.store.lock:
+            stored, headers = self._ephemeral_write(ex, route, verb)
+        ex.send_json(200, stored, headers)
+
+    def _ephemeral_write(self, ex: Exchange, route: Route, verb: str) -> tuple[dict, dict]:
+        cur = self.store.get(route.res, route.name, route.namespace)
         if verb == "update":
             body = ex.json_body()
             new = self._merge_update(route.res, "ephemeralcontainers", cur, body)
@@ -382,8 +394,7 @@ class Api:
         headers = self._pod_security(route.namespace, route.name, new) \
             if new["spec"].get("ephemeralContainers") != cur["spec"].get("ephemeralContainers") else {}
         new["metadata"]["resourceVersion"] = want_rv
-        stored = self.store.update(new, route.res, check_rv=bool(want_rv))
-        ex.send_json(200, stored, headers)
+        return self.store.update(new, route.res, check_rv=bool(want_rv)), headers
 
     # -- authorization review ------------------------------------------------------------------
 

@@ -356,3 +356,10 @@ def test_get_list_watch_and_clone_return_plain_dicts(sim, tmp_path) -> None:
     assert [p["metadata"]["name"] for p in items] == ["web-2"]
     items, _ = kube.list("pods", "shop", field_selector="metadata.name=web-1")
     assert [p["metadata"]["name"] for p in items] == ["web-1"]
+
+
+def test_unknown_context_is_a_kubeconfig_error(tmp_path, replay, capsys) -> None:
+    kc = write_kubeconfig(tmp_path / "kc", replay.url)
+    code, _, err = run_cli(["pod/web-1", "--kubeconfig", str(kc), "--context", "nope"], capsys)
+    assert code == ExitCode.CLUSTER_UNREACHABLE
+    assert "cannot use the kubeconfig" in err and "--context" in err and "Traceback" not in err

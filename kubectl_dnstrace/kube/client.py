@@ -34,6 +34,7 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException, kube_config
 
+from kubectl_dnstrace import __version__
 from kubectl_dnstrace.errors import (
     ClusterUnreachable,
     ContainerFailed,
@@ -132,6 +133,8 @@ class Kube:
         self.context = context
         self.version: dict = version or {}
         self.api_client = k8s_client.ApiClient(configuration)
+        # Audit logs name the tool that added the capture containers.
+        self.api_client.user_agent = f"kubectl-dnstrace/{__version__}"
         self._lock = threading.Lock()
 
     # ---- construction ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ fails here rather than at ``kubectl apply``.
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -183,3 +184,111 @@ def test_the_validator_itself_rejects_what_the_api_would(broken, fragment):
     with pytest.raises((AssertionError, KeyError, ValueError)) as err:
         validate(doc)
     assert fragment in str(err.value)
+
+
+# ---- applied to the simulated API server ------------------------------------------------
+# The simulated server (tests/lab/cluster) authorizes with the RBAC objects in its store, as
+# kube-apiserver --authorization-mode=RBAC does, so what `rbac` prints can be applied there
+# and then checked the way the plugin's pre-flight checks: SelfSubjectAccessReview.
+
+TRACE_NEEDS = [
+    # (verb, group, resource, subresource, name)
+    ("get", "", "pods", "", ""), ("list", "", "pods", "", ""), ("watch", "", "pods", "", ""),
+    ("patch", "", "pods", "ephemeralcontainers", "web-1"), ("get", "", "pods", "ephemeralcontainers", "web-1"),
+    ("get", "", "pods", "log", "web-1"), ("create", "", "pods", "exec", "web-1"),
+    ("list", "", "services", "", ""), ("get", "", "services", "", "kube-dns"), ("list", "", "endpoints", "", ""),
+    ("get", "apps", "deployments", "", "web"), ("list", "apps", "replicasets", "", ""),
+    ("get", "apps", "daemonsets", "", "node-local-dns"), ("get", "apps", "statefulsets", "", "db"),
+    ("get", "batch", "jobs", "", "report-1"), ("get", "batch", "cronjobs", "", "report"),
+]
+NEVER = [
+    ("delete", "", "pods", "", "web-1"), ("create", "", "pods", "", ""), ("update", "", "pods", "", "web-1"),
+    ("patch", "", "pods", "", "web-1"), ("update", "", "pods", "ephemeralcontainers", "web-1"),
+    ("get", "", "secrets", "", ""), ("list", "", "configmaps", "", ""),
+    ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
+    ("delete", "apps", "deployments", "", "web"), ("patch", "", "nodes", "", "node-a"),
+]
+
+
+@pytest.fixture
+def sim(tmp_path):
+    from tests.lab.cluster import SimCluster
+
+    cluster = SimCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _api(cluster, tmp_path, user: str):
+    from kubernetes import config
+
+    path = cluster.write_kubeconfig(tmp_path / f"kubeconfig-{user}", user=user)
+    return config.new_client_from_config(config_file=str(path))
+
+
+def _can(api_client, verb, group, resource, subresource, name, namespace) -> bool:
+    review = k8s.AuthorizationV1Api(api_client).create_self_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {
+            "verb": verb, "group": group, "resource": resource, "subresource": subresource,
+            "name": name, "namespace": namespace}},
+    })
+    return bool(review.status.allowed)
+
+
+def test_cluster_rbac_applied_with_kubectl_grants_exactly_the_trace_needs(sim, tmp_path):
+    from tests.test_kubectl_plugin import find_kubectl
+
+    kubectl = find_kubectl()
+    sim.users.add("bob", ("kubectl-dnstrace",))  # a member of the default group
+    sim.users.add("eve")  # authenticated, bound to nothing
+    admin_config = sim.write_kubeconfig(tmp_path / "admin", user="admin")
+    # kubectl apply, as the README says; the simulated server serves no OpenAPI document.
+    applied = subprocess.run(
+        [kubectl, "--kubeconfig", str(admin_config), "apply", "--validate=false", "-f", "-"],
+        input=render_rbac(True, None, None), capture_output=True, text=True, timeout=120,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "clusterrole.rbac.authorization.k8s.io/kubectl-dnstrace created" in applied.stdout
+    assert "clusterrolebinding.rbac.authorization.k8s.io/kubectl-dnstrace created" in applied.stdout
+
+    bob, eve = _api(sim, tmp_path, "bob"), _api(sim, tmp_path, "eve")
+    for namespace in ("kube-system", "shop"):
+        for verb, group, resource, sub, name in TRACE_NEEDS:
+            assert _can(bob, verb, group, resource, sub, name, namespace), (verb, resource, sub, namespace)
+            assert not _can(eve, verb, group, resource, sub, name, namespace), (verb, resource, sub)
+        for verb, group, resource, sub, name in NEVER:
+            assert not _can(bob, verb, group, resource, sub, name, namespace), (verb, resource, sub)
+    for verb in ("get", "list", "watch"):
+        assert _can(bob, verb, "", "nodes", "", "", "")
+    assert _can(bob, "get", "", "namespaces", "", "shop", "")
+    assert not _can(bob, "delete", "", "namespaces", "", "shop", "")
+
+
+def test_namespaced_rbac_applied_with_the_client_stays_in_its_namespace(sim, tmp_path):
+    from kubernetes import utils
+
+    sim.users.add("alice")
+    admin = _api(sim, tmp_path, "admin")
+    k8s.CoreV1Api(admin).create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                                           "metadata": {"name": "shop"}})
+    for doc in policy_documents(cluster=False, namespace="shop", user="alice"):
+        utils.create_from_dict(admin, doc)
+    rbac_api = k8s.RbacAuthorizationV1Api(admin)
+    assert rbac_api.read_namespaced_role("kubectl-dnstrace", "shop").rules
+    assert rbac_api.read_cluster_role("kubectl-dnstrace-shop").rules
+
+    alice = _api(sim, tmp_path, "alice")
+    for verb, group, resource, sub, name in TRACE_NEEDS:
+        assert _can(alice, verb, group, resource, sub, name, "shop"), (verb, resource, sub)
+        assert not _can(alice, verb, group, resource, sub, name, "kube-system"), (verb, resource, sub)
+    for verb, group, resource, sub, name in NEVER:
+        assert not _can(alice, verb, group, resource, sub, name, "shop"), (verb, resource, sub)
+    # What a Role cannot hold: node reads, and this one namespace object only.
+    assert _can(alice, "list", "", "nodes", "", "", "")
+    assert _can(alice, "get", "", "namespaces", "", "shop", "")
+    assert not _can(alice, "get", "", "namespaces", "", "kube-system", "")
+    # SelfSubjectAccessReview itself comes from system:basic-user, not from these objects.
+    assert _can(alice, "create", "authorization.k8s.io", "selfsubjectaccessreviews", "", "", "")

@@ -363,3 +363,47 @@ def test_unknown_context_is_a_kubeconfig_error(tmp_path, replay, capsys) -> None
     code, _, err = run_cli(["pod/web-1", "--kubeconfig", str(kc), "--context", "nope"], capsys)
     assert code == ExitCode.CLUSTER_UNREACHABLE
     assert "cannot use the kubeconfig" in err and "--context" in err and "Traceback" not in err
+
+
+def test_failure_on_one_pod_stops_the_agents_already_running(sim, capsys, monkeypatch) -> None:
+    """web-2's node has no kubelet, so its container never starts; web-1's agent runs and
+    must be asked to stop (exec) when the run gives up."""
+    import kubectl_dnstrace.trace as trace_mod
+    from kubectl_dnstrace.kube.ephemeral import CaptureSpec
+    from kubectl_dnstrace.kube.stop import stop_file_path
+
+    sim.add_node("node-b", internal_ip="10.123.0.2", kubelet=False)
+    running_pod(sim, "shop", "web-2", node="node-b", ip="10.244.1.10")
+
+    def spec(req, run_id, user):
+        # Stands in for the agent: reports, then waits for the stop file like the agent does.
+        path = stop_file_path(run_id)
+        program = (
+            "import json,os,sys,time\n"
+            "print(json.dumps({'type':'hello','seq':0,'agent_version':'t','protocol':1,"
+            "'interfaces':[],'filters':{}}),flush=True)\n"
+            f"end=time.time()+60\n"
+            f"while time.time()<end and not os.path.exists({path!r}): time.sleep(0.1)\n"
+            f"os.path.exists({path!r}) and os.unlink({path!r})\n"
+            "print(json.dumps({'type':'bye','seq':1,'reason':'stop-file'}),flush=True)\n"
+        )
+        return CaptureSpec(run_id, "docker.io/library/python:3.13-alpine",
+                           ["python3", "-c", program])
+
+    monkeypatch.setattr(trace_mod, "capture_spec", spec)
+    t0 = time.monotonic()
+    code, _, err = trace_cli(sim, capsys, "pod/web-1", "pod/web-2", "--timeout", "3s",
+                             "--duration", "60s")
+    assert code == ExitCode.CONTAINER_FAILED, err
+    assert "in shop/web-2 did not start within the timeout" in err
+    assert "asked 1 agent(s) to stop (pods/exec)" in err
+    assert "not started yet: shop/web-2" in err
+    assert time.monotonic() - t0 < 30
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pod = sim.store.get("pods", "web-1", "shop")
+        states = [s["state"] for s in pod["status"].get("ephemeralContainerStatuses") or []]
+        if states and "terminated" in states[0]:
+            break
+        time.sleep(0.2)
+    assert states and "terminated" in states[0], states

@@ -7,8 +7,8 @@
   DNS pods live in kube-system) and for attributing client IPs to pods of every namespace.
 - ``-n NS``: a Role and RoleBinding in NS for tracing pods there, plus a small ClusterRole
   for what no Role can grant: reading nodes, and reading that one namespace (its Pod
-  Security labels decide how the capture container is built). Clients outside NS are then
-  shown by IP only.
+  Security labels decide how the capture container is built). Attribution lists pods in
+  every namespace, which this grant does not allow: client IPs are then shown as they are.
 
 Every rule says why it is there; the same table drives the text and the tests.
 """
@@ -166,8 +166,8 @@ def render_rbac(cluster: bool, namespace: str | None, user: str | None) -> str:
 
     cluster_name = f"{NAME}-{ns}"
     docs.append(_document(
-        f"kubectl-dnstrace, pods in namespace {ns} only. Clients in other namespaces are\n"
-        f"shown by IP; use --cluster for coredns mode.\n"
+        f"kubectl-dnstrace, pods in namespace {ns} only. Client IPs are not mapped to pods\n"
+        f"(that lists pods in every namespace); use --cluster for that and for coredns mode.\n"
         f"Apply: kubectl dnstrace rbac -n {ns} | kubectl apply -f -\n\n{SSAR_NOTE}",
         {"apiVersion": RBAC_VERSION, "kind": "Role", "metadata": _metadata(NAME, ns)},
         [(rule, ()) for rule in RULES if not rule.cluster_scoped],

@@ -302,3 +302,17 @@ def test_ten_thousand_pods_stay_well_under_the_memory_budget():
     tracemalloc.stop()
     assert len(inv.pods) == 10_000
     assert size < 150 * 1024 * 1024
+
+
+def test_a_relist_closes_pods_deleted_while_nobody_watched(cluster):
+    # After a 410 Gone the watch relists; a pod gone in between must stop holding its IP.
+    sim, kube, _ = cluster
+    sim.store.create(pod("gone", "10.244.0.7", start=time.time() - 60))
+    sim.store.create(pod("stays", "10.244.0.8", start=time.time() - 60))
+    inv = Inventory.from_cluster(kube)
+    sim.store.delete("pods", "gone", "shop")
+    before = time.time()
+    inv._relist(kube)
+    [gone] = inv.history("10.244.0.7")
+    assert before <= gone.end <= time.time()
+    assert inv.history("10.244.0.8")[0].end == INF

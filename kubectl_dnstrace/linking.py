@@ -77,6 +77,9 @@ class Annotation:
     served: str = ""  # "cache" | "forwarded" | ""
 
 
+_NOTHING = Annotation()  # the common answer, shared (never mutated)
+
+
 class Linker:
     """``observe(event, client)`` in event order; ``links`` collects every forward.
 
@@ -112,13 +115,13 @@ class Linker:
             q = self._pending.pop((ev.observed_at, ev.dst, ev.dport, ev.src, ev.sport, ev.id),
                                   None)
             if q is None or q.forward is not None:
-                return Annotation()
+                return _NOTHING
             q.answered = True
             if q.linked:
                 return Annotation(served="forwarded")
             if q.observed_at in self.resolver_captures:
                 return Annotation(served="cache")
-            return Annotation()
+            return _NOTHING
 
         key = (ev.qname.lower(), ev.qtype)
         link = None
@@ -141,7 +144,7 @@ class Linker:
         self._pending[(ev.observed_at, ev.src, ev.sport, ev.dst, ev.dport, ev.id)] = q
         if link is None and key in self._unresolved:
             self._late_cause(key, q)
-        return Annotation(link=link)
+        return _NOTHING if link is None else Annotation(link=link)
 
     # ---- helpers ---------------------------------------------------------------------------
 

@@ -63,13 +63,15 @@ RULES: tuple[Rule, ...] = (
          "stop the agent cleanly on exit (touches its stop file). The client's exec is a "
          "WebSocket GET: Kubernetes 1.30+ authorizes it as create, older servers as get. "
          "Optional: without it the agent stops at its --duration deadline"),
-    Rule("", ("services", "endpoints"), ("get", "list"),
+    Rule("", ("services",), ("get", "list"),
          "find the cluster DNS behind Service kube-dns; name Service IPs"),
     Rule("apps", ("deployments", "replicasets", "daemonsets", "statefulsets"), ("get", "list"),
-         "resolve a pod's owner to the workload a human knows; deploy/NAME targets"),
-    Rule("batch", ("jobs", "cronjobs"), ("get", "list"),
-         "name the CronJob behind a short-lived Job pod; job/NAME targets"),
-    Rule("", ("nodes",), ("get", "list", "watch"),
+         "resolve a pod's owner to the workload a human knows; deploy/NAME targets; "
+         "node-local-dns detection"),
+    Rule("batch", ("jobs",), ("get", "list"),
+         "name the CronJob behind a short-lived Job pod (from the Job's owner reference); "
+         "job/NAME targets"),
+    Rule("", ("nodes",), ("list",),
          "map node and podCIDR gateway addresses to nodes (hostNetwork clients)",
          cluster_scoped=True),
     Rule("", ("namespaces",), ("get",),

@@ -97,3 +97,41 @@ def test_kubectl_tab_completion_calls_the_helper(plugin_env):
     assert {"coredns", "dns", "analyze", "rbac", "pod/", "deploy/"} <= set(lines)
     out = kubectl_run(plugin_env, "__complete", "dnstrace", "coredns", "-o", "nd")
     assert out.stdout.splitlines() == ["ndjson", ":4"]
+
+
+def test_tab_completion_offers_names_from_the_cluster(plugin_env, tmp_path):
+    """Against the simulated API server: pod names, kind-prefixed names, namespaces."""
+    from kubernetes import client as k8s
+    from kubernetes import config
+
+    from tests.lab.cluster import SimCluster
+
+    kubectl, _, env = plugin_env
+    cluster = SimCluster().start()
+    try:
+        admin = config.new_client_from_config(
+            config_file=str(cluster.write_kubeconfig(tmp_path / "admin", user="admin")))
+        core = k8s.CoreV1Api(admin)
+        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+        for name in ("web-7d4b9-abcde", "web-7d4b9-fghij", "db-0"):
+            core.create_namespaced_pod("shop", {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+            })
+        env = {**env, "KUBECONFIG": str(cluster.write_kubeconfig(tmp_path / "kc", user="admin",
+                                                                  namespace="shop"))}
+
+        def complete(*words: str) -> list[str]:
+            done = subprocess.run([kubectl, "__complete", "dnstrace", *words], capture_output=True,
+                                  text=True, env=env, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return done.stdout.splitlines()
+
+        assert complete("pod/") == ["pod/db-0", "pod/web-7d4b9-abcde", "pod/web-7d4b9-fghij", ":4"]
+        assert complete("web") == ["web-7d4b9-abcde", "web-7d4b9-fghij", ":4"]
+        first = complete("")
+        assert {"coredns", "analyze", "pod/", "db-0"} <= set(first)
+        namespaces = complete("coredns", "--dns-namespace", "")
+        assert "shop" in namespaces and namespaces[-1] == ":4"
+    finally:
+        cluster.stop()

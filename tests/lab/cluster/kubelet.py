@@ -212,8 +212,10 @@ class Kubelet:
             t.start()
         for t in threads:
             t.join()
+        time.sleep(STATUS_SYNC)  # the status manager confirms the deletion on its next sync
         with contextlib.suppress(st.ApiError):
-            self.store.delete("pods", name, namespace)
+            if self.store.get("pods", name, namespace)["metadata"].get("deletionTimestamp"):
+                self.store.delete("pods", name, namespace)
         with self._lock:
             self._terminating.discard((namespace, name))
 

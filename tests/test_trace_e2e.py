@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_lab
+from tests.kubesim import stop_files_removed
 from tests.lab.cluster import SimCluster
 
 KUBECTL = shutil.which("kubectl", path="/usr/bin:/usr/local/bin") or "/usr/bin/kubectl"
@@ -47,8 +48,9 @@ def scenario(tmp_path):
     cluster = SimCluster().start()
     sl = ScenarioLab(SCENARIO, cluster=cluster, workdir=tmp_path / "lab")
     try:
-        sl.start()
-        yield sl
+        with stop_files_removed():
+            sl.start()
+            yield sl
     finally:
         sl.stop()
         cluster.stop()

@@ -162,7 +162,7 @@ class TraceRun:
         pre = run_preflight(kube, resolution.pods)
         for note in pre.notes + [n for p in pre.namespaces.values() for n in p.notes]:
             self.say(note)
-        spec = capture_spec(req, self.run_id, kube.user)
+        spec = capture_spec(req, self.run_id, kube.whoami())
         if req.dry_run:
             return self._dry_run(spec, resolution.pods, pre)
         self.pipeline = self._pipeline(resolution)

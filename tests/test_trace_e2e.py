@@ -235,5 +235,7 @@ def test_dry_run_prints_the_patch_and_changes_nothing(scenario) -> None:
     assert (doc["namespace"], doc["pod"]) == ("shop", WEB)
     assert container["securityContext"]["capabilities"] == {"add": ["NET_RAW"]}
     assert "--duration" in container["command"] and "evil.example.com" in container["command"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["DNSTRACE_USER"] == "admin" and container["name"] == f"dnstrace-{env['DNSTRACE_RUN_ID']}"
     pod = scenario.cluster.store.get("pods", WEB, "shop")
     assert not pod["spec"].get("ephemeralContainers")

@@ -381,6 +381,21 @@ class Kube:
         status = data.get("status") or {}
         return bool(status.get("allowed")), status.get("reason") or status.get("evaluationError") or ""
 
+    def whoami(self) -> str:
+        """The authenticated user name (SelfSubjectReview, GA in 1.28), else the kubeconfig's.
+
+        The kubeconfig's user entry is only a local alias; the API knows the real name
+        (an OIDC e-mail, an IAM role), which is what provenance in the pod spec should say.
+        """
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        try:
+            data = self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                body=body, what=Action("create", "selfsubjectreviews"))
+        except DnstraceError:
+            return self.user
+        info = ((data.get("status") or {}).get("userInfo") or {}) if isinstance(data, dict) else {}
+        return info.get("username") or self.user
+
     def patch_ephemeral_containers(self, namespace: str, pod: str, patch: dict) -> dict:
         """Strategic-merge patch on pods/ephemeralcontainers; returns the whole Pod.
 

@@ -239,3 +239,28 @@ def test_dry_run_prints_the_patch_and_changes_nothing(scenario) -> None:
     assert env["DNSTRACE_USER"] == "admin" and container["name"] == f"dnstrace-{env['DNSTRACE_RUN_ID']}"
     pod = scenario.cluster.store.get("pods", WEB, "shop")
     assert not pod["spec"].get("ephemeralContainers")
+
+
+def test_coredns_with_node_local_dns_sees_the_real_pod(tmp_path) -> None:
+    require_lab()
+    from tests.lab.scenario import ScenarioLab
+
+    scenario_file = Path(__file__).parent / "scenarios" / "nodelocal.yaml"
+    cluster = SimCluster().start()
+    sl = ScenarioLab(scenario_file, cluster=cluster, workdir=tmp_path / "lab")
+    try:
+        with stop_files_removed():
+            sl.start()
+            proc = dnstrace(sl, "coredns", "--domain", "evil.example.com", "-o", "ndjson",
+                            "--duration", "4s")
+    finally:
+        sl.stop()
+        cluster.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "NodeLocal DNSCache detected: tracing node-local-dns pods too" in proc.stderr
+    evs = events(proc.stdout)
+    at_cache = [e for e in evs if "/node-local-dns-" in e["observed_at"] and e["qr"] == "query"]
+    assert {e["client"]["name"] for e in at_cache} >= {WEB}  # the pod itself, not a node IP
+    added = re.findall(r"Added ephemeral container dnstrace-\w+ to pod kube-system/(\S+)", proc.stderr)
+    assert sum(a.startswith("node-local-dns-") for a in added) == 2
+    assert sum(a.startswith("coredns-") for a in added) == 2

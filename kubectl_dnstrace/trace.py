@@ -246,6 +246,8 @@ class TraceRun:
             run.container = container["name"]
             run.patched_at = time.monotonic()
             self.runs[pod.key] = run
+            for text in self.kube.take_warnings():
+                self.say(f"warning from the API server ({pod.key}): {text}")
             self.progress.set(pod.key, "waiting (container added)")
 
     def _wait_all(self, spec: CaptureSpec) -> None:

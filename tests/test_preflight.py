@@ -139,3 +139,16 @@ def test_cluster_without_ephemeral_containers_is_unsupported(cluster, tmp_path) 
         add_capture_container(kube, spec, pods[0], pre.plan("shop").capabilities)
     assert info.value.exit_code == ExitCode.UNSUPPORTED
     assert "ephemeral containers are unavailable" in info.value.message
+
+
+def test_pod_security_warn_level_is_passed_on(cluster, tmp_path) -> None:
+    """enforce=privileged, warn=restricted (recorded fixture 59): allowed, with a warning."""
+    cluster.set_psa("shop", enforce="privileged", warn="restricted")
+    kube = connect(cluster, tmp_path)
+    pods = _pods(kube)
+    pre = run_preflight(kube, pods)
+    spec = CaptureSpec("0a0a0a", PYTHON_IMAGE, ["python3", "-c", "pass"])
+    add_capture_container(kube, spec, pods[0], pre.plan("shop").capabilities)
+    warnings = kube.take_warnings()
+    assert warnings and warnings[0].startswith('would violate PodSecurity "restricted:latest"')
+    assert kube.take_warnings() == []  # each shown once

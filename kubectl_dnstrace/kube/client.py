@@ -79,6 +79,7 @@ CONNECT_TIMEOUT = 3.0
 CONNECT_RETRIES = 1
 
 # Messages of the API that the translation relies on (see tests/fixtures/k8s-api).
+_WARNING_RE = re.compile(r'\d{3} \S+ "((?:[^"\\]|\\.)*)"')
 _PSA_RE = re.compile(r'violates PodSecurity "(?P<level>[a-z]+):[^"]*": (?P<detail>.*)$', re.S)
 
 
@@ -136,6 +137,8 @@ class Kube:
         # Audit logs name the tool that added the capture containers.
         self.api_client.user_agent = f"kubectl-dnstrace/{__version__}"
         self._lock = threading.Lock()
+        self.warnings: list[str] = []
+        self._warned: set[str] = set()
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -248,6 +251,7 @@ class Kube:
             raise translate_api_exception(exc, what, self.server) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unreachable(exc) from None
+        self._collect_warnings(resp)
         if stream:
             return resp
         try:
@@ -262,6 +266,26 @@ class Kube:
             return json.loads(data)
         except ValueError:
             return data.decode("utf-8", "replace")
+
+    def _collect_warnings(self, resp: Any) -> None:
+        """Keep the API's ``Warning: 299 - "text"`` headers (e.g. a Pod Security warn level)."""
+        headers = getattr(resp, "headers", None)
+        if headers is None:
+            return
+        values = headers.getlist("Warning") if hasattr(headers, "getlist") else [headers.get("Warning")]
+        for value in values:
+            for text in _WARNING_RE.findall(value or ""):
+                text = text.replace('\\"', '"')
+                with self._lock:
+                    if text not in self.warnings and text not in self._warned:
+                        self.warnings.append(text)
+
+    def take_warnings(self) -> list[str]:
+        """Warnings not shown yet (each distinct text once per run)."""
+        with self._lock:
+            out, self.warnings = self.warnings, []
+            self._warned.update(out)
+            return out
 
     def _unreachable(self, exc: BaseException) -> ClusterUnreachable:
         reason = getattr(exc, "reason", None) or exc

@@ -7,6 +7,7 @@ kube-apiserver (tests/fixtures/k8s-api), and the real ``kubernetes`` client talk
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -407,3 +408,31 @@ def test_failure_on_one_pod_stops_the_agents_already_running(sim, capsys, monkey
             break
         time.sleep(0.2)
     assert states and "terminated" in states[0], states
+
+
+def test_black_holed_server_fails_within_seconds(tmp_path, capsys) -> None:
+    """A listener whose accept queue is full drops new SYNs: a black hole, on loopback."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        fillers.append(s)
+    try:
+        kc = write_kubeconfig(tmp_path / "kc", f"https://127.0.0.1:{port}")
+        t0 = time.monotonic()
+        code, _, err = run_cli(["pod/web-1", "--kubeconfig", str(kc)], capsys)
+        took = time.monotonic() - t0
+    finally:
+        for s in fillers:
+            s.close()
+        srv.close()
+    assert code == ExitCode.CLUSTER_UNREACHABLE
+    assert "cannot reach the Kubernetes API server" in err and "timed out" in err
+    assert "HTTPSConnection" not in err  # the human part of the error only
+    assert took < 7.0

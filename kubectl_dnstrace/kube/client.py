@@ -75,7 +75,7 @@ KINDS: dict[str, Kind] = {
 }
 
 # Bounded connect behaviour: a refused or black-holed server must fail in a few seconds.
-CONNECT_TIMEOUT = 3.0
+CONNECT_TIMEOUT = 2.5
 CONNECT_RETRIES = 1
 
 # Messages of the API that the translation relies on (see tests/fixtures/k8s-api).
@@ -288,9 +288,8 @@ class Kube:
             return out
 
     def _unreachable(self, exc: BaseException) -> ClusterUnreachable:
-        reason = getattr(exc, "reason", None) or exc
         return ClusterUnreachable(
-            f"cannot reach the Kubernetes API server at {self.server}: {reason}",
+            f"cannot reach the Kubernetes API server at {self.server}: {_why(exc)}",
             "check the cluster is up and the kubeconfig/context is right "
             "(`kubectl cluster-info`); raise --request-timeout on a slow link",
         )
@@ -532,6 +531,14 @@ class StreamBroken(ClusterUnreachable):
     def __init__(self, detail: str) -> None:
         super().__init__(f"the connection to the API server broke: {detail}",
                          "check the network path to the API server and run again")
+
+
+def _why(exc: BaseException) -> str:
+    """The human part of a urllib3 error ("[Errno 111] Connection refused", "timed out")."""
+    reason = getattr(exc, "reason", None) or exc
+    args = [a for a in getattr(reason, "args", ()) if isinstance(a, str)]
+    text = args[-1] if args else str(reason)
+    return re.sub(r"^.*?Connection\(host=[^)]*\): ", "", text)
 
 
 def status_body(exc: ApiException) -> dict:

@@ -191,3 +191,12 @@ def test_stats_status_line_only_on_a_terminal_and_cleared_before_notices() -> No
     tr.progress = Progress(quiet)  # not a terminal: no status line at all
     tr._show_stats()
     assert quiet.getvalue() == ""
+
+
+def test_an_agent_of_another_protocol_version_fails_the_stream(cluster, tmp_path) -> None:
+    hello = protocol.hello(0, "9.9", ["eth0"], {})
+    hello["protocol"] = protocol.PROTOCOL_VERSION + 1
+    items, _ = _collect(cluster, tmp_path, [hello, _dns(1), protocol.bye(2, "deadline")])
+    [fail] = [i for i in items if i.kind == "fail"]
+    assert "agent protocol mismatch" in fail.error.message
+    assert fail.error.exit_code == ExitCode.AGENT_FAILED

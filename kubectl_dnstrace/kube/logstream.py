@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from kubectl_dnstrace import protocol
-from kubectl_dnstrace.errors import DnstraceError, Forbidden, NotFound
+from kubectl_dnstrace.errors import AgentFailed, DnstraceError, Forbidden, NotFound
 from kubectl_dnstrace.kube.client import Kube, iter_lines
 from kubectl_dnstrace.model import PodRef
 
@@ -129,7 +129,7 @@ class AgentStream(threading.Thread):
             broke = ""
             try:
                 self._read_once()
-            except (Forbidden, NotFound):
+            except (Forbidden, NotFound, AgentFailed):
                 raise
             except DnstraceError as exc:
                 broke = exc.message
@@ -179,7 +179,14 @@ class AgentStream(threading.Thread):
             return
         try:
             rec = protocol.decode(payload)
-        except protocol.ProtocolError:
+        except protocol.ProtocolError as exc:
+            if "speaks protocol" in str(exc):
+                # An agent of another version (e.g. an older project image): say so plainly.
+                raise AgentFailed(
+                    f"agent protocol mismatch: {exc}",
+                    "use the default image, or the project image tagged with this plugin's "
+                    "version (kubectl dnstrace --version)",
+                ) from None
             text = payload.decode("utf-8", "replace").rstrip()
             self.stray.append(text)
             del self.stray[:-20]

@@ -436,3 +436,12 @@ def test_black_holed_server_fails_within_seconds(tmp_path, capsys) -> None:
     assert "cannot reach the Kubernetes API server" in err and "timed out" in err
     assert "HTTPSConnection" not in err  # the human part of the error only
     assert took < 7.0
+
+
+@pytest.mark.parametrize("text", ["clusters: [\n  - {name: c", "just a string", "contexts: 5\n"])
+def test_broken_kubeconfig_is_explained(tmp_path, capsys, text) -> None:
+    kc = tmp_path / "kc"
+    kc.write_text(text)
+    code, _, err = run_cli(["pod/web-1", "--kubeconfig", str(kc)], capsys)
+    assert code == ExitCode.CLUSTER_UNREACHABLE, err
+    assert "kubeconfig" in err and "Traceback" not in err and "internal error" not in err

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException, kube_config
@@ -180,9 +181,10 @@ class Kube:
                     f"cannot use the kubeconfig {paths}: {exc}",
                     "check it with `kubectl config view`; choose a context with --context",
                 ) from None
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError,
+                    yaml.YAMLError) as exc:
                 raise ClusterUnreachable(
-                    f"cannot read the kubeconfig {paths}: {exc}",
+                    f"cannot read the kubeconfig {paths}: {type(exc).__name__}: {exc}",
                     "check it with `kubectl config view`",
                 ) from None
             wanted = opts.context or (current or {}).get("name", "")

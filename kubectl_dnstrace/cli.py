@@ -238,6 +238,12 @@ def _output(output: str, pcap: str | None) -> OutputOptions:
     return OutputOptions(format=output, pcap_path=pcap)
 
 
+def _trace_output(output: str, pcap: str | None, no_lines: bool) -> OutputOptions:
+    opts = _output(output, pcap)
+    opts.live = not no_lines
+    return opts
+
+
 @app.command(epilog=TRACE_EPILOG, short_help="Capture live DNS in pods (the default command).")
 def trace(
     targets: Annotated[list[str] | None, typer.Argument(help="coredns | dns | pod/NAME | NAME | deploy/NAME | ds/ | sts/ | job/ | rs/")] = None,
@@ -251,6 +257,7 @@ def trace(
     duration: Annotated[str, typer.Option("--duration", help="How long to capture (30s, 5m, 1h). The agent's hard deadline.")] = "5m",
     output: OutputOpt = "table",
     pcap: PcapOpt = None,
+    no_lines: Annotated[bool, typer.Option("--no-lines", help="Table/wide: only the summary, no line per query.")] = False,
     image: Annotated[str | None, typer.Option("--image", help="Capture image: any image with python3, or the project's debug image.")] = None,
     image_pull_policy: Annotated[str | None, typer.Option("--image-pull-policy", help="Always | IfNotPresent | Never")] = None,
     timeout: Annotated[str, typer.Option("--timeout", help="How long to wait for the capture containers to run.")] = "60s",
@@ -279,7 +286,7 @@ def trace(
             request_timeout=parse_duration(request_timeout, "--request-timeout"),
         ),
         filters=_filters(domain, domain_file, qtype, rcode),
-        output=_output(output, pcap),
+        output=_trace_output(output, pcap, no_lines),
         selector=selector,
         duration=parse_duration(duration, "--duration"),
         image=image,

@@ -264,3 +264,12 @@ def test_coredns_with_node_local_dns_sees_the_real_pod(tmp_path) -> None:
     added = re.findall(r"Added ephemeral container dnstrace-\w+ to pod kube-system/(\S+)", proc.stderr)
     assert sum(a.startswith("node-local-dns-") for a in added) == 2
     assert sum(a.startswith("coredns-") for a in added) == 2
+
+
+def test_table_output_live_lines_and_summary_only(scenario) -> None:
+    live = dnstrace(scenario, f"pod/{WEB}", "-n", "shop", "--duration", "3s")
+    quiet = dnstrace(scenario, f"pod/{WEB}", "-n", "shop", "--duration", "3s", "--no-lines")
+    line = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} ", re.M)
+    assert live.returncode == 0 and quiet.returncode == 0, live.stderr + quiet.stderr
+    assert line.search(live.stdout) and WEB in live.stdout
+    assert not line.search(quiet.stdout) and WEB in quiet.stdout

@@ -50,8 +50,14 @@ def test_missing_required_permission_is_named_with_its_namespace(cluster, tmp_pa
     assert _ephemeral(cluster) == []  # nothing touched
 
 
-def test_missing_exec_only_changes_how_we_stop(cluster, tmp_path) -> None:
+def test_exec_allowed_as_get_counts_for_servers_before_1_30(cluster, tmp_path) -> None:
     cluster.faults.deny("admin", "create", "pods", "exec", "shop")
+    kube = connect(cluster, tmp_path)
+    assert run_preflight(kube, _pods(kube)).plan("shop").can_exec is True
+
+
+def test_missing_exec_only_changes_how_we_stop(cluster, tmp_path) -> None:
+    cluster.faults.deny("admin", "*", "pods", "exec", "shop")  # create (1.30+) and get
     kube = connect(cluster, tmp_path)
     assert run_preflight(kube, _pods(kube)).plan("shop").can_exec is False
 

@@ -185,7 +185,7 @@ def test_ctrl_c_stops_every_agent(scenario) -> None:
 
 
 def test_ctrl_c_without_exec_rights_relies_on_the_agents_deadline(scenario) -> None:
-    scenario.cluster.faults.deny("admin", "create", "pods", "exec", "shop")
+    scenario.cluster.faults.deny("admin", "*", "pods", "exec", "shop")  # create (1.30+) and get
     proc, err_lines = start_and_wait_capturing(scenario, f"pod/{WEB}", "-n", "shop",
                                                "-o", "ndjson", "--duration", "6s")
     rid = run_id("".join(err_lines))
@@ -200,7 +200,7 @@ def test_ctrl_c_without_exec_rights_relies_on_the_agents_deadline(scenario) -> N
 
 
 def test_second_ctrl_c_stops_waiting(scenario) -> None:
-    scenario.cluster.faults.deny("admin", "create", "pods", "exec", "shop")
+    scenario.cluster.faults.deny("admin", "*", "pods", "exec", "shop")  # create (1.30+) and get
     proc, err_lines = start_and_wait_capturing(scenario, f"pod/{WEB}", "-n", "shop",
                                                "-o", "ndjson", "--duration", "9s")
     rid = run_id("".join(err_lines))

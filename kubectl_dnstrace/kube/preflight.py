@@ -3,7 +3,8 @@
 Per namespace of the chosen pods:
 - RBAC, asked with SelfSubjectAccessReview (any authenticated user may ask about itself):
   ``patch pods/ephemeralcontainers`` and ``get pods/log`` are required; ``create pods/exec``
-  is optional and only decides whether we can ask the agents to stop early.
+  (or ``get`` on servers before 1.30) is optional and only decides whether we can ask the
+  agents to stop early.
 - Pod Security Admission, read from the namespace's ``pod-security.kubernetes.io/enforce``
   label. ``restricted`` forbids raw capture (NET_RAW is not allowed, nor running as root);
   ``baseline`` forbids *adding* capabilities but allows root, and containerd's default
@@ -29,7 +30,9 @@ PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 REQUIRED_ACCESS = (
     ("patch", "pods", "ephemeralcontainers", True),
     ("get", "pods", "log", True),
+    # The client's exec is a WebSocket GET: 1.30+ authorizes it as create, older servers as get.
     ("create", "pods", "exec", False),
+    ("get", "pods", "exec", False),
 )
 
 
@@ -84,7 +87,7 @@ def check_access(kube: Kube, namespaces: list[str], result: Preflight) -> None:
                 result.notes.append(f"could not check {verb} {resource}/{sub} in {ns}: {exc.message}")
                 allowed = True
             if not required:
-                plan.can_exec = allowed
+                plan.can_exec = plan.can_exec or allowed
             elif not allowed:
                 missing.append(f"{verb} {resource}/{sub} in namespace {ns}")
     if missing:

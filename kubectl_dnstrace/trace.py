@@ -227,7 +227,8 @@ class TraceRun:
             self.inventory.start_watch(self.kube)
             attributor = Attributor(self.inventory)
         except DnstraceError as exc:
-            self.say(f"client attribution is off: {exc.message}")
+            self.say(f"client attribution is off: {exc.message}. Clients show as IP addresses; "
+                     "`kubectl dnstrace rbac --cluster` grants what attribution reads")
         meta = {
             "run_id": self.run_id,
             "targets": list(res.pods),  # PodRefs: the pipeline links hops by their roles

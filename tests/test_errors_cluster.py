@@ -445,3 +445,45 @@ def test_broken_kubeconfig_is_explained(tmp_path, capsys, text) -> None:
     code, _, err = run_cli(["pod/web-1", "--kubeconfig", str(kc)], capsys)
     assert code == ExitCode.CLUSTER_UNREACHABLE, err
     assert "kubeconfig" in err and "Traceback" not in err and "internal error" not in err
+
+
+def test_the_printed_least_privilege_role_is_enough_for_a_trace(sim, capsys, monkeypatch,
+                                                                tmp_path) -> None:
+    """`kubectl dnstrace rbac -n shop` applied for dev-user: the whole trace runs, stops its
+    agent through exec, and only attribution (pods in every namespace) is off."""
+    import yaml
+
+    import kubectl_dnstrace.trace as trace_mod
+    from kubectl_dnstrace.kube.ephemeral import CaptureSpec
+    from kubectl_dnstrace.kube.stop import stop_file_path
+    from kubectl_dnstrace.rbac import render_rbac
+
+    for doc in yaml.safe_load_all(render_rbac(cluster=False, namespace="shop", user="dev-user")):
+        if doc:
+            sim.store.create(doc)
+    sim.users.add("dev-user")
+    kc = sim.write_kubeconfig(tmp_path / "kc-dev", user="dev-user", namespace="shop")
+
+    def spec(req, run_id, user):
+        path = stop_file_path(run_id)
+        program = (
+            "import json,os,time\n"
+            "print(json.dumps({'type':'hello','seq':0,'agent_version':'t','protocol':1,"
+            "'interfaces':[],'filters':{}}),flush=True)\n"
+            f"end=time.time()+30\n"
+            f"while time.time()<end and not os.path.exists({path!r}): time.sleep(0.1)\n"
+            "print(json.dumps({'type':'bye','seq':1,'reason':'stop-file'}),flush=True)\n"
+        )
+        return CaptureSpec(run_id, "docker.io/library/python:3.13-alpine",
+                           ["python3", "-c", program], user=user)
+
+    monkeypatch.setattr(trace_mod, "capture_spec", spec)
+    # A trace cut short: the deadline is long, so Ctrl-C-like stopping must go through exec.
+    monkeypatch.setattr(trace_mod, "DEADLINE_GRACE", 0.0)
+    code, _, err = run_cli(["pod/web-1", "--kubeconfig", str(kc), "-o", "ndjson",
+                            "--duration", "2s"], capsys)
+    assert code == ExitCode.NO_MATCH, err  # ran cleanly, the stand-in saw nothing
+    assert "error:" not in err and "Traceback" not in err
+    assert "asked 1 agent(s) to stop (pods/exec)" in err
+    # The one thing a namespace Role cannot give, said plainly (the hint offers --cluster).
+    assert "client attribution is off: you may not list pods (cluster-wide)" in err

@@ -273,3 +273,25 @@ def test_table_output_live_lines_and_summary_only(scenario) -> None:
     assert live.returncode == 0 and quiet.returncode == 0, live.stderr + quiet.stderr
     assert line.search(live.stdout) and WEB in live.stdout
     assert not line.search(quiet.stdout) and WEB in quiet.stdout
+
+
+def test_ctrl_c_while_containers_start_exits_130_and_says_what_stays(scenario) -> None:
+    scenario.cluster.faults.slow_start(4)
+    proc = subprocess.Popen([KUBECTL, "dnstrace", f"pod/{WEB}", "-n", "shop", "-o", "ndjson",
+                             "--duration", "3s"], env=scenario.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines: list[str] = []
+    while True:
+        line = proc.stderr.readline()
+        err_lines.append(line)
+        if not line or "waiting (ContainerCreating)" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    err = "".join(err_lines) + err
+    assert proc.returncode == 130, err
+    assert f"not started yet: shop/{WEB}; if they start later their agents stop at the deadline" in err
+    assert "Added ephemeral container dnstrace-" in err and "Traceback" not in err
+    rid = re.search(r"dnstrace-([0-9a-f]{6}) to pod", err).group(1)
+    time.sleep(5)  # it starts late, runs its 3 s, and ends by itself
+    assert wait_no_agents(scenario, rid, within=10.0) == []

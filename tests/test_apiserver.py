@@ -380,3 +380,13 @@ def test_services_and_endpoints_are_listed(cluster, tmp_path):
     eps = v1.list_endpoints_for_all_namespaces(field_selector="metadata.name=kube-dns").items
     assert [a.ip for a in eps[0].subsets[0].addresses] == ["10.244.0.2"]
     assert [s.metadata.name for s in v1.list_service_for_all_namespaces(label_selector="k8s-app").items] == ["kube-dns"]
+
+
+def test_requests_are_kept_as_an_audit_trail(cluster, tmp_path):
+    v1 = core(cluster, tmp_path, "dev-user")
+    with pytest.raises(ApiException):
+        v1.list_namespaced_pod("shop")
+    trail = [r for r in cluster.requests if r["path"] == "/api/v1/namespaces/shop/pods"]
+    assert trail == [{"method": "GET", "path": "/api/v1/namespaces/shop/pods", "query": {}, "user": "dev-user",
+                      "code": 403}]
+    assert not [r for r in cluster.requests if r["method"] in ("POST", "PUT", "PATCH", "DELETE")]

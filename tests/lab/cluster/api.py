@@ -128,7 +128,9 @@ class Api:
         if auth.lower().startswith("bearer "):
             user = self.users.by_token(auth[7:].strip())
             if user:
-                return self._impersonate(ex, user)
+                user = self._impersonate(ex, user)
+                ex.user = user.name
+                return user
         raise st.unauthorized()
 
     def _impersonate(self, ex: Exchange, user: User) -> User:

@@ -91,6 +91,11 @@ class SimCluster:
             self._cert.cleanup()
             self._cert = None
 
+    @property
+    def requests(self) -> list[dict]:
+        """Every request answered so far: {method, path, query, user, code}, oldest first."""
+        return list(self._server.audit) if self._server else []
+
     # -- users and kubeconfig ------------------------------------------------------------------
 
     def token(self, user: str = "admin") -> str:

@@ -48,6 +48,8 @@ def serve_exec(kubelet: Kubelet, ex, pod: dict) -> None:
         argv[0] = kubelet.python3
     h = ex.h
     ex.answered = True
+    ex.code = 101
+    h.server.record(ex)
     h.close_connection = True
     h.send_response(101, "Switching Protocols")
     h.send_header("Upgrade", "websocket")

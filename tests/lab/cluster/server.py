@@ -35,6 +35,8 @@ class Exchange:
         length = int(self.headers.get("Content-Length") or 0)
         self._body = handler.rfile.read(length) if length else b""
         self.answered = False
+        self.code = 0
+        self.user = ""
 
     def flag(self, name: str) -> bool:
         return self.query.get(name, "").lower() in ("true", "1")
@@ -98,7 +100,9 @@ class Exchange:
 
     def _head(self, code: int, ctype: str, headers: dict | None, length: int | None) -> None:
         self.answered = True
+        self.code = code
         h = self.h
+        h.server.record(self)  # before the client can see the answer
         h.send_response(code)
         h.send_header("Content-Type", ctype)
         h.send_header("Cache-Control", "no-cache, private")
@@ -162,6 +166,13 @@ class ApiHTTPServer(ThreadingHTTPServer):
         self._audit = 0
         self._lock = threading.Lock()
         self._conns: set = set()
+        self.audit: list[dict] = []
+
+    def record(self, ex: Exchange) -> None:
+        """Keep an audit trail (tests assert, e.g., that a dry run sent no write)."""
+        with self._lock:
+            self.audit.append({"method": ex.method, "path": ex.path, "query": dict(ex.query),
+                               "user": ex.user, "code": ex.code})
 
     def next_audit_id(self) -> str:
         with self._lock:

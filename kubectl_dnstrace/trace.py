@@ -169,7 +169,7 @@ class TraceRun:
         interrupted = False
         try:
             self._add_all(spec, resolution.pods, pre)
-            self._wait_all(spec)
+            self._wait_all()
             self._stream_all()
             late = self._drain(deadline=time.monotonic() + req.duration + DEADLINE_GRACE)
             if late:
@@ -251,7 +251,7 @@ class TraceRun:
                 self.say(f"warning from the API server ({pod.key}): {text}")
             self.progress.set(pod.key, "waiting (container added)")
 
-    def _wait_all(self, spec: CaptureSpec) -> None:
+    def _wait_all(self) -> None:
         deadline = time.monotonic() + self.req.wait_timeout
         results: queue.Queue = queue.Queue()
         cancel = threading.Event()

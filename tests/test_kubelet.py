@@ -357,3 +357,10 @@ def test_stop_also_kills_processes_started_by_exec(v1, cluster):
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_missing_command_is_a_start_error(v1):
+    add(v1, "nocmd", ["no-such-binary-dnstrace", "--help"])
+    term = wait_state(v1, "nocmd", "terminated")["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (128, "StartError")
+    assert term["message"].endswith('exec: "no-such-binary-dnstrace": executable file not found in $PATH: unknown')

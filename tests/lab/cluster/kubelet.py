@@ -10,7 +10,8 @@ What it mirrors (recorded with a real kubelet + containerd, live/*.json):
 - images: ``python:*`` / ``*/python:*`` run argv with python3 resolved to the host's python3;
   the project image ``ghcr.io/kubectl-dnstrace/agent:*`` runs the agent module from this
   repository; anything else never starts (ErrImagePull, then ImagePullBackOff "Back-off
-  pulling image ..."; ErrImageNeverPull with imagePullPolicy Never);
+  pulling image ..."; ErrImageNeverPull with imagePullPolicy Never); a command that is not
+  found ends as terminated/StartError with exit code 128 and runc's message;
 - pods/log and pods/exec are served from the processes' output and environment (see
   ``podlog`` and ``podexec``); a node without a kubelet gives the 500 "dial tcp ...:10250";
 - pods/exec runs in the same netns, environment and identity as the container;
@@ -261,6 +262,9 @@ class Kubelet:
             self._publish(run)
             return
         self._prepare(run, ec, pod, kind)
+        if not run.argv or not shutil.which(run.argv[0], path=run.env["PATH"]):
+            self._start_error(run)
+            return
         try:
             run.proc = subprocess.Popen(self._wrap(run, run.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, env=run.env, cwd=run.cwd, start_new_session=True)
@@ -289,6 +293,20 @@ class Kubelet:
             run.cond.notify_all()
         if not self.stopping:
             self._publish(run)
+
+    def _start_error(self, run: ContainerRun) -> None:
+        """runc cannot exec the command: terminated, exit code 128, reason StartError."""
+        binary = run.argv[0] if run.argv else ""
+        run.container_id = "containerd://" + hashlib.sha256(f"{run.pod}/{run.name}/{time.time_ns()}".encode()).hexdigest()
+        run.state, run.reason, run.exit_code = "terminated", "StartError", 128
+        run.message = ("failed to create containerd task: failed to create shim task: OCI runtime create failed: "
+                       "runc create failed: unable to start container process: exec: "
+                       f'"{binary}": executable file not found in $PATH: unknown')
+        run.started = run.finished = "1970-01-01T00:00:00Z"  # as reported: the process never started
+        with run.cond:
+            run.exited_at = time.monotonic()
+            run.cond.notify_all()
+        self._publish(run)
 
     def _prepare(self, run: ContainerRun, ec: dict, pod: dict, kind: str) -> None:
         argv = list(ec.get("command") or []) + list(ec.get("args") or [])

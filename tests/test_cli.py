@@ -175,8 +175,10 @@ def test_installed_console_script_keeps_streams_and_status_apart():
 
 
 def test_typer_completion_script_names_the_standalone_command():
-    shown = subprocess.run([str(SCRIPT), "--show-completion", "bash"], capture_output=True,
-                           text=True, timeout=60)
+    # Typer detects the shell from the parent process: run it from bash (the "; exit" keeps
+    # bash from exec'ing the command in its own place).
+    shown = subprocess.run(["bash", "-c", f'"{SCRIPT}" --show-completion; exit $?'],
+                           capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "_KUBECTL_DNSTRACE_COMPLETE=complete_bash" in shown.stdout
     assert shown.stdout.rstrip().endswith("kubectl-dnstrace")

@@ -185,7 +185,7 @@ class Api:
             if verb == "watch":
                 self._watch(ex, res, route.namespace, match)
             else:
-                self._check_ns_list(route)
+                # A list in a namespace that does not exist is empty, not a 404.
                 items, rv = self.store.list(res, route.namespace or None, match)
                 for item in items:  # list items carry no kind/apiVersion on the wire
                     item.pop("kind", None)
@@ -218,10 +218,6 @@ class Api:
         """A missing namespace reads as the pod missing, like recording 27."""
         if route.namespace and not self.store.namespace_exists(route.namespace):
             raise st.not_found(route.res, route.name)
-
-    def _check_ns_list(self, route: Route) -> None:
-        # kube-apiserver lists in a missing namespace return an empty list, not 404.
-        return None
 
     def _selector(self, ex: Exchange, res: Resource):
         lab = selectors.label_selector(ex.query.get("labelSelector"))

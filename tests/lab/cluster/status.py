@@ -67,7 +67,7 @@ def forbidden(res: Resource, name: str | None, reason_text: str) -> ApiError:
     return ApiError(failure(403, f"{subject} is forbidden: {reason_text}", "Forbidden", _details(res, name)))
 
 
-def bad_request(message: str, details: bool = False) -> ApiError:
+def bad_request(message: str) -> ApiError:
     return ApiError(failure(400, message, "BadRequest"))
 
 

@@ -187,3 +187,16 @@ def test_typer_completion_script_names_the_standalone_command():
     done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0
     assert done.stdout.split() == ["coredns"]
+
+
+def test_readme_commands_are_what_make_and_ci_run():
+    """The README's two newcomer commands exist, and CI runs the README's test command."""
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "    make demo " in readme and "    make test " in readme
+    for target in ("demo", "test", "dist", "lint"):
+        assert re.search(rf"^{target}:", makefile, re.M), target
+    assert re.search(r"^make test\b", ci, re.M)
+    assert "tests/scenarios/incident.yaml" in makefile
+    assert "kubectl dnstrace coredns --domain $(DEMO_DOMAIN)" in makefile

@@ -20,6 +20,7 @@ from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, UDP
 
 from kubectl_dnstrace import protocol
+from kubectl_dnstrace.agent.main import encode_domains
 from tests.conftest import IN_CI
 from tests.lab import dnslab
 from tests.lab.dnslab import dig
@@ -169,6 +170,19 @@ def test_domain_file_qtype_and_rcode_filters(dlab, tmp_path):
     dig(client, DNS4, "www.example.com", "AAAA")
     agent.stop()
     assert [(e["qr"], e["qtype"]) for e in agent.dns()] == [("query", "AAAA"), ("response", "AAAA")]
+
+
+def test_thousands_of_names_in_container_args(dlab, tmp_path):
+    d, client, _, _ = dlab
+    names = [f"n{i}.watch.example" for i in range(5000)] + ["evil.example.com"]
+    blob = encode_domains(names)
+    agent = AgentRun(d.dns, ["--domains-z", blob], tmp_path)
+    assert agent.wait_hello()["filters"]["domain_count"] == 5001
+    for name in ("www.example.com", "evil.example.com", "notevil.example.com"):
+        dig(client, DNS4, name)
+    agent.stop()
+    assert [(e["qr"], e["qname"]) for e in agent.dns()] == [
+        ("query", "evil.example.com"), ("response", "evil.example.com")]
 
 
 def _query(name, ident):

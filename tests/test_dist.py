@@ -10,6 +10,7 @@ do not depend on where or when the build ran.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -159,13 +160,21 @@ def test_runs_under_an_isolated_interpreter(zipapp, tmp_path):
     assert "Traceback" not in trace.stderr
 
 
-def test_runs_on_the_oldest_supported_python(zipapp, tmp_path):
-    oldest = interpreters((3, 10), (3, 11))
-    if not oldest:
-        pytest.skip("no python3.10 on this machine (pyenv or PATH)")
-    done = run_app(oldest[0], zipapp, "rbac", "-n", "shop", home=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "namespace: shop" in done.stdout
+def test_every_supported_python_here_runs_an_analyze(zipapp, tmp_path):
+    """3.10 (the oldest supported) up to the newest one on this machine, each isolated."""
+    from tests.test_krew_manifest import tiny_pcap
+
+    pythons = interpreters((3, 10), (3, 15))
+    if not pythons:
+        pytest.skip("no python3.10+ interpreter besides the system one (pyenv or PATH)")
+    pcap = tmp_path / "tiny.pcap"
+    tiny_pcap(pcap)
+    for python in pythons:
+        done = run_app(python, zipapp, "analyze", str(pcap), "--offline", "-d", "evil.example.com",
+                       "-o", "ndjson", home=tmp_path)
+        assert done.returncode == 0, (python, done.stderr)
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [r["qname"] for r in records] == ["evil.example.com", "evil.example.com"], python
 
 
 def test_an_old_python_gets_one_clear_message(zipapp, tmp_path):

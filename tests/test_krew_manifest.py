@@ -261,3 +261,34 @@ def test_krew_style_install_runs_through_kubectl_with_an_empty_environment(tmp_p
     assert "evil.example.com" in text
     assert "report-29123-abcde" in text
     assert "api.shop.svc.cluster.local" not in text
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_the_installed_release_traces_the_incident(tmp_path_factory, tmp_path):
+    """The Krew-installed single file, not the development install, runs a live trace:
+    kubeconfig loading, watches, log streams and the exec that stops the agents all come
+    from the bundled libraries."""
+    from tests.conftest import require_lab
+    from tests.lab.scenario import ScenarioLab
+
+    require_lab()
+    kubectl = find_kubectl()
+    rel = release(tmp_path_factory)
+    bin_dir = krew_install(rel, tmp_path / "krew")
+    home = tmp_path / "home"
+    home.mkdir()
+    with ScenarioLab(ROOT / "tests" / "scenarios" / "incident.yaml") as sl:
+        env = {"PATH": f"{bin_dir}:{os.path.dirname(kubectl)}:/usr/bin:/bin", "HOME": str(home),
+               "KUBECONFIG": str(sl.kubeconfig), "PYTHONNOUSERSITE": "1"}
+        done = subprocess.run(
+            [kubectl, "dnstrace", "coredns", "--domain", "evil.example.com", "--duration", "8s",
+             "-o", "json"],
+            env=env, capture_output=True, text=True, timeout=240,
+        )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert "no pods/exec permission" not in done.stderr
+    report = json.loads(done.stdout)
+    pods = {s["client"].get("name") for s in report["summary"]}
+    assert "checkout-84d6c7b9f-tw7pn" in pods, report["summary"]

@@ -337,9 +337,9 @@ def analyze(
 
 @app.command(epilog=RBAC_EPILOG, short_help="Print the RBAC objects kubectl dnstrace needs.")
 def rbac(
-    cluster: Annotated[bool, typer.Option("--cluster", help="A ClusterRole for every namespace (needed for coredns mode and attribution).")] = False,
-    namespace: NamespaceOpt = None,
-    subject: Annotated[str | None, typer.Option("--user", help="User the binding is for (default: a group).")] = None,
+    cluster: Annotated[bool, typer.Option("--cluster", help="A ClusterRole for every namespace (coredns mode, client attribution).")] = False,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", metavar="NAMESPACE", help="A Role for pods in this namespace only (default: default).")] = None,
+    subject: Annotated[str | None, typer.Option("--user", metavar="NAME", help="The user to bind (default: the group kubectl-dnstrace).")] = None,
 ) -> None:
     """Print the least-privilege Role/ClusterRole and binding, for kubectl apply -f -."""
     from kubectl_dnstrace.rbac import render_rbac

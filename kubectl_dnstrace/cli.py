@@ -341,7 +341,7 @@ def rbac(
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", metavar="NAMESPACE", help="A Role for pods in this namespace only (default: default).")] = None,
     subject: Annotated[str | None, typer.Option("--user", metavar="NAME", help="The user to bind (default: the group kubectl-dnstrace).")] = None,
 ) -> None:
-    """Print the least-privilege Role/ClusterRole and binding, for kubectl apply -f -."""
+    """Print the least-privilege RBAC objects a trace needs, ready for kubectl apply."""
     from kubectl_dnstrace.rbac import render_rbac
 
     sys.stdout.write(render_rbac(cluster=cluster, namespace=namespace, user=subject))

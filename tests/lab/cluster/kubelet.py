@@ -119,6 +119,7 @@ class Kubelet:
         self.faults = faults
         self.nodes_without_kubelet: set[str] = set()
         self._netns: dict[tuple[str, str], str] = {}
+        self._private_netns: list[str] = []
         self._terminating: set[tuple[str, str]] = set()
         self._runs: dict[tuple[str, str, str], ContainerRun] = {}
         self._regular_logs: dict[tuple[str, str, str], ContainerRun] = {}
@@ -132,7 +133,11 @@ class Kubelet:
     # -- public ------------------------------------------------------------------------------
 
     def register_pod_netns(self, namespace: str, pod_name: str, netns_name: str | None) -> None:
-        """Containers of that pod run inside ``ip netns exec netns_name`` (None: the host's)."""
+        """Containers of that pod run inside ``ip netns exec netns_name``.
+
+        A pod without one gets a private, empty namespace of its own when its first
+        container starts: a capture agent must never run in the machine's own namespace.
+        """
         with self._lock:
             if netns_name:
                 self._netns[(namespace, pod_name)] = netns_name
@@ -172,6 +177,9 @@ class Kubelet:
         for run in list(self._regular_logs.values()):
             with run.cond:
                 run.cond.notify_all()
+        for name in self._private_netns:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        self._private_netns.clear()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -323,12 +331,28 @@ class Kubelet:
             if "value" in item:
                 env[item["name"]] = str(item["value"])
         run.argv, run.env, run.cwd = argv, env, ec.get("workingDir") or "/"
-        run.netns = self._netns.get((run.namespace, run.pod))
+        run.netns = self.netns_for(run.namespace, run.pod)
         run.identity = security.wrapper(pod, ec)
 
+    def netns_for(self, namespace: str, pod_name: str) -> str:
+        """The pod's namespace; an empty one (loopback only) if the test gave it none.
+
+        Named with the lab's prefix, so ``netns.sweep_stale`` removes it after a crash.
+        """
+        digest = hashlib.sha256(f"{namespace}/{pod_name}/{os.getpid()}/{id(self)}".encode()).hexdigest()[:10]
+        name = f"dtlab-sim-{digest}"
+        with self._lock:
+            if (namespace, pod_name) in self._netns:
+                return self._netns[(namespace, pod_name)]
+            subprocess.run(["ip", "netns", "add", name], capture_output=True, check=True)
+            subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+                           capture_output=True, check=False)
+            self._private_netns.append(name)
+            self._netns[(namespace, pod_name)] = name
+        return name
+
     def _wrap(self, run: ContainerRun, argv: list[str]) -> list[str]:
-        argv = [*run.identity, *argv]
-        return ["ip", "netns", "exec", run.netns, *argv] if run.netns else argv
+        return ["ip", "netns", "exec", run.netns, *run.identity, *argv]
 
     def _pump(self, run: ContainerRun) -> threading.Thread:
         def reader() -> None:

@@ -42,7 +42,7 @@ def serve_exec(kubelet: Kubelet, ex, pod: dict) -> None:
         raise st.bad_request("Upgrade request required")
     env = dict(run.env) if run else {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                      "HOME": "/root", "HOSTNAME": name}
-    netns = run.netns if run else kubelet.netns_of(ns, name)
+    netns = run.netns if run else kubelet.netns_for(ns, name)
     argv = list(command)
     if argv[0] in PYTHON_NAMES:
         argv[0] = kubelet.python3
@@ -62,9 +62,9 @@ def serve_exec(kubelet: Kubelet, ex, pod: dict) -> None:
     identity = run.identity if run else []
     _exec(kubelet, ws, argv, env, netns, run.cwd if run else "/", ex.flag("stdin"), identity)
 
-def _exec(kubelet: Kubelet, ws: wsexec.WebSocket, argv: list[str], env: dict, netns: str | None, cwd: str,
+def _exec(kubelet: Kubelet, ws: wsexec.WebSocket, argv: list[str], env: dict, netns: str, cwd: str,
           with_stdin: bool, identity: list[str]) -> None:
-    cmd = ["ip", "netns", "exec", netns, *identity, *argv] if netns else [*identity, *argv]
+    cmd = ["ip", "netns", "exec", netns, *identity, *argv]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,

@@ -89,8 +89,15 @@ TCPDUMP_V = "tcpdump -n -l -vvv, piped to wc -l"
 TCPDUMP_W = "tcpdump -w /dev/null"
 
 
+def box_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
 def run_step(lab: Lab, d: dnslab.DnsLab, client, qfile: Path, rate: str, seconds: float,
-             work: Path) -> dict:
+             work: Path, captures: tuple[str, ...] = ("filtered", "all", "vvv", "w")) -> dict:
     """One rate: start the four captures, run dnsperf, stop them, collect the figures.
 
     The agents write to files, as a container runtime writes a container's log: a pipe
@@ -100,16 +107,21 @@ def run_step(lab: Lab, d: dnslab.DnsLab, client, qfile: Path, rate: str, seconds
     dns = d.dns
     outs = {name: work / f"{rate}-{i}.ndjson" for i, name in enumerate((AGENT_FILTERED, AGENT_ALL))}
     agent = ["python3", "-m", "kubectl_dnstrace.agent", "--duration", str(seconds + 60)]
-    procs = {
-        AGENT_FILTERED: dns.popen([*agent, "--domain", WATCHED], env=env,
-                                  stdout=outs[AGENT_FILTERED].open("wb")),
-        AGENT_ALL: dns.popen(agent, env=env, stdout=outs[AGENT_ALL].open("wb")),
-        TCPDUMP_V: dns.popen(["tcpdump", "-i", "eth0", "-n", "-l", "-vvv", "port", "53"]),
-        TCPDUMP_W: dns.popen(["tcpdump", "-i", "eth0", "-w", "/dev/null", "port", "53"],
-                             stdout=subprocess.DEVNULL),
-    }
-    wc = lab.popen(["wc", "-l"], stdin=procs[TCPDUMP_V].stdout)
-    procs[TCPDUMP_V].stdout.close()
+    procs = {}
+    if "filtered" in captures:
+        procs[AGENT_FILTERED] = dns.popen([*agent, "--domain", WATCHED], env=env,
+                                          stdout=outs[AGENT_FILTERED].open("wb"))
+    if "all" in captures:
+        procs[AGENT_ALL] = dns.popen(agent, env=env, stdout=outs[AGENT_ALL].open("wb"))
+    outs = {name: path for name, path in outs.items() if name in procs}
+    wc = None
+    if "vvv" in captures:
+        procs[TCPDUMP_V] = dns.popen(["tcpdump", "-i", "eth0", "-n", "-l", "-vvv", "port", "53"])
+        wc = lab.popen(["wc", "-l"], stdin=procs[TCPDUMP_V].stdout)
+        procs[TCPDUMP_V].stdout.close()
+    if "w" in captures:
+        procs[TCPDUMP_W] = dns.popen(["tcpdump", "-i", "eth0", "-w", "/dev/null", "port", "53"],
+                                     stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not all(p.stat().st_size for p in outs.values()):
         time.sleep(0.05)
@@ -120,7 +132,13 @@ def run_step(lab: Lab, d: dnslab.DnsLab, client, qfile: Path, rate: str, seconds
             "-q", "2000", "-t", "2"]
     if rate != "max":
         argv += ["-Q", rate]
-    perf = client.run(*argv, timeout=seconds + 60)
+    busy0 = box_busy()
+    perf_proc = subprocess.Popen(client.cmd(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+    perf_out = perf_proc.stdout.read()
+    _pid, _status, usage = os.wait4(perf_proc.pid, 0)
+    perf_proc.returncode = 0
+    busy1 = box_busy()
     server_cpu = cpu_seconds(d.server.proc.pid) - server_cpu0
     time.sleep(1.0)  # let every capture finish what the kernel already queued
     cpu = {name: cpu_seconds(p.pid) - cpu0[name] for name, p in procs.items()}
@@ -134,13 +152,17 @@ def run_step(lab: Lab, d: dnslab.DnsLab, client, qfile: Path, rate: str, seconds
         else:
             results[name] = tcpdump_counts(err.decode())
         results[name]["cpu_s"] = cpu[name]
-    lines = wc.communicate(timeout=10)[0].decode().strip()
-    results[TCPDUMP_V]["lines"] = int(lines or 0)
-    sent = int(re.search(r"Queries sent:\s+(\d+)", perf.stdout).group(1))
-    completed = int(re.search(r"Queries completed:\s+(\d+)", perf.stdout).group(1))
-    qps = float(re.search(r"Queries per second:\s+([\d.]+)", perf.stdout).group(1))
+    if wc is not None:
+        lines = wc.communicate(timeout=10)[0].decode().strip()
+        results[TCPDUMP_V]["lines"] = int(lines or 0)
+    sent = int(re.search(r"Queries sent:\s+(\d+)", perf_out).group(1))
+    completed = int(re.search(r"Queries completed:\s+(\d+)", perf_out).group(1))
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", perf_out).group(1))
+    box = 100.0 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
     return {"rate": rate, "seconds": seconds, "sent": sent, "completed": completed, "qps": qps,
-            "wire_packets": sent + completed, "dnsmasq_cpu_s": server_cpu, "captures": results}
+            "wire_packets": sent + completed, "dnsmasq_cpu_s": server_cpu,
+            "dnsperf_cpu_s": usage.ru_utime + usage.ru_stime, "box_busy_pct": box,
+            "captures": results}
 
 
 def table(steps: list[dict]) -> str:
@@ -154,8 +176,9 @@ def table(steps: list[dict]) -> str:
                 ratio += f" ({c['matched']:,} matched)"
             cpu = 100.0 * c["cpu_s"] / s["seconds"]
             rows.append(f"| {s['rate']} | {s['qps']:,.0f} | {name} | {ratio} | {c.get('drops')} | {cpu:.0f} |")
-        rows.append(f"| {s['rate']} | {s['qps']:,.0f} | (dnsmasq) | | | "
-                    f"{100.0 * s['dnsmasq_cpu_s'] / s['seconds']:.0f} |")
+        rows.append(f"| {s['rate']} | {s['qps']:,.0f} | (dnsmasq; dnsperf; whole box, % of 2 cores) | | | "
+                    f"{100.0 * s['dnsmasq_cpu_s'] / s['seconds']:.0f}; "
+                    f"{100.0 * s['dnsperf_cpu_s'] / s['seconds']:.0f}; {s['box_busy_pct']:.0f} |")
     return "\n".join(rows)
 
 
@@ -203,6 +226,9 @@ def main() -> int:
     ap.add_argument("--rates", default="5000,20000,40000,max")
     ap.add_argument("--json", help="also write the raw figures here")
     ap.add_argument("--hot-loop", action="store_true", help="only the in-process hot-loop cost")
+    ap.add_argument("--captures", default="filtered,all,vvv,w",
+                    help="which captures run side by side (filtered, all, vvv, w); fewer "
+                         "captures leave more CPU to dnsmasq and show the agent at higher rates")
     args = ap.parse_args()
     if args.hot_loop:
         for label, us in hot_loop_cost().items():
@@ -218,7 +244,8 @@ def main() -> int:
                            dnsmasq_extra=["--cache-size=10000", "--dns-forward-max=5000"])
         client, _, _ = d.add_client()
         for rate in args.rates.split(","):
-            step = run_step(lab, d, client, qfile, rate, args.seconds, work)
+            step = run_step(lab, d, client, qfile, rate, args.seconds, work,
+                            tuple(args.captures.split(",")))
             steps.append(step)
             print(json.dumps(step), file=sys.stderr, flush=True)
     print(table(steps))

@@ -404,3 +404,12 @@ def test_node_namespace_before_and_after_dnat_once(dlab, tmp_path):
         ("response", "tcp", DNS4, "10.244.1.101", "evil.example.com"),
     ]
     assert all(e["latency_ms"] is not None for e in agent.dns() if e["qr"] == "response")
+
+
+def test_unknown_interface_is_a_plain_error(dlab, tmp_path):
+    d, _, _, _ = dlab
+    agent = AgentRun(d.dns, ["--interface", "nope0"], tmp_path)
+    records = agent.finish()
+    assert agent.returncode == 3 and agent.stderr == ""
+    assert [r["type"] for r in records] == ["hello", "error", "bye"]
+    assert records[1]["message"] == "no interface named 'nope0' in this network namespace"

@@ -9,8 +9,9 @@ Surprises handled here:
 - L4 checksums are never checked: on veths the kernel leaves them partial (checksum
   offload), so a checking decoder would drop every locally generated packet.
 - IPv4 packets are trimmed to their total length (Ethernet pads short frames).
-- IP fragments other than a first fragment with no more-fragments flag are skipped: DNS
-  messages that large are rare and cannot be decoded piecewise.
+- Fragmented IP packets are skipped (not reassembled): DNS messages that large are rare
+  over UDP (EDNS buffer sizes of 1232 avoid fragmentation) and cannot be decoded
+  piecewise; an IPv6 "atomic" fragment (RFC 6946) is a whole packet and is decoded.
 - DNS over TCP prefixes every message with a 2-byte length (RFC 1035 4.2.2, RFC 7766); one
   segment may carry several messages and one message may span several segments, and the
   capture may see a segment twice (a veth and its bridge). Each flow keeps a small buffer;

@@ -15,7 +15,7 @@ output from the same sources, whatever the checkout path, umask or clock:
 - shiv adds files with their on-disk permissions: modes are normalised first, and the
   archive is rewritten with sorted entries, one timestamp and fixed modes.
 - shiv's build id is a hash of the contents and its timestamps come from
-  SOURCE_DATE_EPOCH (default: the last commit's time).
+  SOURCE_DATE_EPOCH (default: the time of the last commit that touched the build inputs).
 - the tarball has sorted members, uid/gid 0, fixed mtimes and a gzip header without a
   name or time.
 
@@ -160,13 +160,19 @@ def render_manifest(version: str, sha256: str) -> str:
     return MANIFEST.format(name=PLUGIN, version=version, homepage=REPOSITORY, platforms=platforms)
 
 
+# What the archive is built from: the time of the last commit touching these is the default
+# timestamp, so committing anything else (krew-manifest.yaml, tests) keeps the bytes.
+BUILD_INPUTS = ("kubectl_dnstrace", "pyproject.toml", "README.md", "LICENSE", "packaging")
+
+
 def source_date_epoch(source: Path) -> int:
-    """SOURCE_DATE_EPOCH if set, else the last commit's time, else the zip epoch."""
+    """SOURCE_DATE_EPOCH if set, else the last commit of the build inputs, else the zip epoch."""
     env = os.environ.get("SOURCE_DATE_EPOCH")
     if env:
         return max(int(env), ZIP_EPOCH_MIN)
     try:
-        out = subprocess.run(["git", "-C", str(source), "log", "-1", "--format=%ct"],
+        out = subprocess.run(["git", "-C", str(source), "log", "-1", "--format=%ct", "--",
+                              *BUILD_INPUTS],
                              capture_output=True, text=True, check=True).stdout.strip()
         return max(int(out), ZIP_EPOCH_MIN)
     except (OSError, subprocess.CalledProcessError, ValueError):

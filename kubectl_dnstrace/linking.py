@@ -65,7 +65,7 @@ class _Query:
     client: Client
     observed_at: str
     forward: Link | None
-    answered: bool = False
+    answered_at: float | None = None  # event time of its response
     linked: bool = False  # some forward named it as a cause
 
 
@@ -116,7 +116,7 @@ class Linker:
                                   None)
             if q is None or q.forward is not None:
                 return _NOTHING
-            q.answered = True
+            q.answered_at = ev.ts
             if q.linked:
                 return Annotation(served="forwarded")
             if q.observed_at in self.resolver_captures:
@@ -162,8 +162,10 @@ class Linker:
         if not recent:
             return
         lo = link.ts - self.window
+        # Waiting at the forward's instant: not yet answered *then*. Judged by event time,
+        # not arrival: another capture's log stream may deliver the answer first.
         waiting = [q for q in recent if lo <= q.ts <= link.ts and q.src != src
-                   and not q.answered]
+                   and (q.answered_at is None or q.answered_at >= link.ts)]
         chosen = [q for q in waiting if q.dst == src]
         if not chosen and forwarder.kind == "node":
             chosen = [q for q in waiting

@@ -146,3 +146,12 @@ def test_node_local_dns_going_upstream_itself_names_the_pod(attributor):
     assert describe_link(linker.links[0], clock) == (
         "upstream lookup of evil.example.com A at 14:00:00 by node/node-a (node-local-dns) to "
         "172.18.0.53 caused by shop/web-5d8f7c9b6-x2k4p (Deployment/web)")
+
+
+def test_an_answer_delivered_early_by_another_stream_does_not_hide_the_cause(attributor):
+    # The node-local-dns stream delivers the pod's query *and its answer* before the
+    # CoreDNS stream delivers the hop it caused: waiting is judged by event time.
+    pod_q = q(0.000, "10.244.0.5", "169.254.20.10", 1, "evil.cluster.local", seen=NLD_A)
+    at_coredns = q(0.002, "172.18.0.10", "10.244.1.2", 2, "evil.cluster.local", sport=45000)
+    linker, _ = run(attributor, [pod_q, r(pod_q, 0.005), at_coredns])
+    assert [c.name for c in linker.links[0].causes] == ["web-5d8f7c9b6-x2k4p"]

@@ -123,6 +123,7 @@ class PodRun:
     errors: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     bye: dict | None = None
+    aggregated: bool = False  # the agent has switched to per-second counts at least once
 
 
 class TraceRun:
@@ -379,27 +380,21 @@ class TraceRun:
             self.pipeline.notice(f"{item.pod.key}: {exc.message if exc else 'stream failed'}")
 
     def _feed_aggregate(self, run: PodRun, rec: dict) -> None:
-        """Per-second aggregates (a busy, unfiltered capture): counted and shown, top first.
+        """Per-second aggregates (a busy, unfiltered capture) go into the summary like events.
 
         The agent switches to them above its rate threshold so the pod log stays small; they
-        carry client, name, type and rcode with a count, not single messages.
+        carry client, name, type and rcode with a count, not single messages, so the user is
+        told once per pod that live lines stop while the counts go on.
         """
         groups = [g for g in rec.get("groups") or [] if isinstance(g, dict)]
-        total = int(rec.get("total") or sum(int(g.get("count", 0)) for g in groups))
-        run.events += total
-        attributor = getattr(self.pipeline, "attributor", None)
-        top = []
-        for g in groups[:5]:
-            who = g.get("client", "?")
-            if attributor is not None and g.get("client"):
-                c = attributor.attribute(g["client"], float(rec.get("ts", 0.0)))
-                if c.name:
-                    who = f"{c.namespace}/{c.name}" if c.namespace else c.name
-            top.append(f"{who} {g.get('qname')} {g.get('qtype')} {g.get('rcode') or ''}".rstrip()
-                       + f" x{g.get('count')}")
-        self.pipeline.notice(
-            f"{run.pod.key}: {total} DNS messages in {rec.get('interval')}s, aggregated by the "
-            f"agent above {rec.get('threshold', '?')}/s" + (": " + "; ".join(top) if top else ""))
+        run.events += int(rec.get("total") or sum(int(g.get("count", 0)) for g in groups))
+        if not run.aggregated:
+            run.aggregated = True
+            self.pipeline.notice(
+                f"{run.pod.key}: more than {rec.get('threshold', '?')} DNS messages/s: the agent "
+                "now sends per-second counts (client, name, type, rcode); they go into the "
+                "summary, single live lines resume when the rate drops. Use --domain to narrow.")
+        self.pipeline.feed_aggregate(rec, observed_at=run.pod.key)
 
     # Stopping and the outcome -----------------------------------------------------------------
 

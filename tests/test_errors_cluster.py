@@ -327,6 +327,38 @@ def test_cli_agent_error_exits_with_its_message(sim, capsys, monkeypatch) -> Non
     assert "CAP_NET_RAW" in err and "Traceback" not in err
 
 
+def test_cli_agent_aggregates_reach_the_summary(sim, capsys, monkeypatch) -> None:
+    """Above its record rate the agent sends per-second counts: they are counted, attributed
+    and summed in the summary, with one notice per pod, not one per second."""
+    import kubectl_dnstrace.trace as trace_mod
+    from kubectl_dnstrace.kube.ephemeral import CaptureSpec
+
+    def agg(seq: int, count: int) -> dict:
+        return {"type": "agg", "seq": seq, "ts": 1795699420.0 + seq, "interval": 1.0,
+                "threshold": 2000, "total": count,
+                "groups": [{"client": "10.244.9.9", "qname": "evil.example.com", "qtype": "A",
+                            "rcode": None, "count": count}]}
+
+    records = [{"type": "hello", "seq": 0, "agent_version": "t", "protocol": 1,
+                "interfaces": ["eth0"], "filters": {}},
+               agg(1, 2500), agg(2, 3100),
+               {"type": "bye", "seq": 3, "reason": "deadline"}]
+
+    def spec(req, run_id, user):
+        return CaptureSpec(run_id, "docker.io/library/python:3.13-alpine",
+                           emitter_command(records, delay=0.2))
+
+    monkeypatch.setattr(trace_mod, "capture_spec", spec)
+    code, out, err = trace_cli(sim, capsys, "pod/web-1", "-o", "json")
+    assert code == ExitCode.MATCHED, err
+    report = json.loads(out)
+    [row] = report["summary"]
+    assert row["client"]["ips"] == ["10.244.9.9"] and row["client"]["kind"] == "unknown"
+    assert row["count"] == 5600
+    assert row["names"][0]["name"] == "evil.example.com"
+    assert err.count("per-second counts") == 1
+
+
 # ---- the Kube contract the other modules build on ------------------------------------------------
 
 from kubectl_dnstrace.kube.client import KINDS, resource_path  # noqa: E402

@@ -334,7 +334,7 @@ def test_deadline_ends_with_bye(dlab, tmp_path):
     elapsed = time.monotonic() - start
     assert agent.returncode == 0 and agent.stderr == ""
     assert records[-1]["reason"] == "deadline"
-    assert 1.4 <= elapsed < 10
+    assert elapsed >= 1.4 and elapsed < 10
     assert sum(r["type"] == "stats" for r in records) >= 3
 
 

@@ -222,7 +222,7 @@ def test_pods_resolve_through_cluster_dns_which_forwards_and_caches():
         upstream = sl.dns_log("upstream")
         forwarded = re.findall(rf"query\[A\] evil\.example\.com from {re.escape(dns_ip)}$", upstream, re.M)
         client_queries = len(re.findall(rf"query\[A\] evil\.example\.com from {re.escape(web.ip)}$", coredns_log, re.M))
-        assert 1 <= len(forwarded) < client_queries  # the upstream leg, thinned by the 3 s TTL
+        assert len(forwarded) >= 1 and len(forwarded) < client_queries  # the upstream leg, thinned by the 3 s TTL
 
 
 @pytest.mark.lab
@@ -333,7 +333,7 @@ def test_short_lived_cronjob_pod_comes_and_goes_on_schedule():
         assert batch.read_namespaced_cron_job("report", "batch").metadata.uid == job.metadata.owner_references[0].uid
         assert _wait_for(lambda: not present(), timeout=8)
         gone = sl.elapsed()
-        assert 1.5 <= appeared <= 4.0 and 5.5 <= gone <= 8.0  # start 2s, stop 6s (+ polling, busy CPUs)
+        assert appeared >= 1.5 and appeared <= 4.0 and gone >= 5.5 and gone <= 8.0  # start 2s, stop 6s (+ polling, busy CPUs)
         log = sl.query_log("batch", "report-28471-abcde")
         assert len(log) >= 5 and {q["proto"] for q in log} == {"tcp"} and {q["rcode"] for q in log} == {3}
         created = next(e for e in sl.events if e.name == pod.metadata.name and e.action == "created")

@@ -75,7 +75,9 @@ def analyze_file(path: str, dns_filter: DnsFilter, pipeline: Pipeline,
     builder = EventBuilder(dns_filter, with_raw=False)
     packets = messages = 0
     feed = pipeline.feed
-    from_record = DnsEvent.from_record
+    # What ``DnsEvent.from_record`` makes of the builder's record, without its checks and
+    # copies: the builder's record is fresh, well-typed and has no ``raw`` or ``seq``.
+    event = DnsEvent
     for linktype, frame, ts in read_records(path):
         packets += 1
         for seg in decoder.decode_link(linktype, frame, ts):
@@ -85,7 +87,15 @@ def analyze_file(path: str, dns_filter: DnsFilter, pipeline: Pipeline,
             rec = builder.build(seg, "")
             if rec is None:
                 continue
-            ev = from_record(rec, observed_at=path)
+            if "rcode" in rec:
+                ev = event(rec["ts"], rec["qr"], rec["proto"], rec["src"], rec["sport"],
+                           rec["dst"], rec["dport"], rec["id"], rec["qname"], rec["qtype"],
+                           rec["iface"], rec["rcode"], rec["answers"], rec["latency_ms"], 0,
+                           path)
+            else:
+                ev = event(rec["ts"], rec["qr"], rec["proto"], rec["src"], rec["sport"],
+                           rec["dst"], rec["dport"], rec["id"], rec["qname"], rec["qtype"],
+                           rec["iface"], None, [], None, 0, path)
             if want_raw:
                 ev.raw = seg.packet
             feed(ev)

@@ -151,6 +151,7 @@ class NdjsonWriter:
 
     def __init__(self) -> None:
         self._clients: dict[int, tuple[Client, str]] = {}
+        self._strings: dict[str, str] = {}  # JSON text of names, addresses, types, files
 
     def _client(self, c: Client) -> str:
         hit = self._clients.get(id(c))
@@ -162,21 +163,37 @@ class NdjsonWriter:
         self._clients[id(c)] = (c, text)  # holding ``c`` keeps its id unique
         return text
 
+    def _str(self, text: str) -> str:
+        """``text`` as a JSON string; the few thousand names and addresses of a capture
+        repeat on every line, so their encodings are kept (bounded)."""
+        hit = self._strings.get(text)
+        if hit is None:
+            if len(self._strings) > 100_000:
+                self._strings.clear()
+            hit = self._strings[text] = _enc(text)
+        return hit
+
     def line(self, a: Attributed) -> str:
         if a.served or a.link is not None:
             return ndjson_line(a)
         ev = a.event
-        s = _enc
-        head = (f'{{"type":"dns","ts":{ev.ts!r},"qr":"{ev.qr}","proto":"{ev.proto}",'
-                f'"src":{s(ev.src)},"sport":{ev.sport},"dst":{s(ev.dst)},"dport":{ev.dport},'
-                f'"id":{ev.id},"qname":{s(ev.qname)},"qtype":{s(ev.qtype)},"iface":{s(ev.iface)},')
+        s = self._str
+        client = self._client(a.client)
         if ev.qr == "response":
-            answers = ",".join(_enc(x) for x in ev.answers)
+            answers = ",".join([_enc(x) for x in ev.answers])
             lat = "null" if ev.latency_ms is None else repr(ev.latency_ms)
             rcode = "null" if ev.rcode is None else s(ev.rcode)
-            head += f'"rcode":{rcode},"answers":[{answers}],"latency_ms":{lat},'
-        return (f'{head}"seq":{ev.seq},"observed_at":{s(ev.observed_at)},'
-                f'"client":{self._client(a.client)}}}\n')
+            return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"response","proto":"{ev.proto}",'
+                    f'"src":{s(ev.src)},"sport":{ev.sport},"dst":{s(ev.dst)},'
+                    f'"dport":{ev.dport},"id":{ev.id},"qname":{s(ev.qname)},'
+                    f'"qtype":{s(ev.qtype)},"iface":{s(ev.iface)},"rcode":{rcode},'
+                    f'"answers":[{answers}],"latency_ms":{lat},"seq":{ev.seq},'
+                    f'"observed_at":{s(ev.observed_at)},"client":{client}}}\n')
+        return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"{ev.qr}","proto":"{ev.proto}",'
+                f'"src":{s(ev.src)},"sport":{ev.sport},"dst":{s(ev.dst)},"dport":{ev.dport},'
+                f'"id":{ev.id},"qname":{s(ev.qname)},"qtype":{s(ev.qtype)},'
+                f'"iface":{s(ev.iface)},"seq":{ev.seq},"observed_at":{s(ev.observed_at)},'
+                f'"client":{client}}}\n')
 
 
 # ---- live lines -----------------------------------------------------------------------

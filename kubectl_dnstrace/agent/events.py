@@ -4,7 +4,8 @@ matching and latency.
 Stdlib only, python3 >= 3.8. The per-packet cost matters (a busy cluster DNS pod sees tens
 of thousands of messages a second), so every message first goes through
 ``dnswire.parse_question`` (header and first question only); the full parse runs only for a
-response that is going to be reported. A response is reported when its question matches —
+response that is going to be reported, and steps over its authority section (the SOA of a
+negative answer is not reported and costs about as much to decode as the rest). A response is reported when its question matches —
 the question a server echoes is the question its query asked — and its latency is measured
 from the matching query (same client address, port, transport and DNS id) when the capture
 saw it.
@@ -88,7 +89,7 @@ class EventBuilder(object):
         flt = self.filter
         if is_response:
             try:
-                msg = dnswire.parse_message(seg.payload)
+                msg = dnswire.parse_message(seg.payload, authority=False)
             except dnswire.DnsParseError:
                 self.malformed += 1
                 return None

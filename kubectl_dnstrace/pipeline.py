@@ -13,6 +13,7 @@ returns MATCHED when something matched and NO_MATCH when nothing did, like grep.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -65,6 +66,10 @@ class Pipeline:
         self._nodelocal_said = False
         self.linker = self._linker()
         self._ndjson = render.NdjsonWriter()
+        # The inventory (10,000 pods are some hundred thousand objects) and everything else
+        # built before the stream lives as long as the run: frozen, the cyclic garbage
+        # collector stops walking it on each of its full passes during the stream.
+        gc.freeze()
         self.pcap = None
         if output.pcap_path:
             from kubectl_dnstrace.pcapio import EvidenceWriter

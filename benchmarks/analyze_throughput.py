@@ -136,8 +136,9 @@ def main() -> int:
     big = Path(args.pcap) if args.pcap else capture(tmp, args.packets, args.rate)
     total = count_packets(big)
     small = tmp / "quarter.pcap"
-    subprocess.run(["editcap", "-r", str(big), str(small), f"1-{total // 4}"], check=True,
-                   capture_output=True)
+    # Same format as the capture (classic pcap): editcap would write pcapng otherwise.
+    subprocess.run(["editcap", "-F", "pcap", "-r", str(big), str(small), f"1-{total // 4}"],
+                   check=True, capture_output=True)
     results = []
     for path in (small, big):
         packets = count_packets(path)

@@ -149,14 +149,16 @@ def test_items_become_events_notices_and_counts() -> None:
         "total": 5100, "groups": [{"client": "10.244.0.3", "qname": "evil.example.com",
                                    "qtype": "A", "rcode": "NOERROR", "count": 5100}]}))
     tr._handle(StreamItem(pod, "end", text="bye"))
-    [event] = [json.loads(line) for line in out.getvalue().splitlines()]
+    event, agg = [json.loads(line) for line in out.getvalue().splitlines()]
     assert (event["qname"], event["observed_at"]) == ("q1.example.com", "shop/web-1")
+    assert (agg["type"], agg["client_ip"], agg["qname"], agg["count"], agg["observed_at"]) == \
+        ("agg", "10.244.0.3", "evil.example.com", 5100, "shop/web-1")
     run = tr.runs[pod.key]
     assert (run.events, run.lost, run.errors, run.ended) == (5101, 3, ["boom"], "bye")
     text = err.getvalue()
     assert "3 record(s) from shop/web-1 were lost" in text
     assert "agent shop/web-1: error: boom" in text
-    assert "5100 DNS messages in 1.0s, aggregated" in text and "evil.example.com A NOERROR x5100" in text
+    assert "shop/web-1: more than 2000 DNS messages/s: the agent now sends per-second counts" in text
 
 
 def test_lost_records_make_the_exit_code_say_so() -> None:

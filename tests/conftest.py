@@ -26,3 +26,14 @@ def lab():
     require_lab()
     with Lab() as lab:
         yield lab
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stop_files_removed():
+    """The simulated kubelet runs capture containers on this machine's filesystem, so the
+    stop files the plugin creates through exec land in the real /tmp. Whatever test or
+    scenario made them, the session removes the ones it created."""
+    from tests.kubesim import stop_files_removed
+
+    with stop_files_removed():
+        yield

@@ -41,6 +41,9 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
         if not os.path.isfile(path):
             raise BadInput(f"cannot read {path}: no such file",
                            "give the path of a pcap or pcapng file")
+        # A file that is not a capture is the user's mistake to hear about first, before any
+        # complaint about the cluster: reading its first record says so (BadInput).
+        next(iter(read_records(path)), None)
     inventory = _inventory(request)
     meta: dict[str, Any] = {
         "command": "analyze",

@@ -46,7 +46,7 @@ from kubectl_dnstrace.kube.stop import (
     request_stop,
     stop_file_path,
 )
-from kubectl_dnstrace.kube.targets import Resolution, resolve_targets
+from kubectl_dnstrace.kube.targets import Resolution, parse_target, resolve_targets
 from kubectl_dnstrace.model import DnsEvent, Filters, PodRef, TraceRequest
 from kubectl_dnstrace.progress import Progress
 
@@ -153,6 +153,8 @@ class TraceRun:
 
     def run(self) -> ExitCode:
         req = self.req
+        for text in req.targets:  # syntax errors before any API call
+            parse_target(text)
         kube = self.kube = Kube.connect(req.cluster)
         resolution = resolve_targets(
             kube, req.targets, req.selector, namespace=req.cluster.namespace,

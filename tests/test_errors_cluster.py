@@ -119,6 +119,18 @@ def test_no_kubeconfig_is_cluster_unreachable_with_a_hint(tmp_path, monkeypatch,
     assert "Traceback" not in err and out == ""
 
 
+def test_input_mistakes_come_before_cluster_trouble(tmp_path, monkeypatch, capsys) -> None:
+    """A wrong target or a file that is not a capture is named first, even with no cluster."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code, _, err = run_cli(["foo/bar/baz"], capsys)
+    assert code == ExitCode.USAGE and "cannot read the target 'foo/bar/baz'" in err
+    text = tmp_path / "notes.txt"
+    text.write_text("not a capture\n")
+    code, _, err = run_cli(["analyze", str(text)], capsys)
+    assert code == ExitCode.BAD_INPUT and "is not a pcap or pcapng capture file" in err
+
+
 def test_closed_port_fails_within_seconds(tmp_path, capsys) -> None:
     kc = write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{_closed_port()}")
     t0 = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 
 import pytest
@@ -28,12 +30,16 @@ def lab():
         yield lab
 
 
+STOP_FILES = "/tmp/dnstrace-*.stop"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _stop_files_removed():
     """The simulated kubelet runs capture containers on this machine's filesystem, so the
     stop files the plugin creates through exec land in the real /tmp. Whatever test or
-    scenario made them, the session removes the ones it created."""
-    from tests.kubesim import stop_files_removed
-
-    with stop_files_removed():
-        yield
+    scenario made them, the session removes the ones it created (one place for all)."""
+    before = set(glob.glob(STOP_FILES))
+    yield
+    for path in set(glob.glob(STOP_FILES)) - before:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

@@ -7,8 +7,6 @@ simulated server fills in uid, resourceVersion and defaults on create.
 from __future__ import annotations
 
 import contextlib
-import glob
-import os
 import textwrap
 from pathlib import Path
 
@@ -95,27 +93,10 @@ def emitter_command(records: list[dict], delay: float = 0.05, exit_code: int = 0
 
 
 @contextlib.contextmanager
-def stop_files_removed():
-    """The simulated kubelet runs containers on this machine's filesystem, so the stop files
-    the plugin creates through exec land in the real /tmp: remove the ones a test made."""
-    before = set(glob.glob(STOP_FILES))
-    try:
-        yield
-    finally:
-        for path in set(glob.glob(STOP_FILES)) - before:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-STOP_FILES = "/tmp/dnstrace-*.stop"
-
-
-@contextlib.contextmanager
 def sim_cluster():
     cluster = SimCluster().start()
     try:
-        with stop_files_removed():
-            cluster.add_node("node-a")
-            yield cluster
+        cluster.add_node("node-a")
+        yield cluster
     finally:
         cluster.stop()

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_lab
-from tests.kubesim import stop_files_removed
 from tests.lab.cluster import SimCluster
 
 KUBECTL = shutil.which("kubectl", path="/usr/bin:/usr/local/bin") or "/usr/bin/kubectl"
@@ -48,9 +47,8 @@ def scenario(tmp_path):
     cluster = SimCluster().start()
     sl = ScenarioLab(SCENARIO, cluster=cluster, workdir=tmp_path / "lab")
     try:
-        with stop_files_removed():
-            sl.start()
-            yield sl
+        sl.start()
+        yield sl
     finally:
         sl.stop()
         cluster.stop()
@@ -249,10 +247,9 @@ def test_coredns_with_node_local_dns_sees_the_real_pod(tmp_path) -> None:
     cluster = SimCluster().start()
     sl = ScenarioLab(scenario_file, cluster=cluster, workdir=tmp_path / "lab")
     try:
-        with stop_files_removed():
-            sl.start()
-            proc = dnstrace(sl, "coredns", "--domain", "evil.example.com", "-o", "ndjson",
-                            "--duration", "4s")
+        sl.start()
+        proc = dnstrace(sl, "coredns", "--domain", "evil.example.com", "-o", "ndjson",
+                        "--duration", "4s")
     finally:
         sl.stop()
         cluster.stop()

@@ -78,27 +78,21 @@ def analyze_file(path: str, dns_filter: DnsFilter, pipeline: Pipeline,
     builder = EventBuilder(dns_filter, with_raw=False)
     packets = messages = 0
     feed = pipeline.feed
-    # What ``DnsEvent.from_record`` makes of the builder's record, without its checks and
-    # copies: the builder's record is fresh, well-typed and has no ``raw`` or ``seq``.
+    fields = builder.fields
+    seen = deduper.seen
+    decode = decoder.decode_link
     event = DnsEvent
     for linktype, frame, ts in read_records(path):
         packets += 1
-        for seg in decoder.decode_link(linktype, frame, ts):
+        for seg in decode(linktype, frame, ts):
             messages += 1
-            if deduper.seen(seg):
+            if seen(seg):
                 continue
-            rec = builder.build(seg, "")
-            if rec is None:
+            f = fields(seg)
+            if f is None:
                 continue
-            if "rcode" in rec:
-                ev = event(rec["ts"], rec["qr"], rec["proto"], rec["src"], rec["sport"],
-                           rec["dst"], rec["dport"], rec["id"], rec["qname"], rec["qtype"],
-                           rec["iface"], rec["rcode"], rec["answers"], rec["latency_ms"], 0,
-                           path)
-            else:
-                ev = event(rec["ts"], rec["qr"], rec["proto"], rec["src"], rec["sport"],
-                           rec["dst"], rec["dport"], rec["id"], rec["qname"], rec["qtype"],
-                           rec["iface"], None, [], None, 0, path)
+            ev = event(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], "", f[10],
+                       f[11] or [], f[12], 0, path)
             if want_raw:
                 ev.raw = seg.packet
             feed(ev)

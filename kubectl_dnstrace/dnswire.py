@@ -38,6 +38,7 @@ __all__ = [
     "answer_texts",
     "parse_message",
     "parse_question",
+    "quick_response",
     "rcode_code",
     "rcode_name",
     "type_code",
@@ -666,6 +667,64 @@ def _skip_records(buf, pos, count, size):
         if pos > size:
             raise DnsParseError("rdata runs past the end of the message", pos)
     return pos
+
+
+_unpack_counts = struct.Struct("!HHHHH").unpack_from
+
+
+def quick_response(buf, qend):
+    """``(rcode, answer texts)`` of the commonest response, or None for any other message.
+
+    The capture reports every response it matches, so the usual one — a single question
+    read without compression, answers that are A/AAAA records owned by a pointer to that
+    question, an optional EDNS OPT — is read here without building a :class:`Message`:
+    about a third of :func:`parse_message`'s cost. ``qend`` is the offset just after the
+    question, whose name the caller has read as plain labels from offset 12.
+
+    None means "not this shape": anything unusual, malformed included, goes to
+    :func:`parse_message`, which decides and explains. Where this returns a value it is
+    what ``parse_message(buf, authority=False)`` gives (rcode, ``answer_texts``); a
+    differential test holds the two together.
+    """
+    try:
+        flags, qdcount, ancount, nscount, arcount = _unpack_counts(buf, 2)
+        size = len(buf)
+        if qdcount != 1 or 5 + (ancount + nscount + arcount) * 11 > size - 12:
+            return None
+        pos = qend
+        answers = []
+        for _ in range(ancount):
+            if buf[pos] != 0xC0 or buf[pos + 1] != 12:
+                return None
+            rtype, rclass, _ttl, rdlen = _unpack_rr(buf, pos + 2)
+            pos += 12
+            end = pos + rdlen
+            if rclass != _CLASS_IN or end > size:
+                return None
+            if rtype == 1 and rdlen == 4:
+                answers.append(_inet_ntoa(buf[pos:end]))
+            elif rtype == 28 and rdlen == 16:
+                answers.append(_inet_ntop(_AF_INET6, buf[pos:end]))
+            else:
+                return None
+            pos = end
+        pos = _skip_records(buf, pos, nscount, size)
+        rcode = flags & 0xF
+        edns = None
+        for _ in range(arcount):
+            if buf[pos] != 0 or edns is not None:
+                return None
+            rtype, rclass, ttl, rdlen = _unpack_rr(buf, pos + 1)
+            pos += 11
+            end = pos + rdlen
+            if rtype != _TYPE_OPT or end > size:
+                return None
+            edns = _read_edns(buf, ".", rclass, ttl, pos, end)
+            rcode |= edns.ext_rcode << 4
+            pos = end
+    except (IndexError, struct.error, DnsParseError):
+        return None
+    return rcode, answers
 
 
 def _parse_message(buf, authority):

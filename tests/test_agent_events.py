@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import struct
 
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
@@ -107,3 +108,66 @@ def test_tally_for_aggregate_mode():
     b = EventBuilder(DnsFilter())
     assert b.tally(seg(q_packet("WWW.example.com"), 1.0)) == (CLIENT, "www.example.com", "A", None)
     assert b.tally(seg(r_packet("www.example.com", rcode=3), 1.0)) == (CLIENT, "www.example.com", "A", "NXDOMAIN")
+
+
+# ---- questions remembered by their bytes -------------------------------------------------
+
+def _udp(payload: bytes, sport=41000) -> bytes:
+    return bytes(IP(src=CLIENT, dst=SERVER) / UDP(sport=sport, dport=53) / payload)
+
+
+def test_a_remembered_question_reads_like_a_fresh_one():
+    warm = EventBuilder(DnsFilter())
+    for i in range(3):  # the second and third are answered from the question cache
+        rec = warm.build(seg(q_packet("www.example.com", ident=i), 1.0 + i), "eth0")
+        assert (rec["qname"], rec["qtype"], rec["id"]) == ("www.example.com", "A", i)
+    assert len(warm._questions) == 1
+    resp = warm.build(seg(r_packet("www.example.com", ident=2, answers=["10.0.0.1"]), 3.5), "")
+    fresh = EventBuilder(DnsFilter()).build(
+        seg(r_packet("www.example.com", ident=2, answers=["10.0.0.1"]), 3.5), "")
+    assert {k: v for k, v in resp.items() if k != "latency_ms"} == \
+        {k: v for k, v in fresh.items() if k != "latency_ms"}
+    assert resp["latency_ms"] == 500.0 and fresh["latency_ms"] is None
+
+
+def test_the_header_still_decides_after_a_remembered_question():
+    b = EventBuilder(DnsFilter())
+    q = bytes(DNS(id=1, rd=1, qd=DNSQR(qname="www.example.com")))
+    assert b.build(seg(_udp(q), 1.0), "") is not None
+    no_question = q[:4] + b"\x00\x00" + q[6:]  # same bytes, qdcount 0
+    assert b.build(seg(_udp(no_question), 1.1), "") is None
+    cut = q[:-1]  # the class cut short: not the remembered question
+    assert b.build(seg(_udp(cut), 1.2), "") is None
+    assert b.malformed == 1
+
+
+def test_a_name_with_a_zero_octet_is_read_every_time_never_remembered():
+    b = EventBuilder(DnsFilter())
+    wire = b"\x03a\x00b\x07example\x03com\x00\x00\x01\x00\x01"
+    q = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + wire
+    rec = b.build(seg(_udp(q), 1.0), "")
+    assert rec["qname"] == "a\\000b.example.com"
+    assert b._questions == {}
+    # A message whose bytes up to that zero match a remembered question's is not it.
+    short = struct.pack("!HHHHHH", 10, 0x0100, 1, 0, 0, 0) + b"\x03a\x00\x00\x01\x00\x01"
+    with_b = EventBuilder(DnsFilter())
+    assert with_b.build(seg(_udp(short), 1.0), "") is None  # "a" + zero: label runs past
+    assert with_b.build(seg(_udp(q), 1.1), "")["qname"] == "a\\000b.example.com"
+
+
+def test_the_filter_verdict_is_remembered_with_the_question():
+    b = EventBuilder(DnsFilter(domains=["example.com"]))
+    assert b.build(seg(q_packet("www.example.org"), 1.0), "") is None
+    assert b.build(seg(q_packet("www.example.org", ident=8), 1.1), "") is None
+    assert b.build(seg(q_packet("WWW.Example.COM"), 1.2), "")["qname"] == "WWW.Example.COM"
+    assert b.matched == 1
+
+
+def test_responses_outside_the_quick_shape_take_the_full_parse():
+    b = EventBuilder(DnsFilter())
+    dns = DNS(id=3, qr=1, rd=1, ra=1, qd=DNSQR(qname="www.example.com"),
+              an=[DNSRR(rrname="www.example.com", type="CNAME", rdata="web.example.com"),
+                  DNSRR(rrname="web.example.com", type="A", rdata="10.0.0.9")])
+    pkt = bytes(IP(src=SERVER, dst=CLIENT) / UDP(sport=53, dport=41000) / dns)
+    rec = b.build(seg(pkt, 1.0), "")
+    assert rec["answers"] == ["web.example.com", "10.0.0.9"] and rec["rcode"] == "NOERROR"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
@@ -215,3 +217,55 @@ def test_tcp_garbage_length_prefix_does_not_grow_without_bound():
         d.decode_ip(tcp(chunk, seq), 0.0)
         seq += len(chunk)
     assert d.buffered() <= frames.TCP_BUFFER_LIMIT
+
+
+# ---- the IPv4/UDP fast path gives what the general decoder gives -----------------------
+
+_FRAME_BASES = [
+    bytes(Ether() / IP(src="10.244.0.5", dst="10.96.0.10") / UDP(sport=40000, dport=53) / query()),
+    bytes(Ether() / IP(src="10.96.0.10", dst="10.244.0.5") / UDP(sport=53, dport=40000)
+          / response()) + b"\x00" * 6,  # Ethernet padding
+    bytes(Ether() / IP(src="10.244.0.5", dst="10.96.0.10", flags="MF") / UDP(dport=53)
+          / query()),
+    bytes(Ether() / IP(src="10.244.0.5", dst="10.96.0.10") / UDP(sport=40000, dport=5353)
+          / query()),
+]
+
+
+def _general_path(monkeypatch, linktype, frame):
+    with monkeypatch.context() as m:
+        m.setattr(FrameDecoder, "_udp4", lambda self, frame, off, ts: None)
+        return FrameDecoder().decode_link(linktype, frame, 1.0)
+
+
+def _same(a, b):
+    return [(s.proto, s.src, s.sport, s.dst, s.dport, s.payload, s.packet) for s in a] == \
+        [(s.proto, s.src, s.sport, s.dst, s.dport, s.payload, s.packet) for s in b]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(_FRAME_BASES),
+       st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=4),
+       st.integers(0, 200))
+def test_ipv4_udp_fast_path_agrees_with_the_general_decoder(monkeypatch, base, edits, cut):
+    frame = bytearray(base)
+    for at, value in edits:  # header bytes: lengths, flags, protocol, ports, IHL
+        frame[at % len(frame)] = value
+    frame = bytes(frame[:len(frame) - cut % 40])
+    fast = FrameDecoder().decode_link(frames.LINKTYPE_ETHERNET, frame, 1.0)
+    assert _same(fast, _general_path(monkeypatch, frames.LINKTYPE_ETHERNET, frame))
+    ip = frame[14:]
+    assert _same(FrameDecoder().decode_ip(ip, 1.0),
+                 _general_path(monkeypatch, frames.LINKTYPE_RAW, ip))
+
+
+def test_ipv4_udp_fast_path_is_taken_for_plain_packets(monkeypatch):
+    calls = []
+    real = FrameDecoder._udp4
+    monkeypatch.setattr(FrameDecoder, "_udp4",
+                        lambda self, *a: calls.append(a[1]) or real(self, *a))
+    (seg,) = FrameDecoder().decode_link(frames.LINKTYPE_ETHERNET, _FRAME_BASES[1], 2.0)
+    assert calls == [14]
+    assert (seg.src, seg.sport, seg.dst, seg.dport) == ("10.96.0.10", 53, "10.244.0.5", 40000)
+    assert seg.payload == response() and len(seg.packet) == 20 + 8 + len(response())

@@ -19,7 +19,14 @@ import dns.rrset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubectl_dnstrace.dnswire import DnsParseError, Message, parse_message, parse_question
+from kubectl_dnstrace.dnswire import (
+    DnsParseError,
+    Message,
+    answer_texts,
+    parse_message,
+    parse_question,
+    quick_response,
+)
 from tests.test_dnswire import assert_same_as_dnspython, messages
 
 # One parse of at most 64 KiB takes well under 10 ms here; the bound only catches a loop.
@@ -55,10 +62,38 @@ def _base_messages():
         ("example.com.", "TXT", '"v=spf1 -all" "x y"'),
     ):
         response.additional.append(dns.rrset.from_text(text[0], 300, "IN", text[1], text[2]))
+    # The shape quick_response reads: A and AAAA answers owned by a pointer to the question,
+    # EDNS; and a negative answer with an SOA in the authority section.
+    plain = dns.message.make_query("h1.example.com", "A", use_edns=0)
+    plain.id = 0x1F1F
+    plain_response = dns.message.make_response(plain)
+    plain_response.answer.append(
+        dns.rrset.from_text("h1.example.com.", 60, "IN", "A", "10.1.0.1", "10.1.0.2"))
+    plain_response.answer.append(
+        dns.rrset.from_text("h1.example.com.", 60, "IN", "AAAA", "2001:db8::7"))
+    negative = dns.message.make_response(plain)
+    negative.set_rcode(3)
+    negative.authority.append(dns.rrset.from_text(
+        "example.com.", 300, "IN", "SOA", "ns1.example.com. hostmaster.example.com. 1 2 3 4 5"))
     questions = dns.message.Message(id=7)
     for name in ("a.b.c", "x.b.c", "b.c", "y.x.b.c", "."):
         questions.question.append(dns.rrset.RRset(dns.name.from_text(name), 1, 1))
-    return [query.to_wire(), response.to_wire(), questions.to_wire()]
+    return [query.to_wire(), response.to_wire(), questions.to_wire(), plain_response.to_wire(want_shuffle=False),
+            negative.to_wire()]
+
+
+def plain_question_end(buf):
+    """The offset after a first question of plain labels from offset 12, else 0: where
+    ``quick_response`` may be asked (as the capture's question cache asks it)."""
+    pos = 12
+    try:
+        while buf[pos]:
+            if buf[pos] > 63:
+                return 0
+            pos += buf[pos] + 1
+    except IndexError:
+        return 0
+    return pos + 5 if pos + 5 <= len(buf) else 0
 
 
 BASES = _base_messages()
@@ -131,8 +166,18 @@ def parse_within_bound(buf):
         if msg is not None and msg.questions:
             first = msg.questions[0]
             assert head[2:5] == (first.name, first.qtype, first.qclass)
+    qend = plain_question_end(buf)
+    quick = quick_response(buf, qend) if qend else None
+    if quick is not None:
+        # The quick read agrees with the full one wherever it answers at all.
+        assert lean_ok(buf) == quick
     assert time.perf_counter() - started < PARSE_BOUND_S
     return msg
+
+
+def lean_ok(buf):
+    msg = parse_message(buf, authority=False)
+    return msg.rcode, answer_texts(msg)
 
 
 def dnspython_reads(buf):
@@ -175,6 +220,17 @@ def test_mutated_messages(wire, mutations):
     if theirs is not None and len(buf) >= 12 and (buf[2] >> 3) & 0xF != 5:
         assert ours is not None
         assert_same_as_dnspython(buf)
+
+
+def test_quick_response_reads_the_common_shapes():
+    plain, negative = BASES[3], BASES[4]
+    qend = plain_question_end(plain)
+    assert quick_response(plain, qend) == (0, ["10.1.0.1", "10.1.0.2", "2001:db8::7"])
+    assert quick_response(negative, plain_question_end(negative)) == (3, [])
+    # Anything else is left to parse_message: a CNAME answer, two questions, a cut message.
+    assert quick_response(BASES[1], plain_question_end(BASES[1])) is None
+    assert quick_response(BASES[2], plain_question_end(BASES[2])) is None
+    assert quick_response(plain[:-3], qend) is None
 
 
 def test_many_long_names_in_64k_parse_in_bounded_time():

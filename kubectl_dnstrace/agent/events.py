@@ -12,11 +12,15 @@ saw it.
 """
 
 import base64
+import struct
 
 from kubectl_dnstrace import dnswire
 
 PENDING_SECONDS = 30.0
 PENDING_MAX = 100000
+QUESTIONS_MAX = 20000  # distinct questions remembered (a cluster asks a few thousand)
+
+_unpack_hhh = struct.Struct("!HHH").unpack_from
 
 
 class EventBuilder(object):
@@ -39,18 +43,58 @@ class EventBuilder(object):
         self.malformed = 0
         self._type_names = {}
         self._rcode_names = {}
+        self._questions = {}
 
     # -- shared by build() and tally() ------------------------------------------------
+    def _first_question(self, p):
+        """``(qname, qtype, wanted, qend)`` of the message's first question, or None when
+        it has none; raises DnsParseError.
+
+        A capture sees the same few thousand questions over and over (every query and its
+        response carry the same bytes from offset 12 to the end of the question), so
+        questions read once are remembered by those bytes: the rest of the lookup is a
+        dict hit, the filter's verdict (``wanted``) included. Only a name of plain labels
+        ending at the message's first zero byte is remembered, so equal key bytes always
+        mean an equal question; ``qend`` (the offset after the question, for
+        ``dnswire.quick_response``) is 0 for a question that is not remembered.
+        """
+        z = p.find(b"\x00", 12)
+        key = p[12:z + 5]
+        hit = self._questions.get(key)
+        if hit is not None:
+            return hit
+        _ident, _flags, qname, qtype, _qclass, qdcount = dnswire.parse_question(p)
+        if not qdcount or qname is None:
+            return None
+        pos = 12
+        while pos < z and p[pos] < 64:
+            pos += p[pos] + 1
+        plain = pos == z and len(key) == z - 7
+        entry = (qname, qtype, self.filter.match_question(qname, qtype), z + 5 if plain else 0)
+        if plain:
+            if len(self._questions) >= QUESTIONS_MAX:
+                self._questions.clear()
+            self._questions[key] = entry
+        return entry
+
     def _question(self, seg):
-        """(is_response, id, qname, qtype, latency_ms) for a matching message, else None."""
+        """(is_response, id, qname, qtype, latency_ms, qend) for a matching message, else
+        None."""
+        p = seg.payload
+        if type(p) is not bytes:
+            p = seg.payload = bytes(p)
         try:
-            ident, flags, qname, qtype, _qclass, qdcount = dnswire.parse_question(seg.payload)
+            if len(p) < 12:
+                raise dnswire.DnsParseError("message shorter than its 12-octet header", 0)
+            ident, flags, qdcount = _unpack_hhh(p)
+            q = self._first_question(p) if qdcount else None
         except dnswire.DnsParseError:
             self.malformed += 1
             return None
-        if not qdcount or qname is None:
+        if q is None:
             return None
-        if not self.filter.match_question(qname, qtype):
+        qname, qtype, wanted, qend = q
+        if not wanted:
             return None
         ts = seg.ts
         if self._pending_start is None or ts - self._pending_start > self.pending_seconds or \
@@ -64,9 +108,9 @@ class EventBuilder(object):
             if qts is None:
                 qts = self._pending_old.pop(key, None)
             latency = None if qts is None else round(max(0.0, ts - qts) * 1000.0, 3)
-            return True, ident, qname, qtype, latency
+            return True, ident, qname, qtype, latency, qend
         self._pending[(seg.proto, seg.src, seg.sport, ident)] = ts
-        return False, ident, qname, qtype, None
+        return False, ident, qname, qtype, None, qend
 
     def type_name(self, qtype):
         name = self._type_names.get(qtype)
@@ -81,42 +125,63 @@ class EventBuilder(object):
         return name
 
     # -- one record per message ---------------------------------------------------------
-    def build(self, seg, iface):
+    def fields(self, seg):
+        """The record of a matching message as a tuple, or None: ``(ts, qr, proto, src,
+        sport, dst, dport, id, qname, qtype name, rcode name, answers, latency_ms, tc)``,
+        the last four None for a query. What ``build`` puts in a dict; ``analyze`` makes
+        its events from it without the dict."""
         q = self._question(seg)
         if q is None:
             return None
-        is_response, ident, qname, qtype, latency = q
+        is_response, ident, qname, qtype, latency, qend = q
         flt = self.filter
         if is_response:
-            try:
-                msg = dnswire.parse_message(seg.payload, authority=False)
-            except dnswire.DnsParseError:
-                self.malformed += 1
+            p = seg.payload
+            quick = dnswire.quick_response(p, qend) if qend else None
+            if quick is not None:
+                rcode, answers = quick
+            else:
+                try:
+                    msg = dnswire.parse_message(p, authority=False)
+                except dnswire.DnsParseError:
+                    self.malformed += 1
+                    return None
+                rcode, answers = msg.rcode, dnswire.answer_texts(msg)
+            if not flt.match_rcode(rcode):
                 return None
-            if not flt.match_rcode(msg.rcode):
-                return None
-        elif flt.rcodes:
+            self.matched += 1
+            return (seg.ts, "response", seg.proto, seg.src, seg.sport, seg.dst, seg.dport,
+                    ident, qname, self.type_name(qtype), self.rcode_name(rcode), answers,
+                    latency, bool(p[2] & 0x02))
+        if flt.rcodes:
             return None  # queries carry no rcode; the response will be reported
         self.matched += 1
+        return (seg.ts, "query", seg.proto, seg.src, seg.sport, seg.dst, seg.dport, ident,
+                qname, self.type_name(qtype), None, None, None, None)
+
+    def build(self, seg, iface):
+        f = self.fields(seg)
+        if f is None:
+            return None
         rec = {
             "type": "dns",
-            "ts": seg.ts,
-            "qr": "response" if is_response else "query",
-            "proto": seg.proto,
-            "src": seg.src,
-            "sport": seg.sport,
-            "dst": seg.dst,
-            "dport": seg.dport,
-            "id": ident,
-            "qname": qname,
-            "qtype": self.type_name(qtype),
+            "ts": f[0],
+            "qr": f[1],
+            "proto": f[2],
+            "src": f[3],
+            "sport": f[4],
+            "dst": f[5],
+            "dport": f[6],
+            "id": f[7],
+            "qname": f[8],
+            "qtype": f[9],
             "iface": iface,
         }
-        if is_response:
-            rec["rcode"] = self.rcode_name(msg.rcode)
-            rec["answers"] = dnswire.answer_texts(msg)
-            rec["latency_ms"] = latency
-            if msg.tc:
+        if f[10] is not None:
+            rec["rcode"] = f[10]
+            rec["answers"] = f[11]
+            rec["latency_ms"] = f[12]
+            if f[13]:
                 rec["tc"] = True
         if self.with_raw:
             rec["raw"] = base64.b64encode(seg.packet).decode("ascii")
@@ -132,7 +197,7 @@ class EventBuilder(object):
         q = self._question(seg)
         if q is None:
             return None
-        is_response, _ident, qname, qtype, _latency = q
+        is_response, _ident, qname, qtype, _latency, _qend = q
         if is_response:
             rcode = seg.payload[3] & 0x0F
             if not self.filter.match_rcode(rcode):

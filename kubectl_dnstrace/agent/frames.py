@@ -42,9 +42,13 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _UDP_PORTS = struct.Struct("!HHH")
 _TCP_HDR = struct.Struct("!HHIIBB")
+# An IPv4 header without options and the UDP header after it: version/IHL, total length,
+# flags/fragment offset, protocol, addresses, ports, UDP length.
+_IP4_UDP = struct.Struct("!BxHxxHxB2x4s4sHHH")
 
 _AF_INET6 = socket.AF_INET6
 _ntop = socket.inet_ntop
+_ntoa = socket.inet_ntoa
 # BSD loopback (LINKTYPE_NULL) stores the address family in the writer's byte order, and
 # AF_INET6 differs between systems (24 NetBSD/OpenBSD, 28 FreeBSD, 30 macOS, 10 Linux).
 _NULL_V6 = (10, 24, 28, 30)
@@ -111,6 +115,10 @@ class FrameDecoder(object):
         if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
             return self.decode_ip(frame, ts)
         if linktype == LINKTYPE_ETHERNET:
+            if frame[12:15] == b"\x08\x00\x45":
+                segs = self._udp4(frame, 14, ts)
+                if segs is not None:
+                    return segs
             off = 12
             while True:
                 if len(frame) < off + 2:
@@ -151,10 +159,31 @@ class FrameDecoder(object):
         return self.decode_ip(frame[off:], ts)
 
     # -- network layer ----------------------------------------------------------------
+    def _udp4(self, frame, off, ts):
+        """The commonest packet — IPv4 without options, unfragmented, UDP — read with one
+        ``unpack`` from ``off`` in ``frame``; None for anything else (``decode_ip``
+        decides). The result is what ``decode_ip(frame[off:], ts)`` gives."""
+        if len(frame) < off + 28:
+            return None
+        _vi, total, frag, proto, src, dst, sport, dport, ulen = _IP4_UDP.unpack_from(frame, off)
+        if proto != 17 or frag & 0x3FFF or total < 28:
+            return None
+        if sport != DNS_PORT and dport != DNS_PORT:
+            return []
+        packet = frame[off:off + total]
+        payload = packet[28:ulen + 20] if ulen >= 8 else packet[28:]
+        if len(payload) < 12:
+            return []
+        return [DnsSegment(ts, "udp", _ntoa(src), sport, _ntoa(dst), dport, payload, packet)]
+
     def decode_ip(self, packet, ts):
         """Decode one packet that starts at its IPv4 or IPv6 header."""
         if len(packet) < 20:
             return []
+        if packet[0] == 0x45:
+            segs = self._udp4(packet, 0, ts)
+            if segs is not None:
+                return segs
         version = packet[0] >> 4
         if version == 4:
             ihl = (packet[0] & 0x0F) * 4

@@ -19,12 +19,10 @@ import json
 import os
 from typing import Any, TextIO
 
-from kubectl_dnstrace.agent.dedupe import Deduper
-from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
-from kubectl_dnstrace.agent.frames import FrameDecoder
 from kubectl_dnstrace.attribution import Attributor
 from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, UsageError
+from kubectl_dnstrace.fileevents import FileEvents
 from kubectl_dnstrace.kube.inventory import Inventory
 from kubectl_dnstrace.model import AnalyzeRequest, DnsEvent
 from kubectl_dnstrace.pcapio import read_records
@@ -73,32 +71,17 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
 def analyze_file(path: str, dns_filter: DnsFilter, pipeline: Pipeline,
                  want_raw: bool = False) -> dict[str, Any]:
     """Stream one file into ``pipeline``; returns its counters."""
-    decoder = FrameDecoder()
-    deduper = Deduper()
-    builder = EventBuilder(dns_filter, with_raw=False)
-    packets = messages = 0
+    source = FileEvents(path, dns_filter, with_packets=want_raw)
     feed = pipeline.feed
-    fields = builder.fields
-    seen = deduper.seen
-    decode = decoder.decode_link
     event = DnsEvent
-    for linktype, frame, ts in read_records(path):
-        packets += 1
-        for seg in decode(linktype, frame, ts):
-            messages += 1
-            if seen(seg):
-                continue
-            f = fields(seg)
-            if f is None:
-                continue
+    for batch in source.batches():
+        for f in batch:
             ev = event(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], "", f[10],
                        f[11] or [], f[12], 0, path)
             if want_raw:
-                ev.raw = seg.packet
+                ev.raw = f[14]
             feed(ev)
-    return {"path": path, "packets": packets, "dns_messages": messages,
-            "matched": builder.matched, "malformed": builder.malformed,
-            "duplicates": deduper.duplicates, "unsupported": decoder.skipped}
+    return source.stats
 
 
 def _filter(request: AnalyzeRequest) -> DnsFilter:

@@ -13,14 +13,13 @@ returns MATCHED when something matched and NO_MATCH when nothing did, like grep.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import sys
 import time
 from collections import deque
 from typing import Any, TextIO
 
-from kubectl_dnstrace import render
+from kubectl_dnstrace import gcpolicy, render
 from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
 from kubectl_dnstrace.errors import ExitCode
@@ -67,9 +66,8 @@ class Pipeline:
         self.linker = self._linker()
         self._ndjson = render.NdjsonWriter()
         # The inventory (10,000 pods are some hundred thousand objects) and everything else
-        # built before the stream lives as long as the run: frozen, the cyclic garbage
-        # collector stops walking it on each of its full passes during the stream.
-        gc.freeze()
+        # built before the stream lives as long as the run: see gcpolicy.
+        gcpolicy.for_streams()
         self.pcap = None
         if output.pcap_path:
             from kubectl_dnstrace.pcapio import EvidenceWriter

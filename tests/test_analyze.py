@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_dnstrace import dnswire
+from kubectl_dnstrace import dnswire, fileevents
 from kubectl_dnstrace.cli import main
 from tests.lab import dnslab
 from tests.test_inventory import pod
@@ -210,8 +210,10 @@ def captures(tmp_path_factory):
 
 
 @pytest.mark.lab
+@pytest.mark.parametrize("child", [False, True], ids=["in-process", "decoder-in-child"])
 @pytest.mark.parametrize("name", ["eth.pcap", "sll.pcap", "sll2.pcap", "raw.pcap", "eth.pcapng"])
-def test_analyze_agrees_with_tshark_on_every_packet(captures, capsys, name):
+def test_analyze_agrees_with_tshark_on_every_packet(captures, capsys, monkeypatch, name, child):
+    monkeypatch.setattr(fileevents, "use_child", lambda path: child)
     tmp, _ = captures
     path = tmp / name
     code, out, err = analyze(capsys, "--offline", "-o", "ndjson", str(path))

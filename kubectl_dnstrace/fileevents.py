@@ -1,0 +1,178 @@
+"""A capture file as event records: the agent's decoder run over a pcap, in a child
+process when that is faster.
+
+``analyze`` is two stages in a row. Decoding — records out of the file, frames, duplicate
+suppression, question/response matching, exactly the code the agent runs live — and the
+back half (attribution, linking, rendering). Each costs about half of the time per packet,
+and each must see the packets in order, so on a machine with a second CPU the decoding runs
+in a forked child that hands batches of records to the parent over a pipe (``marshal``:
+well under a microsecond a record, both ends together) while the parent runs the back half:
+the stages overlap instead of adding up. Nothing changes in what is computed: the same
+records, in the same order, reach the same pipeline.
+
+The child is used only on Linux (fork without exec is unsafe on macOS once system
+frameworks are loaded), only when this process runs a single thread (a forked copy of a
+lock held by another thread would never be released), and only for files big enough to
+pay for the fork. Everywhere else the same generator runs in this process.
+
+A record is the tuple of ``EventBuilder.fields`` — ``(ts, qr, proto, src, sport, dst,
+dport, id, qname, qtype, rcode, answers, latency_ms, tc)`` — with the IP packet appended
+when evidence output wants it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import signal
+import struct
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from kubectl_dnstrace import errors, gcpolicy
+from kubectl_dnstrace.agent.dedupe import Deduper
+from kubectl_dnstrace.agent.events import EventBuilder
+from kubectl_dnstrace.agent.filters import DnsFilter
+from kubectl_dnstrace.agent.frames import FrameDecoder
+from kubectl_dnstrace.errors import DnstraceError
+from kubectl_dnstrace.pcapio import read_records
+
+BATCH = 512  # records per hand-over: a few milliseconds of work, a few tens of KiB
+CHILD_MIN_BYTES = 4 << 20  # below this (about 40,000 packets) the fork does not pay
+_LENGTH = struct.Struct("<I")
+
+
+class FileEvents:
+    """``batches()`` yields lists of records of one file; ``stats`` holds its counters
+    once the last batch was taken."""
+
+    def __init__(self, path: str, dns_filter: DnsFilter, with_packets: bool = False) -> None:
+        self.path = path
+        self.filter = dns_filter
+        self.with_packets = with_packets
+        self.stats: dict[str, Any] = {}
+        self.in_child = False
+
+    def batches(self) -> Iterator[list[tuple]]:
+        if use_child(self.path):
+            self.in_child = True
+            return self._from_child()
+        return self._decode()
+
+    # ---- the decoding stage -------------------------------------------------------------
+
+    def _decode(self) -> Iterator[list[tuple]]:
+        decoder = FrameDecoder()
+        deduper = Deduper()
+        builder = EventBuilder(self.filter, with_raw=False)
+        decode, seen, fields = decoder.decode_link, deduper.seen, builder.fields
+        with_packets = self.with_packets
+        packets = messages = 0
+        batch: list[tuple] = []
+        for linktype, frame, ts in read_records(self.path):
+            packets += 1
+            for seg in decode(linktype, frame, ts):
+                messages += 1
+                if seen(seg):
+                    continue
+                f = fields(seg)
+                if f is None:
+                    continue
+                batch.append((*f, seg.packet) if with_packets else f)
+                if len(batch) >= BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+        self.stats = {"path": self.path, "packets": packets, "dns_messages": messages,
+                      "matched": builder.matched, "malformed": builder.malformed,
+                      "duplicates": deduper.duplicates, "unsupported": decoder.skipped}
+
+    # ---- the same, in a child process -----------------------------------------------------
+
+    def _from_child(self) -> Iterator[list[tuple]]:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(rfd)
+            self._child_main(wfd)
+        os.close(wfd)
+        done = False
+        try:
+            with os.fdopen(rfd, "rb", buffering=1 << 16) as pipe:
+                while True:
+                    head = pipe.read(4)
+                    if len(head) < 4:
+                        break
+                    size = _LENGTH.unpack(head)[0]
+                    body = pipe.read(size)
+                    if len(body) < size:
+                        break  # the child died mid-message
+                    message = marshal.loads(body)
+                    if type(message) is list:
+                        yield message
+                    elif type(message) is dict:
+                        self.stats = message
+                        done = True
+                        break
+                    else:
+                        done = True
+                        kind, text, hint = message
+                        raise getattr(errors, kind, DnstraceError)(text, hint)
+        finally:
+            if not done:
+                _kill(pid)
+            _reap(pid)
+        if not done:
+            raise DnstraceError(f"{self.path}: the decoding process ended before the file did",
+                                "run again; if it recurs, report it with the file's first "
+                                "packets (editcap -r FILE head.pcap 1-1000)")
+
+    def _child_main(self, wfd: int) -> None:
+        code = 0
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the pair quietly
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            gcpolicy.for_streams()
+            with os.fdopen(wfd, "wb", buffering=1 << 16) as out:
+                try:
+                    for batch in self._decode():
+                        _send(out, batch)
+                    _send(out, self.stats)
+                except DnstraceError as exc:
+                    _send(out, (type(exc).__name__, exc.message, exc.hint))
+        except BaseException:  # the parent reports the early end
+            code = 1
+        finally:
+            os._exit(code)
+
+
+def use_child(path: str) -> bool:
+    """Decode ``path`` in a child process? (see the module's docstring for why these)."""
+    if sys.platform != "linux" or threading.active_count() != 1:
+        return False
+    try:
+        if len(os.sched_getaffinity(0)) < 2:
+            return False
+        return os.path.getsize(path) >= CHILD_MIN_BYTES
+    except OSError:
+        return False
+
+
+def _send(out: Any, message: Any) -> None:
+    data = marshal.dumps(message)
+    out.write(_LENGTH.pack(len(data)))
+    out.write(data)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

@@ -3,14 +3,22 @@ inventory of 10,000 pods, and that inventory's memory.
 
 No network and no cluster: the inventory is built from API-shaped objects (10,000 pods of
 500 Deployments on 50 nodes, 1,000 Services), and the events are the agent's NDJSON lines
-as they arrive over pods/log (a query and its response), from clients spread over all
-pods, each pod asking the four names its workload uses. Stages, each timed over
-the same events (CPU time of this process):
+exactly as they arrive over pods/log — each prefixed with the kubelet's timestamp, as
+bytes — a query and its response, from clients spread over all pods, each pod asking the
+four names its workload uses. Stages, each timed over the same events (CPU time of this
+process), each doing what a live trace does per line:
 
-1. decode: ``protocol.decode`` + ``DnsEvent.from_record`` (what a live trace does per line)
+1. decode: the log stream's ``LineReader.line`` (timestamp split, ``protocol.decode``,
+   seq check, the queue item) + ``DnsEvent.from_record``
 2. + attribute: ``Attributor.attribute`` of the client address at the event's time
 3. + aggregate: ``Aggregator.add``
-4. the whole ``Pipeline`` with ``-o table`` (attribute, link, aggregate; no live lines)
+4. + the hand-over between a stream's thread and the trace's loop: the same ``queue.Queue``
+   ``put`` / ``get(timeout=…)`` per record (in one thread here: the cost, not the wait)
+5. the whole ``Pipeline`` with ``-o table`` (attribute, link, aggregate; no live lines),
+   fed through the queue like a live trace
+
+The garbage collector is set up as a live trace sets it up: ``Pipeline`` freezes what
+exists when it starts (the inventory), so every stage runs after one ``gc.freeze()``.
 
 Memory: tracemalloc's count of the inventory alone, and the process's RSS growth while it
 is built. Run:
@@ -23,9 +31,11 @@ It prints a markdown table (for docs/performance.md) and the raw figures as JSON
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
+import queue
 import random
 import sys
 import time
@@ -38,7 +48,8 @@ from kubectl_dnstrace import protocol
 from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
 from kubectl_dnstrace.kube.inventory import Inventory
-from kubectl_dnstrace.model import DnsEvent, OutputOptions
+from kubectl_dnstrace.kube.logstream import LineReader
+from kubectl_dnstrace.model import DnsEvent, OutputOptions, PodRef
 from kubectl_dnstrace.pipeline import Pipeline
 
 T0 = 1_764_165_600.0
@@ -91,8 +102,9 @@ def cluster_objects(pods: int) -> tuple[list[dict], list[dict], list[dict], list
     return items, nodes, services, owners
 
 
-def agent_lines(pods: list[dict], count: int) -> list[str]:
-    """The agent's ``dns`` records as NDJSON lines: query then response, many clients."""
+def agent_lines(pods: list[dict], count: int) -> list[bytes]:
+    """The agent's ``dns`` records as the log stream yields them: query then response, many
+    clients, each line with the kubelet's timestamp in front (``kubectl logs --timestamps``)."""
     rnd = random.Random(7)
     ips = [p["status"]["podIP"] for p in pods]
 
@@ -106,14 +118,18 @@ def agent_lines(pods: list[dict], count: int) -> list[str]:
         i = rnd.randrange(len(ips))
         ip, name = ips[i], rnd.choice(names_of(i))
         ts = T0 + k * 0.0002
-        base = {"type": "dns", "proto": "udp", "id": k & 0xFFFF, "qname": name, "qtype": "A",
-                "iface": "eth0"}
-        lines.append(protocol.encode(dict(base, seq=2 * k, ts=ts, qr="query", src=ip,
-                                          sport=30000 + k % 30000, dst="10.64.0.2", dport=53)))
-        lines.append(protocol.encode(dict(base, seq=2 * k + 1, ts=ts + 0.0004, qr="response",
-                                          src="10.64.0.2", sport=53, dst=ip,
-                                          dport=30000 + k % 30000, rcode="NOERROR",
-                                          answers=["10.96.1.1"], latency_ms=0.4)))
+        port = 30000 + k % 30000
+        # In the agent's field order (agent/events.py), as its encoder writes them.
+        query = {"type": "dns", "seq": 2 * k + 1, "ts": ts, "qr": "query", "proto": "udp",
+                 "src": ip, "sport": port, "dst": "10.64.0.2", "dport": 53, "id": k & 0xFFFF,
+                 "qname": name, "qtype": "A", "iface": "eth0"}
+        response = dict(query, seq=2 * k + 2, ts=ts + 0.0004, qr="response", src="10.64.0.2",
+                        sport=53, dst=ip, dport=port, rcode="NOERROR", answers=["10.96.1.1"],
+                        latency_ms=0.4)
+        for rec in (query, response):
+            kubelet_ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec["ts"]))
+            lines.append(f"{kubelet_ts}.{int(rec['ts'] % 1 * 1e9):09d}Z "
+                         f"{protocol.encode(rec)}".encode())
     return lines
 
 
@@ -141,43 +157,73 @@ def main() -> int:
     inv_bytes, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss_inventory = rss_mb() - rss0
+    load = os.getloadavg()[0]
     lines = agent_lines(pods, args.events)
     n = len(lines)
-    where = "kube-system/coredns-1"
+    where = PodRef("kube-system", "coredns-1", role="coredns")
+    # What Pipeline.__init__ does before a live stream starts (see the module docstring).
+    gc.freeze()
+
+    class Handover:
+        """The reader's queue, when the stage measures the work on either side of it."""
+
+        item = None
+
+        def put(self, item) -> None:
+            self.item = item
+
+    def read(out):
+        """A stream's per-line work, then the trace loop's: one generator of events."""
+        reader = LineReader(where, out)
+        line = reader.line
+        key = where.key
+        get = out.get if isinstance(out, queue.Queue) else None
+        for raw in lines:
+            line(raw)
+            item = get(timeout=0.5) if get else out.item
+            yield DnsEvent.from_record(item.record, key)
 
     def decode():
-        for line in lines:
-            DnsEvent.from_record(protocol.decode(line), where)
+        for _ev in read(Handover()):
+            pass
 
     attributor = Attributor(inventory)
 
     def decode_attribute():
         attribute = attributor.attribute
-        for line in lines:
-            ev = DnsEvent.from_record(protocol.decode(line), where)
+        for ev in read(Handover()):
             attribute(ev.src if ev.qr == "query" else ev.dst, ev.ts)
 
-    def decode_attribute_aggregate():
+    def aggregate(out):
         attribute = attributor.attribute
         add = Aggregator().add
-        for line in lines:
-            ev = DnsEvent.from_record(protocol.decode(line), where)
+        for ev in read(out):
             add(Attributed(ev, attribute(ev.src if ev.qr == "query" else ev.dst, ev.ts)))
+
+    def decode_attribute_aggregate():
+        aggregate(Handover())
+
+    def through_the_queue():
+        aggregate(queue.Queue())
 
     finish_s = []
 
     def whole_pipeline():
         p = Pipeline(OutputOptions(format="table", live=False), io.StringIO(), io.StringIO(),
                      attributor=Attributor(inventory), streaming=False)
-        for line in lines:
-            p.feed(DnsEvent.from_record(protocol.decode(line), where))
+        for ev in read(queue.Queue()):
+            p.feed(ev)
         finish_s.append(timed(p.finish))  # the summary table, once at the end: apart
 
-    stages = [("decode (protocol.decode + DnsEvent.from_record)", decode),
+    stages = [("decode (log line: timestamp, protocol.decode, seq; DnsEvent.from_record)", decode),
               ("+ attribute (10,000-pod inventory)", decode_attribute),
               ("+ aggregate", decode_attribute_aggregate),
-              ("decode + Pipeline.feed -o table (attribute, link, aggregate)", whole_pipeline)]
-    results = {"pods": args.pods, "events": n, "inventory_tracemalloc_mb": inv_bytes / 2**20,
+              ("+ queue.Queue hand-over from the stream thread to the trace loop",
+               through_the_queue),
+              ("decode + queue + Pipeline.feed -o table (attribute, link, aggregate)",
+               whole_pipeline)]
+    results = {"pods": args.pods, "events": n, "load_before": load,
+               "inventory_tracemalloc_mb": inv_bytes / 2**20,
                "inventory_rss_growth_mb": rss_inventory, "stages": []}
     for name, fn in stages:
         fn()  # warm-up: caches, first-time owner resolution
@@ -187,11 +233,12 @@ def main() -> int:
         results["stages"].append({"stage": name, "cpu_s": seconds, "events_per_s": n / seconds})
         print(f"{name}: {n / seconds:,.0f} events/s", file=sys.stderr)
 
+    print(f"Load average before the run: {load:.2f} ({os.cpu_count()} CPUs)\n")
     print(f"| stage ({n:,} events, {args.pods:,} pods) | events/s | µs/event |")
     print("|---|---:|---:|")
     for s in results["stages"]:
         print(f"| {s['stage']} | {s['events_per_s']:,.0f} | {1e6 / s['events_per_s']:.1f} |")
-    clients = len({json.loads(line)["src"] for line in lines[::2]})
+    clients = len({json.loads(line.partition(b" ")[2])["src"] for line in lines[::2]})
     results["summary_table_s"] = min(finish_s)
     print(f"\nSummary table at the end ({clients:,} clients): {min(finish_s):.2f} s CPU")
     print(f"\nInventory of {args.pods:,} pods, {NODES} nodes, 1,000 Services: "

@@ -42,12 +42,12 @@ def test_counts_types_rcodes_answers_times_servers_and_latency_per_client_and_na
     assert evil.rcodes == {"NOERROR": 2}
     assert list(evil.answers) == ["203.0.113.66"]
     assert (evil.first, evil.last) == (q1.ts, q2.ts + 0.004)
-    assert evil.servers == {"10.244.1.2"}
+    assert list(evil.servers) == ["10.244.1.2"]
     assert evil.latencies == [2.0, 4.0]
     assert evil.served == {"forwarded": 1, "cache": 1}
     assert web.total("rcodes") == Counter({"NOERROR": 2, "NXDOMAIN": 1})
     assert web.servers() == ["10.244.1.2", "10.244.1.3"]
-    assert web.ips == {"10.244.0.5"}
+    assert list(web.ips) == ["10.244.0.5"]
 
 
 def test_one_query_seen_by_two_captures_or_before_and_after_dnat_counts_once():
@@ -57,7 +57,7 @@ def test_one_query_seen_by_two_captures_or_before_and_after_dnat_counts_once():
     [web] = agg.clients()
     assert web.count == 1
     assert agg.duplicates == 1
-    assert web.names["evil.example.com"].observed_at == {"shop/web",
+    assert set(web.names["evil.example.com"].observed_at) == {"shop/web",
                                                          "kube-system/coredns-7db6d8ff4d-abcde"}
 
 
@@ -100,3 +100,134 @@ def test_agent_aggregates_count_queries_and_rcodes_per_client_and_name():
     assert (web.count, evil.count) == (20316, 20316)
     assert evil.qtypes == {"A": 20316} and evil.rcodes == {"NOERROR": 20309}
     assert (evil.first, evil.last) == (100.0, 101.0)
+
+
+# ---- the rules spelled out plainly, against the aggregator, on mixed streams --------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kubectl_dnstrace.aggregate import DUPLICATE_WINDOW, MAX_ANSWERS, QUERY_WINDOW  # noqa: E402
+from kubectl_dnstrace.model import DnsEvent  # noqa: E402
+
+
+def reference(items: list[Attributed]) -> tuple[dict, int]:
+    """The aggregation rules without any of the aggregator's shortcuts: the last sighting of
+    every message in plain dicts (no table generations: fine for a stream in time order), a
+    client found by its key on every event, sets for sets."""
+    last_seen: dict[tuple, float] = {}  # (qr, client ip, port, id, name, type) -> ts
+    asked: dict[tuple, float] = {}  # (client ip, port, id, name, type) -> ts of the query
+    out: dict[tuple, dict] = {}
+    duplicates = 0
+    for a in items:
+        ev = a.event
+        query = ev.qr == "query"
+        cip, port = (ev.src, ev.sport) if query else (ev.dst, ev.dport)
+        lname = ev.qname.lower()
+        tx = (cip, port, ev.id, lname, ev.qtype)
+        prev = last_seen.get((ev.qr, *tx))
+        last_seen[(ev.qr, *tx)] = ev.ts
+        c = out.get(client_key(a.client))
+        if prev is not None and abs(ev.ts - prev) <= DUPLICATE_WINDOW:
+            duplicates += 1
+            if c is not None and lname in c["names"]:
+                c["names"][lname]["observed_at"].add(ev.observed_at)
+            continue
+        c = out.setdefault(client_key(a.client), {"count": 0, "first": ev.ts, "last": ev.ts,
+                                                  "ips": set(), "names": {}})
+        n = c["names"].setdefault(lname, {
+            "name": ev.qname, "count": 0, "qtypes": Counter(), "rcodes": Counter(),
+            "answers": [], "first": ev.ts, "last": ev.ts, "observed_at": set(),
+            "servers": set(), "latencies": [], "served": Counter()})
+        n["observed_at"].add(ev.observed_at)
+        n["servers"].add(ev.dst if query else ev.src)
+        c["ips"].add(cip)
+        asked_at = asked.get(tx)
+        if query:
+            asked[tx] = ev.ts
+            counted = True
+        else:
+            counted = asked_at is None or abs(ev.ts - asked_at) > QUERY_WINDOW
+            asked[tx] = ev.ts
+            if ev.rcode:
+                n["rcodes"][ev.rcode] += 1
+            for ans in ev.answers:
+                if ans not in n["answers"] and len(n["answers"]) < MAX_ANSWERS:
+                    n["answers"].append(ans)
+            if ev.latency_ms is not None:
+                n["latencies"].append(ev.latency_ms)
+            if a.served:
+                n["served"][a.served] += 1
+        if counted:
+            n["count"] += 1
+            c["count"] += 1
+            n["qtypes"][ev.qtype] += 1
+        for d in (n, c):
+            d["first"], d["last"] = min(d["first"], ev.ts), max(d["last"], ev.ts)
+    return out, duplicates
+
+
+def summary(agg: Aggregator) -> dict:
+    return {client_key(cs.client): {
+        "count": cs.count, "first": cs.first, "last": cs.last, "ips": set(cs.ips),
+        "names": {lname: {
+            "name": ns.name, "count": ns.count, "qtypes": Counter(ns.qtypes),
+            "rcodes": Counter(ns.rcodes), "answers": list(ns.answers), "first": ns.first,
+            "last": ns.last, "observed_at": set(ns.observed_at), "servers": set(ns.servers),
+            "latencies": list(ns.latencies), "served": Counter(ns.served)}
+            for lname, ns in cs.names.items()}}
+        for cs in agg.by_client.values()}
+
+
+CLIENTS = [WEB, API, Client(kind="node", ip="10.244.0.1", name="node-a"),
+           Client(kind="external", ip="8.8.8.8")]
+
+
+@st.composite
+def mixed_stream(draw) -> list[Attributed]:
+    """Queries and responses of a few clients, seen by one or two captures, some retried,
+    some answered only, names in mixed case; one pod under two Client objects, and
+    ``ambiguous`` clients that are a new object on every event."""
+    items = []
+    ts = 0.0
+    for _ in range(draw(st.integers(1, 40))):
+        ts += draw(st.sampled_from([0.0, 0.0003, 0.4, 1.5, 31.0]))
+        who = draw(st.integers(0, len(CLIENTS) + 1))
+        if who == len(CLIENTS):
+            client = Client(kind="pod", ip="10.244.0.5", namespace="shop", name="web")
+        elif who == len(CLIENTS) + 1:
+            client = Client(kind="ambiguous", ip="10.244.0.9", candidates=["a/x", "b/y"])
+        else:
+            client = CLIENTS[who]
+        name = draw(st.sampled_from(["evil.example.com", "EVIL.example.com", "good.example"]))
+        query = q(ts, client.ip, draw(st.sampled_from(["10.244.1.2", "10.96.0.10"])),
+                  draw(st.integers(1, 3)), name, draw(st.sampled_from(["A", "AAAA"])),
+                  sport=draw(st.sampled_from([40000, 40001])))
+        answers = draw(st.lists(st.sampled_from([f"10.0.0.{i}" for i in range(25)]),
+                                max_size=24))
+        response = r(query, draw(st.sampled_from([0.0004, 0.002])),
+                     draw(st.sampled_from(["NOERROR", "NXDOMAIN", ""])), answers)
+        if draw(st.booleans()):
+            response.latency_ms = None
+        served = draw(st.sampled_from(["", "cache", "forwarded"]))
+        kind = draw(st.sampled_from(["exchange", "query", "response"]))
+        events = ([query] if kind != "response" else []) + ([response] if kind != "query" else [])
+        for ev in events:
+            items.append(Attributed(ev, client, None, served if ev is response else ""))
+            if draw(st.booleans()):  # also seen by a second capture, a moment apart
+                copy = DnsEvent(**{f: getattr(ev, f) for f in ev.__slots__})
+                copy.observed_at, copy.ts = "shop/web", ev.ts + 0.0001
+                items.append(Attributed(copy, client, None, ""))
+    items.sort(key=lambda a: a.event.ts)  # stable: a copy stays after its original
+    return items
+
+
+@settings(max_examples=300, deadline=None)
+@given(mixed_stream())
+def test_the_aggregator_follows_the_plain_rules_on_a_mixed_stream(items):
+    agg = Aggregator()
+    for a in items:
+        agg.add(a)
+    want, duplicates = reference(items)
+    assert summary(agg) == want
+    assert agg.duplicates == duplicates

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from kubectl_dnstrace.kube.logstream import SeqTracker, since_time, split_timestamp, ts_seconds
+import queue
+
+from kubectl_dnstrace import protocol
+from kubectl_dnstrace.kube.logstream import (
+    LineReader,
+    SeqTracker,
+    since_time,
+    split_timestamp,
+    ts_seconds,
+)
+from kubectl_dnstrace.model import PodRef
 
 
 def test_split_timestamp_as_the_kubelet_writes_it() -> None:
@@ -31,14 +41,32 @@ def test_seq_tracker_drops_duplicates_and_counts_gaps() -> None:
     assert (t.lost, t.duplicates, t.gaps) == (3, 2, [(4, 6)])
 
 
+def test_line_reader_turns_each_kubelet_line_into_one_queue_item() -> None:
+    out: queue.Queue = queue.Queue()
+    reader = LineReader(PodRef("kube-system", "coredns-1"), out)
+    stamp = "2026-11-26T13:23:4{}.206427536Z "
+    for i, seq in enumerate((1, 2, 2, 5)):  # 2 replayed after a resume; 3 and 4 lost
+        rec = protocol.stats(seq, seq, 0, 0, 0)
+        reader.line((stamp.format(i) + protocol.encode(rec)).encode())
+    reader.line(b"2026-11-26T13:23:49.5Z   ")  # blank: nothing
+    reader.line(b"2026-11-26T13:23:50.5Z Traceback (most recent call last):")
+    reader.line(("2026-11-26T13:23:51.5Z " + protocol.encode(protocol.bye(6, "end"))).encode())
+    items = [out.get_nowait() for _ in range(out.qsize())]
+    assert [(i.kind, i.record["seq"] if i.record else i.count or i.text) for i in items] == [
+        ("record", 1), ("record", 2), ("lost", 2), ("record", 5),
+        ("notice", "agent kube-system/coredns-1: Traceback (most recent call last):"),
+        ("record", 6)]
+    assert reader.last_ts == "2026-11-26T13:23:51.5Z"  # the resume point: last record's time
+    assert reader.saw_bye and reader.stray == ["Traceback (most recent call last):"]
+    assert (reader.seq.duplicates, reader.seq.lost) == (1, 2)
+
+
 # ---- against the simulated kubelet: real follow streams, really cut -------------------------------
 
-import queue  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-from kubectl_dnstrace import protocol  # noqa: E402
 from kubectl_dnstrace.kube.ephemeral import (  # noqa: E402
     CaptureSpec,
     add_capture_container,
@@ -121,7 +149,6 @@ from kubectl_dnstrace.model import (  # noqa: E402
     ClusterOptions,
     Filters,
     OutputOptions,
-    PodRef,
     TraceRequest,
 )
 from kubectl_dnstrace.pipeline import Pipeline  # noqa: E402

@@ -46,7 +46,7 @@ class StreamItem:
 def split_timestamp(line: bytes) -> tuple[str, bytes]:
     """``b"2026-11-26T13:23:40.206427536Z {...}"`` -> ("2026-...Z", b"{...}")."""
     head, sep, rest = line.partition(b" ")
-    if sep and head[:4].isdigit() and head.endswith(b"Z") and b"T" in head:
+    if sep and head[-1:] == b"Z" and head[:4].isdigit() and b"T" in head:
         return head.decode("ascii", "replace"), rest
     return "", line
 
@@ -90,6 +90,53 @@ class SeqTracker:
         return True, gap
 
 
+class LineReader:
+    """What a stream does with each line of the log: the record in it, checked, once.
+
+    Apart from the thread and the API (``AgentStream`` owns one) so the per-line cost — a
+    live trace pays it for every DNS message — can be measured on its own
+    (benchmarks/pipeline_throughput.py). ``out`` is the queue the trace's loop drains.
+    """
+
+    def __init__(self, pod: PodRef, out: queue.Queue) -> None:
+        self.pod = pod
+        self.out = out
+        self.seq = SeqTracker()
+        self.last_ts = ""
+        self.saw_bye = False
+        self.stray: list[str] = []
+
+    def line(self, line: bytes) -> None:
+        ts, payload = split_timestamp(line)
+        try:
+            rec = protocol.decode(payload)
+        except protocol.ProtocolError as exc:
+            if not payload.strip():
+                return  # a blank line: nothing to say
+            if "speaks protocol" in str(exc):
+                # An agent of another version (e.g. an older project image): say so plainly.
+                raise AgentFailed(
+                    f"agent protocol mismatch: {exc}",
+                    "use the default image, or the project image tagged with this plugin's "
+                    "version (kubectl dnstrace --version)",
+                ) from None
+            text = payload.decode("utf-8", "replace").rstrip()
+            self.stray.append(text)
+            del self.stray[:-20]
+            self.out.put(StreamItem(self.pod, "notice", text=f"agent {self.pod.key}: {text}"))
+            return
+        keep, lost = self.seq.accept(rec["seq"])
+        if ts:
+            self.last_ts = ts
+        if lost:
+            self.out.put(StreamItem(self.pod, "lost", count=lost))
+        if not keep:
+            return
+        self.out.put(StreamItem(self.pod, "record", rec))
+        if rec["type"] == "bye":
+            self.saw_bye = True
+
+
 class AgentStream(threading.Thread):
     """Follows one capture container's log until the agent's ``bye`` (or its end)."""
 
@@ -101,12 +148,25 @@ class AgentStream(threading.Thread):
         self.container = container
         self.out = out
         self.read_timeout = read_timeout
-        self.seq = SeqTracker()
-        self.last_ts = ""
-        self.saw_bye = False
+        self.reader = LineReader(pod, out)
         self.resumes = 0
-        self.stray: list[str] = []
         self.stopping = threading.Event()
+
+    @property
+    def seq(self) -> SeqTracker:
+        return self.reader.seq
+
+    @property
+    def last_ts(self) -> str:
+        return self.reader.last_ts
+
+    @property
+    def saw_bye(self) -> bool:
+        return self.reader.saw_bye
+
+    @property
+    def stray(self) -> list[str]:
+        return self.reader.stray
 
     # The thread body: open, read, resume -------------------------------------------------------
 
@@ -164,44 +224,15 @@ class AgentStream(threading.Thread):
             self.pod.namespace, self.pod.name, self.container, follow=True, timestamps=True,
             since_time=since_time(self.last_ts) or None, read_timeout=self.read_timeout,
         )
+        reader = self.reader
         try:
             for line in iter_lines(resp):
-                self._line(line)
-                if self.saw_bye:
+                reader.line(line)
+                if reader.saw_bye:
                     return
         finally:
             resp.release_conn()
             resp.close()
-
-    def _line(self, line: bytes) -> None:
-        ts, payload = split_timestamp(line)
-        if not payload.strip():
-            return
-        try:
-            rec = protocol.decode(payload)
-        except protocol.ProtocolError as exc:
-            if "speaks protocol" in str(exc):
-                # An agent of another version (e.g. an older project image): say so plainly.
-                raise AgentFailed(
-                    f"agent protocol mismatch: {exc}",
-                    "use the default image, or the project image tagged with this plugin's "
-                    "version (kubectl dnstrace --version)",
-                ) from None
-            text = payload.decode("utf-8", "replace").rstrip()
-            self.stray.append(text)
-            del self.stray[:-20]
-            self.out.put(StreamItem(self.pod, "notice", text=f"agent {self.pod.key}: {text}"))
-            return
-        keep, lost = self.seq.accept(rec["seq"])
-        if ts:
-            self.last_ts = ts
-        if lost:
-            self.out.put(StreamItem(self.pod, "lost", count=lost))
-        if not keep:
-            return
-        self.out.put(StreamItem(self.pod, "record", record=rec))
-        if rec["type"] == "bye":
-            self.saw_bye = True
 
     def _container_running(self) -> bool:
         try:

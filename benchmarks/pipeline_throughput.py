@@ -17,8 +17,9 @@ process), each doing what a live trace does per line:
 5. the whole ``Pipeline`` with ``-o table`` (attribute, link, aggregate; no live lines),
    fed through the queue like a live trace
 
-The garbage collector is set up as a live trace sets it up: ``Pipeline`` freezes what
-exists when it starts (the inventory), so every stage runs after one ``gc.freeze()``.
+The garbage collector is set up as a live trace sets it up: ``Pipeline`` starts after the
+inventory is built and applies ``gcpolicy.for_streams`` (freeze what exists, space
+collections out), so every stage runs after that same call.
 
 Memory: tracemalloc's count of the inventory alone, and the process's RSS growth while it
 is built. Run:
@@ -31,7 +32,6 @@ It prints a markdown table (for docs/performance.md) and the raw figures as JSON
 from __future__ import annotations
 
 import argparse
-import gc
 import io
 import json
 import os
@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kubectl_dnstrace import protocol
+from kubectl_dnstrace import gcpolicy, protocol
 from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
 from kubectl_dnstrace.kube.inventory import Inventory
@@ -162,7 +162,7 @@ def main() -> int:
     n = len(lines)
     where = PodRef("kube-system", "coredns-1", role="coredns")
     # What Pipeline.__init__ does before a live stream starts (see the module docstring).
-    gc.freeze()
+    gcpolicy.for_streams()
 
     class Handover:
         """The reader's queue, when the stage measures the work on either side of it."""

@@ -44,11 +44,13 @@ class EventBuilder(object):
         self._type_names = {}
         self._rcode_names = {}
         self._questions = {}
+        self._rcodes = dns_filter.rcodes
 
     # -- shared by build() and tally() ------------------------------------------------
-    def _first_question(self, p):
-        """``(qname, qtype, wanted, qend)`` of the message's first question, or None when
-        it has none; raises DnsParseError.
+    def _first_question(self, p, key):
+        """``(qname, qtype, wanted, qend, qtype name)`` of the message's first question
+        (``key``: its bytes from offset 12 to the first zero byte and four more), or None
+        when it has none; raises DnsParseError.
 
         A capture sees the same few thousand questions over and over (every query and its
         response carry the same bytes from offset 12 to the end of the question), so
@@ -58,19 +60,16 @@ class EventBuilder(object):
         mean an equal question; ``qend`` (the offset after the question, for
         ``dnswire.quick_response``) is 0 for a question that is not remembered.
         """
-        z = p.find(b"\x00", 12)
-        key = p[12:z + 5]
-        hit = self._questions.get(key)
-        if hit is not None:
-            return hit
         _ident, _flags, qname, qtype, _qclass, qdcount = dnswire.parse_question(p)
         if not qdcount or qname is None:
             return None
+        z = p.find(b"\x00", 12)
         pos = 12
         while pos < z and p[pos] < 64:
             pos += p[pos] + 1
         plain = pos == z and len(key) == z - 7
-        entry = (qname, qtype, self.filter.match_question(qname, qtype), z + 5 if plain else 0)
+        entry = (qname, qtype, self.filter.match_question(qname, qtype), z + 5 if plain else 0,
+                 self.type_name(qtype))
         if plain:
             if len(self._questions) >= QUESTIONS_MAX:
                 self._questions.clear()
@@ -78,8 +77,8 @@ class EventBuilder(object):
         return entry
 
     def _question(self, seg):
-        """(is_response, id, qname, qtype, latency_ms, qend) for a matching message, else
-        None."""
+        """(is_response, id, latency_ms, question) for a matching message, else None;
+        ``question`` as ``_first_question`` gives it."""
         p = seg.payload
         if type(p) is not bytes:
             p = seg.payload = bytes(p)
@@ -87,14 +86,14 @@ class EventBuilder(object):
             if len(p) < 12:
                 raise dnswire.DnsParseError("message shorter than its 12-octet header", 0)
             ident, flags, qdcount = _unpack_hhh(p)
-            q = self._first_question(p) if qdcount else None
+            if not qdcount:
+                return None
+            key = p[12:p.find(b"\x00", 12) + 5]
+            q = self._questions.get(key) or self._first_question(p, key)
         except dnswire.DnsParseError:
             self.malformed += 1
             return None
-        if q is None:
-            return None
-        qname, qtype, wanted, qend = q
-        if not wanted:
+        if q is None or not q[2]:
             return None
         ts = seg.ts
         if self._pending_start is None or ts - self._pending_start > self.pending_seconds or \
@@ -108,9 +107,9 @@ class EventBuilder(object):
             if qts is None:
                 qts = self._pending_old.pop(key, None)
             latency = None if qts is None else round(max(0.0, ts - qts) * 1000.0, 3)
-            return True, ident, qname, qtype, latency, qend
+            return True, ident, latency, q
         self._pending[(seg.proto, seg.src, seg.sport, ident)] = ts
-        return False, ident, qname, qtype, None, qend
+        return False, ident, None, q
 
     def type_name(self, qtype):
         name = self._type_names.get(qtype)
@@ -130,11 +129,10 @@ class EventBuilder(object):
         sport, dst, dport, id, qname, qtype name, rcode name, answers, latency_ms, tc)``,
         the last four None for a query. What ``build`` puts in a dict; ``analyze`` makes
         its events from it without the dict."""
-        q = self._question(seg)
-        if q is None:
+        m = self._question(seg)
+        if m is None:
             return None
-        is_response, ident, qname, qtype, latency, qend = q
-        flt = self.filter
+        is_response, ident, latency, (qname, _qtype, _wanted, qend, tname) = m
         if is_response:
             p = seg.payload
             quick = dnswire.quick_response(p, qend) if qend else None
@@ -147,17 +145,17 @@ class EventBuilder(object):
                     self.malformed += 1
                     return None
                 rcode, answers = msg.rcode, dnswire.answer_texts(msg)
-            if not flt.match_rcode(rcode):
+            if self._rcodes and rcode not in self._rcodes:
                 return None
             self.matched += 1
             return (seg.ts, "response", seg.proto, seg.src, seg.sport, seg.dst, seg.dport,
-                    ident, qname, self.type_name(qtype), self.rcode_name(rcode), answers,
-                    latency, bool(p[2] & 0x02))
-        if flt.rcodes:
+                    ident, qname, tname, self._rcode_names.get(rcode) or self.rcode_name(rcode),
+                    answers, latency, bool(p[2] & 0x02))
+        if self._rcodes:
             return None  # queries carry no rcode; the response will be reported
         self.matched += 1
         return (seg.ts, "query", seg.proto, seg.src, seg.sport, seg.dst, seg.dport, ident,
-                qname, self.type_name(qtype), None, None, None, None)
+                qname, tname, None, None, None, None)
 
     def build(self, seg, iface):
         f = self.fields(seg)
@@ -194,17 +192,17 @@ class EventBuilder(object):
         The cheap path for the agent's aggregate mode: no full parse; the rcode comes from
         the header alone (EDNS extended rcodes are not worth a full parse there).
         """
-        q = self._question(seg)
-        if q is None:
+        m = self._question(seg)
+        if m is None:
             return None
-        is_response, _ident, qname, qtype, _latency, _qend = q
+        is_response, _ident, _latency, (qname, _qt, _wanted, _qend, tname) = m
         if is_response:
             rcode = seg.payload[3] & 0x0F
             if not self.filter.match_rcode(rcode):
                 return None
             self.matched += 1
-            return seg.dst, qname.lower(), self.type_name(qtype), self.rcode_name(rcode)
+            return seg.dst, qname.lower(), tname, self.rcode_name(rcode)
         if self.filter.rcodes:
             return None
         self.matched += 1
-        return seg.src, qname.lower(), self.type_name(qtype), None
+        return seg.src, qname.lower(), tname, None

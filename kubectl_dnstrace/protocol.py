@@ -10,6 +10,7 @@ Every record carries ``type`` and a strictly increasing ``seq``: a resumed log s
 drops what it has already seen by ``seq``, and a gap in ``seq`` is counted as loss.
 """
 
+import binascii
 import itertools
 import json
 from operator import itemgetter
@@ -120,6 +121,21 @@ def validate(record):
     _check_record(record)
 
 
+def _raw_ok(raw):
+    """``raw`` (the packet, with ``--pcap``) is decoded on the kubectl side: it must be
+    base64 text, or a hostile agent line would end the trace with a decoding error."""
+    try:
+        binascii.a2b_base64(raw.encode("ascii"))
+    except (AttributeError, ValueError, UnicodeEncodeError, binascii.Error):
+        return False
+    return isinstance(raw, str)
+
+
+def _check_raw(raw):
+    if not _raw_ok(raw):
+        raise ProtocolError("dns record has a bad raw packet: %s" % repr(raw)[:60])
+
+
 def _check_record(record):
     """The full check of any record: names the first fault it finds."""
     if not isinstance(record, dict):
@@ -136,6 +152,8 @@ def _check_record(record):
             raise ProtocolError("dns record with qr=%r" % (record["qr"],))
         if record["proto"] not in PROTOS:
             raise ProtocolError("dns record with proto=%r" % (record["proto"],))
+        if "raw" in record:
+            _check_raw(record["raw"])
         if record["qr"] == "response":
             _check_fields(record, RESPONSE_FIELDS, "dns response")
             # Answers become keys and text on the kubectl side: anything else is hostile.
@@ -152,6 +170,11 @@ def _check_record(record):
 
 
 def _check_dns_fast(record):
+    """``_check_dns_types``, and a ``raw`` packet, when there is one, that decodes."""
+    return _check_dns_types(record) and ("raw" not in record or _raw_ok(record["raw"]))
+
+
+def _check_dns_types(record):
     """True when ``record`` is a valid dns record of exactly json's types: one fetch of
     the fields and one set lookup of their types instead of a Python loop of isinstance
     calls (the loop cost more than parsing the JSON). False means "ask the full check"."""

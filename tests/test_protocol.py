@@ -166,3 +166,17 @@ def test_subclasses_of_the_json_types_go_to_the_full_check():
     rec = dict(QUERY, qname=Str("www.example.com"))
     assert not protocol._check_dns_fast(rec)
     protocol.validate(rec)  # accepted, by the full check
+
+
+@pytest.mark.parametrize("raw", [7, None, ["AAAA"], "A", "AAAAA", "Zm9v\u00e4"])
+def test_a_raw_packet_that_is_not_base64_text_is_refused(raw):
+    from kubectl_dnstrace.model import DnsEvent
+
+    good = {"type": "dns", "seq": 1, "ts": 1.5, "qr": "query", "proto": "udp", "src": "10.0.0.1",
+            "sport": 4000, "dst": "10.0.0.2", "dport": 53, "id": 1, "qname": "a.example.com",
+            "qtype": "A", "iface": "eth0", "raw": "RQAAHA=="}
+    assert DnsEvent.from_record(protocol.decode(json.dumps(good))).raw == b"E\x00\x00\x1c"
+    with pytest.raises(ProtocolError, match="bad raw packet"):
+        protocol.decode(json.dumps(dict(good, raw=raw)))
+    with pytest.raises(ProtocolError, match="bad raw packet"):
+        protocol.validate(dict(good, raw=raw, extra=True, ts=1))  # the full check too

@@ -136,6 +136,12 @@ class FileEvents:
         try:
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the pair quietly
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            # Not the parent's stdout: whoever reads the output sees its end when the
+            # parent is done, whatever becomes of the child.
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.close(null)
             gcpolicy.for_streams()
             with os.fdopen(wfd, "wb", buffering=1 << 16) as out:
                 try:

@@ -23,6 +23,7 @@ when evidence output wants it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import marshal
 import os
 import signal
@@ -42,6 +43,7 @@ from kubectl_dnstrace.pcapio import read_records
 
 BATCH = 512  # records per hand-over: a few milliseconds of work, a few tens of KiB
 CHILD_MIN_BYTES = 4 << 20  # below this (about 40,000 packets) the fork does not pay
+PIPE_BYTES = 1 << 20
 _LENGTH = struct.Struct("<I")
 
 
@@ -95,6 +97,10 @@ class FileEvents:
 
     def _from_child(self) -> Iterator[list[tuple]]:
         rfd, wfd = os.pipe()
+        # A roomy pipe lets either stage run ahead for a while instead of waking the
+        # other every batch (the default 64 KiB holds about one batch).
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(rfd)

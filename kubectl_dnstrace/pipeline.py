@@ -28,6 +28,7 @@ from kubectl_dnstrace.model import Client, DnsEvent, OutputOptions
 
 LIVE_WAIT = 3.0  # seconds (event time) a query waits for its answer before its line prints
 WATCH_WAIT = 2.0  # seconds (wall) an event from an unheld pod address waits for the pod watch
+LINK_WAIT = 3.0  # seconds (wall) a forward's -o ndjson line waits for a cause from a slower stream
 RESOLVER_ROLES = ("coredns", "node-local-dns")
 
 
@@ -61,6 +62,7 @@ class Pipeline:
         self.events: list[Attributed] | None = [] if fmt == "json" else None
         self._pending: dict[tuple, Attributed] = {}
         self._waiting: deque[tuple[float, DnsEvent]] = deque()
+        self._held: deque[tuple[float, Attributed]] = deque()  # forwards awaiting a cause
         self._header_done = False
         self._nodelocal_said = False
         self.linker = self._linker()
@@ -148,13 +150,46 @@ class Pipeline:
             self.pcap.write(event.raw, event.ts, _comment(a), event.observed_at)
         fmt = self.output.format
         if fmt == "ndjson":
-            self.out.write(self._ndjson.line(a))
-            if self.streaming:
-                self.out.flush()
+            if a.link is not None and not a.link.causes and self.streaming:
+                # Live, its cause may still be on its way in another capture's log stream
+                # (the linker adds late causes to the link): the line waits a little for it.
+                # A file is read in capture order, causes first: nothing to wait for.
+                self._held.append((time.monotonic() + LINK_WAIT, a))
+            else:
+                self.out.write(self._ndjson.line(a))
+                if self.streaming:
+                    self.out.flush()
+            if self._held:
+                self._release_held(event.ts, everything=False)
         elif self.events is not None:
             self.events.append(a)
         elif self.live:
             self._live(a)
+
+    def _release_held(self, now_ts: float, everything: bool) -> None:
+        """Write the held forwards that found their cause, waited LINK_WAIT, or are older
+        (in event time) than the linker's window: no cause can come for those."""
+        wall = time.monotonic()
+        keep: deque[tuple[float, Attributed]] = deque()
+        lines = []
+        for deadline, a in self._held:
+            if everything or a.link.causes or wall >= deadline or (
+                    now_ts - a.event.ts > self.linker.window):
+                lines.append(self._ndjson.line(a))
+            else:
+                keep.append((deadline, a))
+        self._held = keep
+        if lines:
+            self.out.write("".join(lines))
+            if self.streaming:
+                self.out.flush()
+
+    def tick(self) -> None:
+        """Nothing arrived for a while: let waiting events and held lines go when due."""
+        if self._waiting:
+            self._release(everything=False)
+        if self._held:
+            self._release_held(float("-inf"), everything=False)
 
     def feed_aggregate(self, record: dict, observed_at: str = "") -> None:
         """An agent's ``agg`` record (per-second counts above its record rate): attributed
@@ -222,6 +257,8 @@ class Pipeline:
 
     def finish(self) -> ExitCode:
         self._release(everything=True)
+        if self._held:
+            self._release_held(float("-inf"), everything=True)
         if self.live:
             rest = [render.live_line(a, None, self.wide) for a in self._pending.values()]
             self._pending.clear()

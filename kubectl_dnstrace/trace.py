@@ -323,6 +323,7 @@ class TraceRun:
             try:
                 item = self.items.get(timeout=min(0.5, remaining))
             except queue.Empty:
+                self.pipeline.tick()
                 continue
             self._handle(item)
         self.progress.clear_status()

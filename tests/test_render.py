@@ -380,3 +380,48 @@ def test_agent_aggregate_records_are_attributed_counted_and_streamed():
     row = table_out.getvalue().splitlines()[1].split()
     assert row[:6] == ["shop", "web-5d8f7c9b6-x2k4p", "Deployment/web", "node-a",
                        "evil.example.com", "20311"]
+
+
+def test_a_live_forward_line_waits_for_a_cause_from_a_slower_stream(monkeypatch):
+    """Two captures, two log streams: CoreDNS's own upstream query can arrive before the
+    client query that caused it. Its -o ndjson line waits (LINK_WAIT) and then names it."""
+    import kubectl_dnstrace.pipeline as pipeline_module
+
+    out, err = io.StringIO(), io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, err, attributor=Attributor(inventory()))
+    web = q(0.000, "10.244.0.5", "10.244.1.2", 4242, "evil.example.com")
+    up = q(0.001, "10.244.1.2", "172.18.0.53", 777, "evil.example.com", sport=51000)
+    up.observed_at = COREDNS
+    p.feed(up)  # the forward first: its cause is still in the other stream
+    assert out.getvalue() == ""
+    p.feed(web)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["qr"], e["src"]) for e in lines] == [("query", "10.244.0.5"),
+                                                    ("query", "10.244.1.2")]
+    assert [c["name"] for c in lines[1]["forward"]["caused_by"]] == ["web-5d8f7c9b6-x2k4p"]
+    # A forward whose cause never comes is written after LINK_WAIT (tick: no traffic)...
+    lonely = q(9.0, "10.244.1.2", "172.18.0.53", 778, "other.example.com", sport=51001)
+    lonely.observed_at = COREDNS
+    p.feed(lonely)
+    p.tick()
+    assert len(out.getvalue().splitlines()) == 2  # still waiting
+    monkeypatch.setattr(pipeline_module, "LINK_WAIT", 0.0)
+    late = q(20.0, "10.244.1.2", "172.18.0.53", 779, "third.example.com", sport=51002)
+    late.observed_at = COREDNS
+    p.feed(late)
+    p.tick()
+    names = [json.loads(line)["qname"] for line in out.getvalue().splitlines()]
+    assert names[2:] == ["other.example.com", "third.example.com"]
+    assert json.loads(out.getvalue().splitlines()[2])["forward"]["caused_by"] == []
+
+
+def test_a_forward_is_never_lost_at_the_end_of_a_trace():
+    out = io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, io.StringIO(),
+                 attributor=Attributor(inventory()))
+    up = q(0.001, "10.244.1.2", "172.18.0.53", 777, "evil.example.com", sport=51000)
+    up.observed_at = COREDNS
+    p.feed(up)
+    assert out.getvalue() == ""
+    p.finish()
+    assert json.loads(out.getvalue())["qname"] == "evil.example.com"

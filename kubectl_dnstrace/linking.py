@@ -103,6 +103,7 @@ class Linker:
         self._pending: dict[tuple, _Query] = {}
         self._unresolved: dict[tuple[str, str], list[tuple[Link, str, Client]]] = {}
         self._count = 0
+        self.late_causes = 0  # causes added to forwards seen earlier (for held output lines)
 
     # ---- the one method ----------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class Linker:
                     q.dst == src or (forwarder.kind == "node" and q.client.kind == "pod"
                                      and q.client.node == forwarder.node)):
                 self._add_cause(link, q)
+                self.late_causes += 1
             if not link.causes and q.ts - link.ts <= self.window:
                 still.append((link, src, forwarder))
         if still:

@@ -63,6 +63,7 @@ class Pipeline:
         self._pending: dict[tuple, Attributed] = {}
         self._waiting: deque[tuple[float, DnsEvent]] = deque()
         self._held: deque[tuple[float, Attributed]] = deque()  # forwards awaiting a cause
+        self._late_seen = 0  # the linker's late_causes when the held lines were last looked at
         self._header_done = False
         self._nodelocal_said = False
         self.linker = self._linker()
@@ -167,18 +168,25 @@ class Pipeline:
             self._live(a)
 
     def _release_held(self, now_ts: float, everything: bool) -> None:
-        """Write the held forwards that found their cause, waited LINK_WAIT, or are older
-        (in event time) than the linker's window: no cause can come for those."""
-        wall = time.monotonic()
-        keep: deque[tuple[float, Attributed]] = deque()
+        """Write the held forwards that found their cause (looked for only when the linker
+        added a late one), then, from the oldest, those that waited LINK_WAIT or are older
+        (in event time) than the linker's window: no cause can come for those. Cheap per
+        event even with thousands held: no scan unless something changed."""
+        held = self._held
         lines = []
-        for deadline, a in self._held:
-            if everything or a.link.causes or wall >= deadline or (
-                    now_ts - a.event.ts > self.linker.window):
-                lines.append(self._ndjson.line(a))
-            else:
-                keep.append((deadline, a))
-        self._held = keep
+        if everything or self.linker.late_causes != self._late_seen:
+            self._late_seen = self.linker.late_causes
+            keep: deque[tuple[float, Attributed]] = deque()
+            for item in held:
+                if everything or item[1].link.causes:
+                    lines.append(self._ndjson.line(item[1]))
+                else:
+                    keep.append(item)
+            held = self._held = keep
+        wall = time.monotonic()
+        window = self.linker.window
+        while held and (held[0][0] <= wall or now_ts - held[0][1].event.ts > window):
+            lines.append(self._ndjson.line(held.popleft()[1]))
         if lines:
             self.out.write("".join(lines))
             if self.streaming:

@@ -425,3 +425,20 @@ def test_a_forward_is_never_lost_at_the_end_of_a_trace():
     assert out.getvalue() == ""
     p.finish()
     assert json.loads(out.getvalue())["qname"] == "evil.example.com"
+
+
+def test_a_late_cause_releases_its_forward_even_behind_another_held_one():
+    out = io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, io.StringIO(),
+                 attributor=Attributor(inventory()))
+    lonely = q(0.0005, "10.244.1.2", "172.18.0.53", 776, "other.example.com", sport=50999)
+    up = q(0.001, "10.244.1.2", "172.18.0.53", 777, "evil.example.com", sport=51000)
+    for fwd in (lonely, up):
+        fwd.observed_at = COREDNS
+        p.feed(fwd)
+    p.feed(q(0.000, "10.244.0.5", "10.244.1.2", 4242, "evil.example.com"))
+    names = [json.loads(line)["qname"] for line in out.getvalue().splitlines()]
+    assert names == ["evil.example.com", "evil.example.com"]  # the cause, then its forward
+    assert json.loads(out.getvalue().splitlines()[1])["forward"]["caused_by"]
+    p.finish()
+    assert json.loads(out.getvalue().splitlines()[2])["qname"] == "other.example.com"

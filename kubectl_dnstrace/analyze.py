@@ -37,8 +37,8 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
     dns_filter = _filter(request)
     for path in request.files:
         if not os.path.isfile(path):
-            raise BadInput(f"cannot read {path}: no such file",
-                           "give the path of a pcap or pcapng file")
+            why = "it is a directory" if os.path.isdir(path) else "no such file"
+            raise BadInput(f"cannot read {path}: {why}", "give the path of a pcap or pcapng file")
         # A file that is not a capture is the user's mistake to hear about first, before any
         # complaint about the cluster: reading its first record says so (BadInput).
         next(iter(read_records(path)), None)

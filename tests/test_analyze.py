@@ -68,6 +68,12 @@ def test_a_missing_file_is_bad_input(tmp_path, capsys):
     assert f"cannot read {tmp_path / 'nope.pcap'}: no such file" in err
 
 
+def test_a_directory_is_bad_input_and_says_so(tmp_path, capsys):
+    code, _, err = analyze(capsys, "--offline", str(tmp_path))
+    assert code == 10
+    assert f"cannot read {tmp_path}: it is a directory\n" in err
+
+
 def test_a_malformed_dns_packet_is_counted_and_skipped(tmp_path, capsys):
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether

@@ -9,6 +9,7 @@ node address with that pod among the candidates). A wrong pod fails the test.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -24,16 +25,25 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 class Trace:
-    """``kubectl dnstrace ...`` started before the scenario clock, so nothing is missed."""
+    """``kubectl dnstrace ...`` started before the scenario clock, so nothing is missed.
+
+    Both pipes are read by threads, so a run that does not end is seen by ``finish`` within
+    its timeout (and its threads' stacks are dumped to its stderr), never by pytest's.
+    """
 
     def __init__(self, sl, args: list[str], duration: float) -> None:
+        env = sl.env()
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack
         self.proc = subprocess.Popen(
-            ["kubectl", "dnstrace", *args, "--duration", f"{duration:g}s"], env=sl.env(),
+            ["kubectl", "dnstrace", *args, "--duration", f"{duration:g}s"], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.err_lines: list[str] = []
+        self.out_chunks: list[str] = []
         self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read_err, daemon=True)
-        self._reader.start()
+        self._readers = [threading.Thread(target=self._read_err, daemon=True),
+                         threading.Thread(target=self._read_out, daemon=True)]
+        for t in self._readers:
+            t.start()
 
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
@@ -43,14 +53,27 @@ class Trace:
                 self.ready.set()
         self.ready.set()
 
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        self.out_chunks.append(self.proc.stdout.read())
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self.ready.wait(timeout), "the capture did not start"
         assert self.proc.poll() is None, "".join(self.err_lines)
 
     def finish(self, timeout: float = 90.0) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        self._reader.join(timeout=5)
-        return self.proc.returncode, out, "".join(self.err_lines)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=10)
+            for t in self._readers:
+                t.join(timeout=5)
+            pytest.fail(f"kubectl dnstrace did not end {timeout:g} s after Ctrl-C; its stderr:\n"
+                        + "".join(self.err_lines))
+        for t in self._readers:
+            t.join(timeout=5)
+        return self.proc.returncode, "".join(self.out_chunks), "".join(self.err_lines)
 
 
 def run_scenario(name: str, args: list[str], seconds: float, fmt: str = "ndjson"):

@@ -500,7 +500,10 @@ def test_runner_runs_a_command_against_the_cluster_and_returns_its_code():
 def test_runner_tears_down_on_ctrl_c():
     require_lab()
     proc = subprocess.Popen([PYTHON, "-m", "tests.lab", "run", "--quiet", "--scenario", str(SCENARIOS / "basic.yaml"),
-                             "--", "sh", "-c", "echo ready; sleep 60"], cwd=ROOT, stdout=subprocess.PIPE,
+                             # Not ``sh -c``: a Ctrl-C landing between its fork and the exec of
+                             # the next command is caught by dash and lost to the child.
+                             "--", PYTHON, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                            cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         banner = proc.stderr.readline()

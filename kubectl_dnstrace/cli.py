@@ -68,6 +68,7 @@ Targets ("trace" may be left out: kubectl dnstrace pod/web-123):
   pod/NAME, NAME      one pod
   deploy/NAME, ds/NAME, sts/NAME, job/NAME, rs/NAME
                       every running pod of that workload
+  cronjob/NAME        the pods of its jobs running now
   -l SELECTOR         every running pod matching the label selector
 
 \b
@@ -246,7 +247,7 @@ def _trace_output(output: str, pcap: str | None, no_lines: bool) -> OutputOption
 
 @app.command(epilog=TRACE_EPILOG, short_help="Capture live DNS in pods (the default command).")
 def trace(
-    targets: Annotated[list[str] | None, typer.Argument(help="coredns | dns | pod/NAME | NAME | deploy/NAME | ds/ | sts/ | job/ | rs/")] = None,
+    targets: Annotated[list[str] | None, typer.Argument(help="coredns | dns | pod/NAME | NAME | deploy/NAME | ds/ | sts/ | job/ | cronjob/ | rs/")] = None,
     selector: Annotated[str | None, typer.Option("--selector", "-l", help="Trace the pods matching this label selector.")] = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Look for targets in every namespace.")] = False,
     namespace: NamespaceOpt = None,

@@ -28,6 +28,7 @@ TARGET_KINDS = {
     "ds/": "daemonsets",
     "sts/": "statefulsets",
     "job/": "jobs",
+    "cronjob/": "cronjobs",
     "rs/": "replicasets",
 }
 OUTPUT_FORMATS = ("table", "wide", "json", "ndjson")

@@ -68,9 +68,9 @@ RULES: tuple[Rule, ...] = (
     Rule("apps", ("deployments", "replicasets", "daemonsets", "statefulsets"), ("get", "list"),
          "resolve a pod's owner to the workload a human knows; deploy/NAME targets; "
          "node-local-dns detection"),
-    Rule("batch", ("jobs",), ("get", "list"),
+    Rule("batch", ("jobs", "cronjobs"), ("get", "list"),
          "name the CronJob behind a short-lived Job pod (from the Job's owner reference); "
-         "job/NAME targets"),
+         "job/NAME and cronjob/NAME targets"),
     Rule("", ("nodes",), ("list",),
          "map node and podCIDR gateway addresses to nodes (hostNetwork clients)",
          cluster_scoped=True),

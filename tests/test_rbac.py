@@ -99,6 +99,7 @@ def test_cluster_mode_grants_exactly_what_a_trace_needs():
         *[("apps", r, v) for r in ("deployments", "replicasets", "daemonsets", "statefulsets")
           for v in ("get", "list")],
         ("batch", "jobs", "get"), ("batch", "jobs", "list"),
+        ("batch", "cronjobs", "get"), ("batch", "cronjobs", "list"),
     }
     assert grants == needed
     # Nothing that changes or deletes workloads, no secrets, no wildcards.
@@ -199,6 +200,7 @@ TRACE_NEEDS = [
     ("get", "apps", "deployments", "", "web"), ("list", "apps", "replicasets", "", ""),
     ("get", "apps", "daemonsets", "", "node-local-dns"), ("get", "apps", "statefulsets", "", "db"),
     ("get", "batch", "jobs", "", "report-1"), ("list", "batch", "jobs", "", ""),
+    ("get", "batch", "cronjobs", "", "report"),
 ]
 NEVER = [
     ("delete", "", "pods", "", "web-1"), ("create", "", "pods", "", ""), ("update", "", "pods", "", "web-1"),
@@ -206,7 +208,7 @@ NEVER = [
     ("get", "", "secrets", "", ""), ("list", "", "configmaps", "", ""),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
     ("delete", "apps", "deployments", "", "web"), ("patch", "", "nodes", "", "node-a"),
-    ("list", "", "endpoints", "", ""), ("get", "batch", "cronjobs", "", "report"),
+    ("list", "", "endpoints", "", ""), ("create", "batch", "cronjobs", "", ""),
 ]
 
 

@@ -32,6 +32,9 @@ from kubectl_dnstrace.kube.targets import (
         ("job/report-1", "jobs", "report-1"),
         ("jobs.batch/report-1", "jobs", "report-1"),
         ("rs/web-5d8f7c9b6", "replicasets", "web-5d8f7c9b6"),
+        ("cronjob/report", "cronjobs", "report"),
+        ("cj/report", "cronjobs", "report"),
+        ("cronjobs.batch/report", "cronjobs", "report"),
         ("replicaset/web-5d8f7c9b6", "replicasets", "web-5d8f7c9b6"),
         ("coredns", "dns", ""),
         ("dns", "dns", ""),
@@ -42,7 +45,7 @@ def test_valid_targets(text: str, kind: str, name: str) -> None:
     assert parse_target(text) == Target(kind, name, text)
 
 
-@pytest.mark.parametrize("text", ["foo/bar/baz", "svc/kube-dns", "cronjob/x", "deploy/", "/web",
+@pytest.mark.parametrize("text", ["foo/bar/baz", "svc/kube-dns", "cronjobs.apps/x", "deploy/", "/web",
                                   "Web_1", "deployments.batch/web", ""])
 def test_bad_targets_are_usage_errors_listing_valid_forms(text: str) -> None:
     with pytest.raises(UsageError) as info:
@@ -138,6 +141,50 @@ def test_other_workloads(cluster, tmp_path, kind, word) -> None:
     running_pod(cluster, "batch", "w-2", {"app": "w"}, owner=wl)
     kube = connect(cluster, tmp_path)
     assert keys(resolve_targets(kube, [f"{word}/w"], namespace="batch")) == ["batch/w-1", "batch/w-2"]
+
+
+def _job_of(cluster, cronjob: dict, name: str, pod_phase: str) -> None:
+    """A Job as the CronJob controller makes it (owned by ``cronjob``), with one pod."""
+    labels = {"batch.kubernetes.io/job-name": name}
+    job = workload(cluster, "Job", "batch", name, labels, owner=cronjob)
+    running_pod(cluster, "batch", f"{name}-x7k2p", labels, owner=job, phase=pod_phase)
+
+
+def test_cronjob_means_the_pods_of_its_running_jobs(cluster, tmp_path) -> None:
+    cj = workload(cluster, "CronJob", "batch", "report", {})
+    _job_of(cluster, cj, "report-29123450", "Succeeded")  # an earlier run, kept
+    _job_of(cluster, cj, "report-29123460", "Running")
+    other = workload(cluster, "CronJob", "batch", "cleanup", {})
+    _job_of(cluster, other, "cleanup-29123460", "Running")  # not report's
+    kube = connect(cluster, tmp_path)
+    for text in ("cronjob/report", "cj/report", "cronjobs.batch/report"):
+        res = resolve_targets(kube, [text], namespace="batch")
+        assert keys(res) == ["batch/report-29123460-x7k2p"]
+        assert res.skipped == [("batch/report-29123450-x7k2p", "not running (phase Succeeded)")]
+    assert keys(resolve_targets(kube, ["cronjob/report"], all_namespaces=True)) == [
+        "batch/report-29123460-x7k2p"]
+
+
+def test_cronjob_between_runs_says_so_and_what_to_do(cluster, tmp_path) -> None:
+    cj = workload(cluster, "CronJob", "batch", "report", {})
+    _job_of(cluster, cj, "report-29123450", "Succeeded")
+    kube = connect(cluster, tmp_path)
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["cronjob/report"], namespace="batch")
+    assert info.value.message == (
+        "no job is running now for cronjob/report in namespace batch (not scheduled yet); "
+        "batch/report-29123450-x7k2p is not running (phase Succeeded)")
+    assert "kubectl dnstrace coredns --domain" in info.value.hint
+    assert "kubectl create job --from=cronjob/NAME" in info.value.hint
+    assert info.value.exit_code == ExitCode.NOT_FOUND
+    # With another target that has pods, the trace goes on and the idle CronJob is a note.
+    running_pod(cluster, "batch", "worker-1")
+    res = resolve_targets(kube, ["cronjob/report", "pod/worker-1"], namespace="batch")
+    assert keys(res) == ["batch/worker-1"]
+    assert "cronjob/report in namespace batch has no running job now" in res.notes
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["cronjob/nope"], namespace="batch")
+    assert info.value.message == "cronjob 'nope' not found in namespace batch"
 
 
 def test_selector_namespace_flag_and_all_namespaces(cluster, tmp_path) -> None:

@@ -30,9 +30,10 @@ KIND_ALIASES: dict[str, str] = {
     "sts": "statefulsets", "statefulset": "statefulsets", "statefulsets": "statefulsets",
     "job": "jobs", "jobs": "jobs",
     "rs": "replicasets", "replicaset": "replicasets", "replicasets": "replicasets",
+    "cj": "cronjobs", "cronjob": "cronjobs", "cronjobs": "cronjobs",
 }
 KIND_GROUPS = {"deployments": "apps", "daemonsets": "apps", "statefulsets": "apps",
-               "replicasets": "apps", "jobs": "batch", "pods": ""}
+               "replicasets": "apps", "jobs": "batch", "cronjobs": "batch", "pods": ""}
 DNS_ALIASES = ("coredns", "dns")
 DNS_SERVICE = "kube-dns"
 DNS_FALLBACK_SELECTOR = "k8s-app=kube-dns"
@@ -40,8 +41,9 @@ NODE_LOCAL_DAEMONSET = "node-local-dns"
 NODE_LOCAL_SELECTOR = "k8s-app=node-local-dns"
 
 VALID_FORMS = (
-    "coredns | dns | pod/NAME | NAME | deploy/NAME | ds/NAME | sts/NAME | job/NAME | rs/NAME "
-    "(long forms: pods/, deployment/, daemonset/, statefulset/, replicaset/), or -l SELECTOR"
+    "coredns | dns | pod/NAME | NAME | deploy/NAME | ds/NAME | sts/NAME | job/NAME | "
+    "cronjob/NAME | rs/NAME (long forms: pods/, deployment/, daemonset/, statefulset/, "
+    "replicaset/; cj/), or -l SELECTOR"
 )
 
 
@@ -162,6 +164,7 @@ class TargetResolver:
         self.all_namespaces = all_namespaces
         self.dns_namespace = dns_namespace or "kube-system"
         self.dns_selector = dns_selector
+        self._idle_cronjobs: list[str] = []  # "cronjob/x in namespace ns (last run ...)"
 
     def resolve(self, targets: list[str], selector: str | None = None) -> Resolution:
         parsed = [parse_target(t) for t in targets]  # all syntax errors before any API call
@@ -171,6 +174,8 @@ class TargetResolver:
                 self._cluster_dns(res)
             elif target.kind == "pods":
                 self._pod(res, target)
+            elif target.kind == "cronjobs":
+                self._cronjob(res, target)
             else:
                 self._workload(res, target)
         if selector:
@@ -183,6 +188,16 @@ class TargetResolver:
                 )
         if not res.pods:
             what = ", ".join(targets + ([f"-l {selector}"] if selector else []))
+            if self._idle_cronjobs:
+                raise NotFound(
+                    "no job is running now for " + "; ".join(self._idle_cronjobs)
+                    + "".join(f"; {k} is {why}" for k, why in res.skipped),
+                    "a CronJob's pods exist only while one of its jobs runs. Trace the "
+                    "cluster DNS instead (kubectl dnstrace coredns --domain NAME): a job pod "
+                    "that starts and ends during the trace is still named. Or start a run "
+                    "now: kubectl create job --from=cronjob/NAME NAME-manual, then trace "
+                    "job/NAME-manual",
+                )
             if res.skipped:
                 raise NotFound(
                     f"no running pod behind {what}: "
@@ -217,7 +232,8 @@ class TargetResolver:
             raise self._missing("pod", target.name) from None
         res.add(pod)
 
-    def _workload(self, res: Resolution, target: Target) -> None:
+    def _find(self, target: Target) -> list[dict]:
+        """The object(s) ``target`` names: in the namespace, or by name in every one (-A)."""
         if self.all_namespaces:
             found, _ = self.kube.list(target.kind, None,
                                       field_selector=f"metadata.name={target.name}")
@@ -231,23 +247,55 @@ class TargetResolver:
                 f"{_singular(target.kind)} {target.name!r} not found in any namespace",
                 f"check the name with `kubectl get {target.kind} -A`",
             )
-        for workload in found:
+        return found
+
+    def _workload(self, res: Resolution, target: Target) -> None:
+        for workload in self._find(target):
             ns = (workload.get("metadata") or {}).get("namespace") or self.namespace
-            selector = selector_string((workload.get("spec") or {}).get("selector"))
-            if not selector:
-                raise NotFound(
-                    f"{target.text} in namespace {ns} has no pod selector",
-                    "name its pods with pod/NAME or -l SELECTOR instead",
-                )
-            pods, _ = self.kube.list("pods", ns, label_selector=selector)
-            uid = (workload.get("metadata") or {}).get("uid")
-            before = len(res.pods) + len(res.skipped)
-            cache: dict[str, set] = {}
-            for pod in pods:
-                if _owned_by(pod, uid, target.kind, self.kube, ns, cache):
-                    res.add(pod)
-            if len(res.pods) + len(res.skipped) == before:
+            if not self._pods_of(res, workload, target.kind, ns):
                 res.notes.append(f"{target.text} in namespace {ns} has no pods")
+
+    def _pods_of(self, res: Resolution, workload: dict, kind: str, ns: str) -> bool:
+        """Add the pods of one workload (its selector, then its ownerReferences); False
+        when it has none."""
+        selector = selector_string((workload.get("spec") or {}).get("selector"))
+        if not selector:
+            name = (workload.get("metadata") or {}).get("name", "")
+            raise NotFound(
+                f"{_singular(kind)}/{name} in namespace {ns} has no pod selector",
+                "name its pods with pod/NAME or -l SELECTOR instead",
+            )
+        pods, _ = self.kube.list("pods", ns, label_selector=selector)
+        uid = (workload.get("metadata") or {}).get("uid")
+        before = len(res.pods) + len(res.skipped)
+        cache: dict[str, set] = {}
+        for pod in pods:
+            if _owned_by(pod, uid, kind, self.kube, ns, cache):
+                res.add(pod)
+        return len(res.pods) + len(res.skipped) > before
+
+    def _cronjob(self, res: Resolution, target: Target) -> None:
+        """A CronJob has no pods of its own: the pods of its running Jobs are traced.
+
+        Its Jobs are found by their owner reference to it (what the CronJob controller
+        sets), not by its ``status.active``, which lags the Jobs. A finished Job keeps its
+        pods (Succeeded, Failed) until it is cleaned up: those are skipped as not running.
+        """
+        for cronjob in self._find(target):
+            meta = cronjob.get("metadata") or {}
+            ns = meta.get("namespace") or self.namespace
+            jobs, _ = self.kube.list("jobs", ns)
+            running = len(res.pods)
+            for job in jobs:
+                owners = (job.get("metadata") or {}).get("ownerReferences") or []
+                if any(o.get("uid") == meta.get("uid") for o in owners):
+                    self._pods_of(res, job, "jobs", ns)
+            if len(res.pods) == running:
+                last = (cronjob.get("status") or {}).get("lastScheduleTime")
+                self._idle_cronjobs.append(
+                    f"cronjob/{meta.get('name', target.name)} in namespace {ns}"
+                    + (f" (last scheduled {last})" if last else " (not scheduled yet)"))
+                res.notes.append(f"{target.text} in namespace {ns} has no running job now")
 
     def _selector(self, res: Resolution, selector: str) -> None:
         ns = None if self.all_namespaces else self.namespace
@@ -332,7 +380,7 @@ class TargetResolver:
 def _singular(kind: str) -> str:
     return {"deployments": "deployment", "daemonsets": "daemonset",
             "statefulsets": "statefulset", "jobs": "job", "replicasets": "replicaset",
-            "pods": "pod"}.get(kind, kind)
+            "cronjobs": "cronjob", "pods": "pod"}.get(kind, kind)
 
 
 def _owned_by(pod: dict, uid: str | None, kind: str, kube: Kube, namespace: str,

@@ -15,6 +15,10 @@ Order of the questions, most specific first:
    DNS cache, CoreDNS sees exactly this address.
 6. Otherwise ``external`` (a public address) or ``unknown`` (a private one).
 
+When pods could be listed only in some namespaces (the inventory's ``scope``), a pod
+elsewhere is invisible, so step 5 would name a node for that pod's address: there, such an
+address is ``unknown``, and the reason says which namespaces were seen.
+
 Results are cached per address together with the time range they are valid for and the
 inventory version they came from, so a busy capture costs one dict lookup per event.
 """
@@ -115,6 +119,10 @@ class Attributor:
                           reason=f"no known pod held this address then ({spans})"), ts, ts
 
         node = inv.node_for_pod_cidr(ip)
+        if node is not None and inv.scope:
+            return Client(kind="unknown", ip=ip, node=node.name, reason=(
+                f"address in {node.name}'s podCIDR held by no pod of {_scope(inv)}: a pod in "
+                "another namespace, or the node's CNI gateway")), -INF, INF
         if node is not None:
             cands = sorted(p.key for p in inv.host_network_pods(node.name, ts))
             reason = (f"address in {node.name}'s podCIDR held by no pod: the node's CNI "
@@ -127,6 +135,10 @@ class Attributor:
             return Client(kind="node", ip=ip, name=node.name, node=node.name,
                           candidates=cands, reason=reason), lo, hi
 
+        if inv.scope and not _is_public(ip):
+            return Client(kind="unknown", ip=ip, reason=(
+                f"no pod of {_scope(inv)}, node or Service known to hold this address "
+                "(pods may be listed only there)")), -INF, INF
         return _outside(ip, inv.empty), -INF, INF
 
     def _stable(self, node: str, ts: float) -> tuple[float, float]:
@@ -161,12 +173,19 @@ class Attributor:
         return lo, hi
 
 
-def _outside(ip: str, no_inventory: bool = False) -> Client:
+def _scope(inv: Inventory) -> str:
+    return ("namespace " if len(inv.scope) == 1 else "namespaces ") + ", ".join(inv.scope)
+
+
+def _is_public(ip: str) -> bool:
     try:
-        public = ipaddress.ip_address(ip).is_global
+        return ipaddress.ip_address(ip).is_global
     except ValueError:
-        public = False
-    if public:
+        return False
+
+
+def _outside(ip: str, no_inventory: bool = False) -> Client:
+    if _is_public(ip):
         return Client(kind="external", ip=ip, reason="a public address outside the cluster")
     if no_inventory:
         return Client(kind="unknown", ip=ip, reason="no cluster inventory (offline): address only")

@@ -30,6 +30,10 @@ LIVE_WAIT = 3.0  # seconds (event time) a query waits for its answer before its 
 WATCH_WAIT = 2.0  # seconds (wall) an event from an unheld pod address waits for the pod watch
 LINK_WAIT = 3.0  # seconds (wall) a forward's -o ndjson line waits for a cause from a slower stream
 RESOLVER_ROLES = ("coredns", "node-local-dns")
+# Reasons of a pod address that no pod holds yet (attribution.py): the ones worth waiting on.
+# "not a pod, node or Service address ..." is not among them: with every namespace and node
+# listed, it is outside any pod network.
+_MAYBE_NEW_POD = ("address in ", "no known pod", "no pod of ")
 
 
 class Pipeline:
@@ -128,9 +132,8 @@ class Pipeline:
         """A pod address nobody holds, while the pod watch runs: the pod may be so new that
         its watch event (with its IP) is still on the way, while its first query already
         arrived over the log stream — a CronJob pod asks at once. Wait for the watch."""
-        return self.attributor.inventory.watching and (
-            (client.kind == "node" and client.reason.startswith("address in "))
-            or (client.kind == "unknown" and client.reason.startswith("no known pod")))
+        return (self.attributor.inventory.watching and client.kind in ("node", "unknown")
+                and client.reason.startswith(_MAYBE_NEW_POD))
 
     def _release(self, everything: bool) -> None:
         now = time.monotonic()

@@ -226,9 +226,16 @@ class TraceRun:
             from kubectl_dnstrace.attribution import Attributor
             from kubectl_dnstrace.kube.inventory import Inventory
 
-            self.inventory = Inventory.from_cluster(self.kube)
-            self.inventory.start_watch(self.kube)
-            attributor = Attributor(self.inventory)
+            home = self.req.cluster.namespace or self.kube.namespace or "default"
+            inv = self.inventory = Inventory.from_cluster(
+                self.kube, namespaces=[*res.namespaces, home])
+            inv.start_watch(self.kube)
+            attributor = Attributor(inv)
+            if inv.scope:
+                self.say(f"{inv.scope_why}: client attribution covers the pods of "
+                         f"{', '.join(inv.scope)} only; clients in other namespaces show as "
+                         "unknown addresses. `kubectl dnstrace rbac --cluster` grants what "
+                         "attribution reads")
         except DnstraceError as exc:
             self.say(f"client attribution is off: {exc.message}. Clients show as IP addresses; "
                      "`kubectl dnstrace rbac --cluster` grants what attribution reads")

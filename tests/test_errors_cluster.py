@@ -529,5 +529,9 @@ def test_the_printed_least_privilege_role_is_enough_for_a_trace(sim, capsys, mon
     assert code == ExitCode.NO_MATCH, err  # ran cleanly, the stand-in saw nothing
     assert "error:" not in err and "Traceback" not in err
     assert "asked 1 agent(s) to stop (pods/exec)" in err
-    # The one thing a namespace Role cannot give, said plainly (the hint offers --cluster).
-    assert "client attribution is off: you may not list pods (cluster-wide)" in err
+    # What a namespace Role cannot give, said plainly (the hint offers --cluster): pods are
+    # listed in shop alone, and attribution covers those.
+    assert ("you may not list pods (cluster-wide): client attribution covers the pods of "
+            "shop only; clients in other namespaces show as unknown addresses") in err
+    assert "`kubectl dnstrace rbac --cluster` grants what attribution reads" in err
+    assert "client attribution is off" not in err

@@ -312,7 +312,59 @@ def test_a_relist_closes_pods_deleted_while_nobody_watched(cluster):
     inv = Inventory.from_cluster(kube)
     sim.store.delete("pods", "gone", "shop")
     before = time.time()
-    inv._relist(kube)
+    inv._relist(kube, None)
     [gone] = inv.history("10.244.0.7")
     assert before <= gone.end <= time.time()
     assert inv.history("10.244.0.8")[0].end == INF
+
+
+def test_without_a_cluster_wide_pod_list_the_readable_namespaces_are_listed(cluster):
+    # A namespace Role (what `kubectl dnstrace rbac` prints without --cluster): pods may be
+    # listed in shop only. Attribution covers shop, says so, and names nobody else wrongly.
+    from kubectl_dnstrace.attribution import Attributor
+    from kubectl_dnstrace.errors import Forbidden
+
+    sim, kube, _ = cluster
+    sim.store.create(node("node-a", "172.18.0.10", "10.244.0.0/24"))
+    sim.store.create(service("web", "shop", "10.96.5.5"))
+    sim.store.create(service("kube-dns", "kube-system", "10.96.0.10"))
+    sim.store.create(pod("web", "10.244.0.5", start=time.time() - 60))
+    sim.store.create(pod("report-1", "10.244.0.9", namespace="batch", start=time.time() - 60),
+                     namespace="batch")
+    sim.faults.deny("admin", "list", "pods", namespace="")
+    sim.faults.deny("admin", "list", "services", namespace="")
+    sim.faults.deny("admin", "list", "pods", namespace="batch")
+    with pytest.raises(Forbidden):
+        Inventory.from_cluster(kube)  # no namespace to fall back to: the refusal stands
+    with pytest.raises(Forbidden):
+        Inventory.from_cluster(kube, namespaces=["batch"])
+    inv = Inventory.from_cluster(kube, namespaces=["shop", "batch", "shop", ""])
+    assert inv.scope == ("shop",)
+    assert "list pods" in inv.scope_why
+    att = Attributor(inv)
+    now = time.time()
+    assert att.attribute("10.244.0.5", now).name == "web"
+    assert att.attribute("10.96.5.5", now).kind == "service"  # shop's Services, listed there
+    # batch/report-1's address: in node-a's podCIDR, yet not the node: unknown, and why.
+    c = att.attribute("10.244.0.9", now)
+    assert (c.kind, c.node) == ("unknown", "node-a")
+    assert c.reason == ("address in node-a's podCIDR held by no pod of namespace shop: a pod in "
+                        "another namespace, or the node's CNI gateway")
+    c = att.attribute("10.1.2.3", now)
+    assert c.kind == "unknown" and "no pod of namespace shop" in c.reason
+    assert att.attribute("172.18.0.10", now).kind == "node"  # node addresses stay nodes
+    assert att.attribute("8.8.8.8", now).kind == "external"
+    # The watch follows shop (its own namespace's watch), and a relist there closes only
+    # shop's pods.
+    inv.start_watch(kube, timeout_seconds=5)
+    try:
+        start = time.time()
+        sim.store.create(pod("cron-1", "10.244.0.12", start=start))
+        _wait(lambda: inv.holders("10.244.0.12", start + 0.5))
+        assert att.attribute("10.244.0.12", start + 0.5).name == "cron-1"
+        assert inv.watch_error == ""
+    finally:
+        inv.stop()
+    inv.upsert_pod(pod("elsewhere", "10.244.0.20", namespace="batch", start=now - 60), now)
+    inv._relist(kube, "shop")
+    assert inv.history("10.244.0.20")[0].end == INF

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubectl_dnstrace.errors import DnstraceError
+from kubectl_dnstrace.errors import DnstraceError, Forbidden
 
 INF = float("inf")
 # finishedAt / startTime / creationTimestamp are RFC 3339 with whole seconds (truncated).
@@ -179,12 +179,17 @@ class Inventory:
         self.node_by_address: dict[str, tuple[NodeInfo, str]] = {}  # ip -> (node, type)
         self.services: dict[str, tuple[str, str]] = {}  # cluster ip -> (namespace, name)
         self.since: float = 0.0  # when the list was taken (events before it: less known)
+        # The namespaces whose pods are known, when pods may not be listed cluster-wide;
+        # empty: every namespace. Partial knowledge changes what an unknown address means.
+        self.scope: tuple[str, ...] = ()
+        self.scope_why = ""  # the cluster-wide refusal that narrowed it
         self.watching: bool = False
         self.version = 0
         self.watch_error: str = ""
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._resource_versions: dict[str | None, str] = {}  # namespace (None: all) -> list rv
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -205,55 +210,79 @@ class Inventory:
         return inv
 
     @classmethod
-    def from_cluster(cls, kube: Any) -> Inventory:
-        """List pods (all namespaces), nodes and services once; ``start_watch`` follows."""
+    def from_cluster(cls, kube: Any, namespaces: Iterable[str] = ()) -> Inventory:
+        """List pods (all namespaces), nodes and services once; ``start_watch`` follows.
+
+        When pods may not be listed cluster-wide (a namespace Role, as ``kubectl dnstrace
+        rbac`` prints without ``--cluster``), the pods and services of ``namespaces`` are
+        listed instead, each namespace that allows it; ``scope`` names them. Only when not
+        one allows it is the cluster-wide refusal raised.
+        """
         inv = cls(OwnerResolver(kube))
         inv.since = time.time()
         for node in _list_or_empty(kube, "nodes"):
             inv.add_node(node)
-        for svc in _list_or_empty(kube, "services"):
-            inv.add_service(svc)
-        items, rv = kube.list("pods")
-        for pod in items:
-            inv.upsert_pod(pod, observed=inv.since)
-        inv._resource_version = rv
+        try:
+            lists = {None: kube.list("pods")}
+        except Forbidden as refused:
+            lists = {}
+            for ns in sorted(set(namespaces) - {""}):
+                try:
+                    lists[ns] = kube.list("pods", ns)
+                except Forbidden:
+                    continue
+            if not lists:
+                raise refused from None
+            inv.scope = tuple(lists)
+            inv.scope_why = refused.message
+        for ns in lists:
+            for svc in _list_or_empty(kube, "services", ns):
+                inv.add_service(svc)
+        for ns, (items, rv) in lists.items():
+            for pod in items:
+                inv.upsert_pod(pod, observed=inv.since)
+            inv._resource_versions[ns] = rv
         return inv
 
     # ---- the pod watch ---------------------------------------------------------------------
 
     def start_watch(self, kube: Any, timeout_seconds: float = 60.0) -> None:
-        """Follow pod changes in a daemon thread until ``stop``.
+        """Follow pod changes in a daemon thread until ``stop`` (one per namespace of a
+        partial ``scope``).
 
         The watch resumes from the last resourceVersion when the server closes it, and
         relists when the version is too old (410 Gone): a pod deleted in between is
         closed at the relist.
         """
-        if self._thread is not None:
+        if self._threads:
             return
         self.watching = True
-        watcher = kube.clone() if hasattr(kube, "clone") else kube
-        self._thread = threading.Thread(target=self._watch_loop, args=(watcher, timeout_seconds),
-                                        name="dnstrace-pod-watch", daemon=True)
-        self._thread.start()
+        for ns in self.scope or (None,):
+            watcher = kube.clone() if hasattr(kube, "clone") else kube
+            thread = threading.Thread(target=self._watch_loop,
+                                      args=(watcher, timeout_seconds, ns),
+                                      name=f"dnstrace-pod-watch-{ns or 'all'}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self.watching = False
 
-    def _watch_loop(self, kube: Any, timeout_seconds: float) -> None:
+    def _watch_loop(self, kube: Any, timeout_seconds: float, namespace: str | None) -> None:
         try:
-            self._follow(kube, timeout_seconds)
+            self._follow(kube, timeout_seconds, namespace)
         finally:
             if hasattr(kube, "close"):
                 kube.close()
 
-    def _follow(self, kube: Any, timeout_seconds: float) -> None:
-        rv = getattr(self, "_resource_version", "") or None
+    def _follow(self, kube: Any, timeout_seconds: float, namespace: str | None) -> None:
+        rv = self._resource_versions.get(namespace) or None
         while not self._stop.is_set():
             try:
                 if rv is None:
-                    rv = self._relist(kube)
-                for etype, obj in kube.watch("pods", resource_version=rv,
+                    rv = self._relist(kube, namespace)
+                for etype, obj in kube.watch("pods", namespace, resource_version=rv,
                                              timeout_seconds=timeout_seconds):
                     if self._stop.is_set():
                         return
@@ -273,14 +302,15 @@ class Inventory:
                 self.watch_error = f"{type(exc).__name__}: {exc}"
                 self._stop.wait(1.0)
 
-    def _relist(self, kube: Any) -> str:
-        items, rv = kube.list("pods")
+    def _relist(self, kube: Any, namespace: str | None) -> str:
+        items, rv = kube.list("pods", namespace)
         now = time.time()
         seen = set()
         for pod in items:
             seen.add(self.upsert_pod(pod, observed=now))
         with self._lock:
-            gone = [p for uid, p in self.pods.items() if uid not in seen]
+            gone = [p for uid, p in self.pods.items() if uid not in seen
+                    and (namespace is None or p.namespace == namespace)]
         for pod in gone:
             self._close(pod, now)
         return rv
@@ -471,10 +501,10 @@ def _norm(ip: str) -> str:
     return ip
 
 
-def _list_or_empty(kube: Any, kind: str) -> list[dict]:
+def _list_or_empty(kube: Any, kind: str, namespace: str | None = None) -> list[dict]:
     """Nodes and services improve attribution but are not essential: a 403 degrades."""
     try:
-        items, _ = kube.list(kind)
+        items, _ = kube.list(kind, namespace)
     except DnstraceError:
         return []
     return items

@@ -28,7 +28,7 @@ class Denial:
     def matches(self, user: str, verb: str, resource: str, subresource: str | None, namespace: str | None) -> bool:
         return (self.user in (user, "*") and self.verb in (verb, "*") and self.resource in (resource, "*")
                 and (self.subresource or "") == (subresource or "")
-                and (self.namespace is None or self.namespace == namespace))
+                and (self.namespace is None or self.namespace == (namespace or "")))
 
 
 @dataclass
@@ -42,7 +42,8 @@ class Faults:
 
     def deny(self, user: str, verb: str, resource: str, subresource: str | None = None,
              namespace: str | None = None) -> None:
-        """Refuse ``verb`` on ``resource[/subresource]`` to ``user`` (``"*"`` for any user)."""
+        """Refuse ``verb`` on ``resource[/subresource]`` to ``user`` (``"*"`` for any user),
+        in ``namespace`` (None: everywhere; ``""``: cluster-wide requests only)."""
         self.denials.append(Denial(user, verb, resource, subresource, namespace))
 
     def denied(self, user: str, verb: str, resource: str, subresource: str | None, namespace: str | None) -> bool:

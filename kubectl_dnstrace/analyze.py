@@ -54,6 +54,9 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
     }
     pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
                         meta=meta, streaming=False)
+    if inventory.scope:
+        pipeline.notice(f"{inventory.scope_why}: clients are named only when they are pods of "
+                        f"{', '.join(inventory.scope)}; others show as unknown addresses")
     want_raw = bool(request.output.pcap_path)
     for path in request.files:
         stats = analyze_file(path, dns_filter, pipeline, want_raw)
@@ -107,7 +110,9 @@ def _inventory(request: AnalyzeRequest) -> Inventory:
             "FILE with a saved `kubectl get pods -A -o json`")
         raise ClusterUnreachable(exc.message, hint) from None
     try:
-        return Inventory.from_cluster(kube)
+        # Under a namespace-only grant, the pods of -n (or the context's namespace).
+        home = request.cluster.namespace or kube.namespace or "default"
+        return Inventory.from_cluster(kube, namespaces=[home])
     finally:
         kube.close()
 

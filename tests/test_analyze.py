@@ -283,6 +283,31 @@ def test_analyze_attributes_against_the_current_cluster(tmp_path, capsys, monkey
         ["Deployment/web"] * 2
 
 
+def test_analyze_under_a_namespace_only_grant_names_that_namespace_s_pods(tmp_path, capsys,
+                                                                         monkeypatch):
+    from tests.lab.cluster import SimCluster
+
+    path = tmp_path / "node7.pcap"
+    now = time.time()
+    _write_pcap(path, _exchange("10.244.0.5", "shop.example.com", 1, now - 5)
+                + _exchange("10.244.0.9", "batch.example.com", 2, now - 4))
+    with SimCluster() as sim:
+        sim.write_kubeconfig(tmp_path / "kubeconfig", namespace="shop")
+        sim.store.ensure_namespace("shop")
+        sim.store.ensure_namespace("batch")
+        sim.store.create(pod("web-1", "10.244.0.5", start=now - 60))
+        sim.store.create(pod("report-1", "10.244.0.9", namespace="batch", start=now - 60),
+                         namespace="batch")
+        sim.faults.deny("admin", "list", "pods", namespace="")
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        code, out, err = analyze(capsys, "-o", "ndjson", str(path))
+    assert code == 0, err
+    assert "clients are named only when they are pods of shop" in err
+    clients = {json.loads(line)["qname"]: json.loads(line)["client"] for line in out.splitlines()}
+    assert clients["shop.example.com"]["name"] == "web-1"
+    assert clients["batch.example.com"]["kind"] == "unknown"  # batch's pods were not read
+
+
 def test_analyze_without_a_cluster_says_how_to_go_offline(tmp_path, capsys, monkeypatch):
     path = tmp_path / "x.pcap"
     _write_pcap(path, _exchange("10.244.0.5", "evil.example.com", 1, 1_764_165_600.0))

@@ -55,7 +55,8 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
     pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
                         meta=meta, streaming=False)
     if inventory.scope:
-        pipeline.notice(f"{inventory.scope_why}: clients are named only when they are pods of "
+        pipeline.notice("you may not list pods in every namespace: clients are named only "
+                        "when they are pods of "
                         f"{', '.join(inventory.scope)}; others show as unknown addresses")
     want_raw = bool(request.output.pcap_path)
     for path in request.files:

@@ -232,7 +232,8 @@ class TraceRun:
             inv.start_watch(self.kube)
             attributor = Attributor(inv)
             if inv.scope:
-                self.say(f"{inv.scope_why}: client attribution covers the pods of "
+                self.say("you may not list pods in every namespace: client attribution "
+                         "covers the pods of "
                          f"{', '.join(inv.scope)} only; clients in other namespaces show as "
                          "unknown addresses. `kubectl dnstrace rbac --cluster` grants what "
                          "attribution reads")

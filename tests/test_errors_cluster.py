@@ -531,7 +531,7 @@ def test_the_printed_least_privilege_role_is_enough_for_a_trace(sim, capsys, mon
     assert "asked 1 agent(s) to stop (pods/exec)" in err
     # What a namespace Role cannot give, said plainly (the hint offers --cluster): pods are
     # listed in shop alone, and attribution covers those.
-    assert ("you may not list pods (cluster-wide): client attribution covers the pods of "
-            "shop only; clients in other namespaces show as unknown addresses") in err
+    assert ("you may not list pods in every namespace: client attribution covers the pods "
+            "of shop only; clients in other namespaces show as unknown addresses") in err
     assert "`kubectl dnstrace rbac --cluster` grants what attribution reads" in err
     assert "client attribution is off" not in err

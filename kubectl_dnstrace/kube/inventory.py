@@ -182,7 +182,6 @@ class Inventory:
         # The namespaces whose pods are known, when pods may not be listed cluster-wide;
         # empty: every namespace. Partial knowledge changes what an unknown address means.
         self.scope: tuple[str, ...] = ()
-        self.scope_why = ""  # the cluster-wide refusal that narrowed it
         self.watching: bool = False
         self.version = 0
         self.watch_error: str = ""
@@ -234,7 +233,6 @@ class Inventory:
             if not lists:
                 raise refused from None
             inv.scope = tuple(lists)
-            inv.scope_why = refused.message
         for ns in lists:
             for svc in _list_or_empty(kube, "services", ns):
                 inv.add_service(svc)

@@ -494,7 +494,7 @@ def test_broken_kubeconfig_is_explained(tmp_path, capsys, text) -> None:
 def test_the_printed_least_privilege_role_is_enough_for_a_trace(sim, capsys, monkeypatch,
                                                                 tmp_path) -> None:
     """`kubectl dnstrace rbac -n shop` applied for dev-user: the whole trace runs, stops its
-    agent through exec, and only attribution (pods in every namespace) is off."""
+    agent through exec, and attribution covers shop's pods (not every namespace's)."""
     import yaml
 
     import kubectl_dnstrace.trace as trace_mod

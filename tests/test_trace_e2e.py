@@ -299,3 +299,62 @@ def test_ctrl_c_while_containers_start_exits_130_and_says_what_stays(scenario) -
     rid = re.search(r"dnstrace-([0-9a-f]{6}) to pod", err).group(1)
     time.sleep(5)  # it starts late, runs its 3 s, and ends by itself
     assert wait_no_agents(scenario, rid, within=10.0) == []
+
+
+def test_namespace_only_grants_name_their_namespaces_pods_and_no_one_else(tmp_path) -> None:
+    """`kubectl dnstrace rbac -n kube-system` and `-n shop` applied for a user who may list
+    pods in no other namespace: a CoreDNS trace names shop's pods, and a pod of another
+    namespace is unknown with the reason: never its node, never a wrong pod."""
+    require_lab()
+    if not os.path.exists(KUBECTL):
+        pytest.skip("kubectl binary not installed")
+    import yaml
+
+    from kubectl_dnstrace.rbac import render_rbac
+    from tests.lab.scenario import ScenarioLab
+
+    scenario = {
+        "nodes": ["node-a"],
+        "dns": {"replicas": 1, "records": {"shop.example.com": "203.0.113.7",
+                                           "batch.example.com": "203.0.113.8"}},
+        "pods": [
+            {"name": WEB, "namespace": "shop", "workload": "Deployment/web",
+             "queries": [{"name": "shop.example.com", "type": "A", "every": "300ms"}]},
+            {"name": "report-1-x7k2p", "namespace": "batch",
+             "queries": [{"name": "batch.example.com", "type": "A", "every": "300ms"}]},
+        ],
+    }
+    cluster = SimCluster().start()
+    sl = ScenarioLab(scenario, cluster=cluster, workdir=tmp_path / "lab")
+    try:
+        sl.start()
+        for ns in ("kube-system", "shop"):
+            for doc in yaml.safe_load_all(render_rbac(cluster=False, namespace=ns,
+                                                      user="dev-user")):
+                if doc:
+                    cluster.store.create(doc)
+        cluster.users.add("dev-user")
+        env = sl.env()
+        env["KUBECONFIG"] = str(cluster.write_kubeconfig(tmp_path / "kc-dev", user="dev-user",
+                                                         namespace="shop"))
+        proc = subprocess.run([KUBECTL, "dnstrace", "coredns", "-o", "ndjson", "--duration",
+                               "4s"], env=env, capture_output=True, text=True, timeout=90)
+        assert proc.returncode == 0, proc.stderr
+        assert ("you may not list pods in every namespace: client attribution covers the pods "
+                "of kube-system, shop only") in proc.stderr
+        # Client queries (CoreDNS's own forwards upstream are named after CoreDNS).
+        queries = [e for e in events(proc.stdout) if e["qr"] == "query" and "forward" not in e]
+        by_name = {}
+        for e in queries:
+            by_name.setdefault(e["qname"], []).append(e["client"])
+        assert by_name["shop.example.com"] and all(
+            c["kind"] == "pod" and c["name"] == WEB and c["workload"] == "Deployment/web"
+            for c in by_name["shop.example.com"])
+        assert by_name["batch.example.com"] and all(
+            c["kind"] == "unknown" and "held by no pod of namespaces kube-system, shop" in c["reason"]
+            for c in by_name["batch.example.com"])
+        assert {e["src"] for e in queries if e["qname"] == "batch.example.com"} == {
+            sl.pod_ip("batch", "report-1-x7k2p")}
+    finally:
+        sl.stop()
+        cluster.stop()

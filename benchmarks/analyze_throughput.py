@@ -10,9 +10,13 @@ client namespace sends queries, and ``tcpdump -w`` in the DNS namespace writes e
 each at two file sizes (the first quarter of the capture, cut with editcap, and the whole
 file), so peak memory can be compared across sizes: a streaming reader stays flat. For each
 it reports wall time, CPU time (user + system of the process, from wait4), packets/s by
-wall and by CPU, and peak RSS. Run as root, on a quiet machine:
+wall and by CPU, and peak RSS. With ``--repeat N`` the two tools take turns N times per
+size: the table keeps each tool's best run, and the ratio of each adjacent pair is reported
+too (median and range), which a shared host's slow spells disturb less. Run as root, on a
+quiet machine:
 
-    .venv/bin/python benchmarks/analyze_throughput.py [--packets 1000000] [--rate 25000]
+    .venv/bin/python benchmarks/analyze_throughput.py [--packets 1000000] [--rate 25000] \
+        [--pcap FILE] [--repeat 5]
 
 It prints a markdown table (for docs/performance.md) and the raw figures as JSON.
 """
@@ -24,6 +28,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -140,16 +145,29 @@ def main() -> int:
     subprocess.run(["editcap", "-F", "pcap", "-r", str(big), str(small), f"1-{total // 4}"],
                    check=True, capture_output=True)
     results = []
+    paired: dict[int, list[float]] = {}
+    load = os.getloadavg()[0]
     for path in (small, big):
         packets = count_packets(path)
-        for name, argv in tools(path).items():
-            runs = [measure(argv) for _ in range(args.repeat)]
-            best = min(runs, key=lambda r: r["wall_s"])
+        # The tools take turns (alternating which goes first), so a slow spell of a shared
+        # host lands on both: each pair gives a ratio of its own.
+        runs: dict[str, list[dict]] = {name: [] for name in tools(path)}
+        for i in range(args.repeat):
+            order = list(tools(path).items())
+            for name, argv in order[::-1] if i % 2 else order:
+                runs[name].append(measure(argv))
+        ours, theirs = runs.values()
+        paired[packets] = sorted(t["wall_s"] / o["wall_s"] for o, t in zip(ours, theirs, strict=True))
+        for name, tool_runs in runs.items():
+            best = min(tool_runs, key=lambda r: r["wall_s"])
             best.update(tool=name, packets=packets, file_mb=path.stat().st_size / 1e6,
-                        pps_wall=packets / best["wall_s"], pps_cpu=packets / best["cpu_s"])
+                        pps_wall=packets / best["wall_s"], pps_cpu=packets / best["cpu_s"],
+                        walls=[round(r["wall_s"], 2) for r in tool_runs])
             results.append(best)
             print(f"{name} on {packets} packets: {best['wall_s']:.1f} s, "
                   f"{best['pps_wall']:.0f} packets/s", file=sys.stderr)
+    print(f"Load average before the runs: {load:.2f} ({os.cpu_count()} CPUs); "
+          f"{args.repeat} run(s) per tool and size, taking turns\n")
     print("| file | tool | wall s | CPU s | packets/s (wall) | packets/s (CPU) | peak RSS MB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in results:
@@ -159,9 +177,11 @@ def main() -> int:
     for size in sorted({r["packets"] for r in results}):
         ours, theirs = (next(r for r in results if r["packets"] == size and r["tool"] == t)
                         for t in tools(big))
+        ratios = paired[size]
         print(f"\n{size:,} packets: analyze / tshark speed = "
-              f"{theirs['wall_s'] / ours['wall_s']:.2f}x (wall), "
-              f"{theirs['cpu_s'] / ours['cpu_s']:.2f}x (CPU)")
+              f"{theirs['wall_s'] / ours['wall_s']:.2f}x (wall, best against best), "
+              f"{theirs['cpu_s'] / ours['cpu_s']:.2f}x (CPU); paired runs: median "
+              f"{statistics.median(ratios):.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x")
     print("\n" + json.dumps(results, indent=1))
     if not args.pcap:
         print(f"capture kept at {big}", file=sys.stderr)

@@ -149,6 +149,38 @@ def ndjson(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def test_cronjob_target_between_runs_and_while_its_job_pod_runs():
+    """``cronjob/backup``: before its Job's pod runs, a not-found that says so and what to do;
+    while it runs (scenario time 3-9 s), a capture in that pod, named after the CronJob."""
+    from tests.lab.scenario import ScenarioLab
+
+    require_lab()
+    sl = ScenarioLab(SCENARIOS / "incident.yaml")
+    try:
+        sl.up()
+        args = ["kubectl", "dnstrace", "cronjob/backup", "-n", "batch", "-o", "ndjson"]
+        idle = subprocess.run([*args, "--duration", "2s"], env=sl.env(), capture_output=True,
+                              text=True, timeout=60)
+        assert idle.returncode == 4, idle.stderr
+        assert ("no job is running now for cronjob/backup in namespace batch (job "
+                "backup-29410020 has no running pod)") in idle.stderr
+        sl.begin()
+        sl.wait_until(3.5)
+        run = subprocess.run([*args, "--duration", "3s"], env=sl.env(), capture_output=True,
+                             text=True, timeout=60)
+        log = sl.query_log("batch", "backup-29410020-h7k2m")
+    finally:
+        sl.stop()
+    assert run.returncode == 0, run.stderr
+    events = ndjson(run.stdout)
+    assert {e["observed_at"] for e in events} == {"batch/backup-29410020-h7k2m"}
+    assert {(e["client"]["name"], e["client"]["workload"]) for e in events} == {
+        ("backup-29410020-h7k2m", "CronJob/backup")}
+    queries = {(e["qname"], e["id"]) for e in events if e["qr"] == "query"}
+    assert {q[0] for q in queries} == {"registry.example.org", "c2.evil.example.com"}
+    assert queries <= {(e["name"], e["id"]) for e in log}  # each one the pod really sent
+
+
 def test_short_lived_cronjob_pod_and_ip_reuse():
     code, out, err, logs, plan = run_scenario("ip-reuse.yaml", ["coredns"], 9)
     assert code == 0, err

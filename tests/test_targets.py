@@ -172,10 +172,24 @@ def test_cronjob_between_runs_says_so_and_what_to_do(cluster, tmp_path) -> None:
     with pytest.raises(NotFound) as info:
         resolve_targets(kube, ["cronjob/report"], namespace="batch")
     assert info.value.message == (
-        "no job is running now for cronjob/report in namespace batch (not scheduled yet); "
-        "batch/report-29123450-x7k2p is not running (phase Succeeded)")
+        "no job is running now for cronjob/report in namespace batch (job report-29123450 has "
+        "no running pod); batch/report-29123450-x7k2p is not running (phase Succeeded)")
     assert "kubectl dnstrace coredns --domain" in info.value.hint
-    assert "kubectl create job --from=cronjob/NAME" in info.value.hint
+    assert info.value.hint.endswith(
+        "kubectl create job --from=cronjob/report report-manual -n batch, "
+        "then: kubectl dnstrace job/report-manual -n batch")
+    # Never run yet, or not since its last Job was cleaned up: when it last ran, if known.
+    workload(cluster, "CronJob", "batch", "nightly", {})
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["cj/nightly"], namespace="batch")
+    assert info.value.message == "no job is running now for cronjob/nightly in namespace batch (no job yet)"
+    cluster.store.create({"kind": "CronJob", "metadata": {"name": "weekly", "namespace": "batch"},
+                          "spec": {"schedule": "0 3 * * 0", "jobTemplate": {"spec": {}}},
+                          "status": {"lastScheduleTime": "2026-11-22T03:00:00Z"}})
+    with pytest.raises(NotFound) as info:
+        resolve_targets(kube, ["cronjob/weekly"], namespace="batch")
+    assert info.value.message == ("no job is running now for cronjob/weekly in namespace batch "
+                                  "(last scheduled 2026-11-22T03:00:00Z)")
     assert info.value.exit_code == ExitCode.NOT_FOUND
     # With another target that has pods, the trace goes on and the idle CronJob is a note.
     running_pod(cluster, "batch", "worker-1")

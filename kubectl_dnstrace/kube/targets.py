@@ -164,7 +164,7 @@ class TargetResolver:
         self.all_namespaces = all_namespaces
         self.dns_namespace = dns_namespace or "kube-system"
         self.dns_selector = dns_selector
-        self._idle_cronjobs: list[str] = []  # "cronjob/x in namespace ns (last run ...)"
+        self._idle_cronjobs: list[tuple[str, str, str]] = []  # (name, namespace, why idle)
 
     def resolve(self, targets: list[str], selector: str | None = None) -> Resolution:
         parsed = [parse_target(t) for t in targets]  # all syntax errors before any API call
@@ -189,14 +189,17 @@ class TargetResolver:
         if not res.pods:
             what = ", ".join(targets + ([f"-l {selector}"] if selector else []))
             if self._idle_cronjobs:
+                name, ns, _ = self._idle_cronjobs[0]
                 raise NotFound(
-                    "no job is running now for " + "; ".join(self._idle_cronjobs)
+                    "no job is running now for "
+                    + "; ".join(f"cronjob/{n} in namespace {n_s} ({why})"
+                                for n, n_s, why in self._idle_cronjobs)
                     + "".join(f"; {k} is {why}" for k, why in res.skipped),
                     "a CronJob's pods exist only while one of its jobs runs. Trace the "
                     "cluster DNS instead (kubectl dnstrace coredns --domain NAME): a job pod "
                     "that starts and ends during the trace is still named. Or start a run "
-                    "now: kubectl create job --from=cronjob/NAME NAME-manual, then trace "
-                    "job/NAME-manual",
+                    f"now: kubectl create job --from=cronjob/{name} {name}-manual -n {ns}, "
+                    f"then: kubectl dnstrace job/{name}-manual -n {ns}",
                 )
             if res.skipped:
                 raise NotFound(
@@ -286,15 +289,18 @@ class TargetResolver:
             ns = meta.get("namespace") or self.namespace
             jobs, _ = self.kube.list("jobs", ns)
             running = len(res.pods)
+            mine = []
             for job in jobs:
                 owners = (job.get("metadata") or {}).get("ownerReferences") or []
                 if any(o.get("uid") == meta.get("uid") for o in owners):
+                    mine.append((job.get("metadata") or {}).get("name", ""))
                     self._pods_of(res, job, "jobs", ns)
             if len(res.pods) == running:
                 last = (cronjob.get("status") or {}).get("lastScheduleTime")
-                self._idle_cronjobs.append(
-                    f"cronjob/{meta.get('name', target.name)} in namespace {ns}"
-                    + (f" (last scheduled {last})" if last else " (not scheduled yet)"))
+                name = meta.get("name", target.name)
+                why = (f"job {', '.join(mine)} has no running pod" if mine
+                       else f"last scheduled {last}" if last else "no job yet")
+                self._idle_cronjobs.append((name, ns, why))
                 res.notes.append(f"{target.text} in namespace {ns} has no running job now")
 
     def _selector(self, res: Resolution, selector: str) -> None:

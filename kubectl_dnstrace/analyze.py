@@ -50,7 +50,9 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
                     "qtypes": list(request.filters.qtypes),
                     "rcodes": list(request.filters.rcodes)},
         "attribution": ("pods file " + request.pods_file if request.pods_file
-                        else "none (offline)" if request.offline else "cluster"),
+                        else "none (offline)" if request.offline
+                        else "namespaces " + ", ".join(inventory.scope) if inventory.scope
+                        else "cluster"),
     }
     pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
                         meta=meta, streaming=False)

@@ -222,6 +222,7 @@ class TraceRun:
         from kubectl_dnstrace.pipeline import Pipeline
 
         attributor = None
+        attribution = "cluster"
         try:
             from kubectl_dnstrace.attribution import Attributor
             from kubectl_dnstrace.kube.inventory import Inventory
@@ -232,12 +233,14 @@ class TraceRun:
             inv.start_watch(self.kube)
             attributor = Attributor(inv)
             if inv.scope:
+                attribution = "namespaces " + ", ".join(inv.scope)
                 self.say("you may not list pods in every namespace: client attribution "
                          "covers the pods of "
                          f"{', '.join(inv.scope)} only; clients in other namespaces show as "
                          "unknown addresses. `kubectl dnstrace rbac --cluster` grants what "
                          "attribution reads")
         except DnstraceError as exc:
+            attribution = f"off: {exc.message}"
             self.say(f"client attribution is off: {exc.message}. Clients show as IP addresses; "
                      "`kubectl dnstrace rbac --cluster` grants what attribution reads")
         meta = {
@@ -246,6 +249,9 @@ class TraceRun:
             "requested": list(self.req.targets)
             + ([f"-l {self.req.selector}"] if self.req.selector else []),
             "duration": self.req.duration,
+            # What clients were named from (analyze says the same): "cluster", "namespaces
+            # a, b" under a namespace-only grant, or "off: why".
+            "attribution": attribution,
         }
         return Pipeline(self.req.output, self.out, self.err, attributor=attributor, meta=meta)
 

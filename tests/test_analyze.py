@@ -301,6 +301,8 @@ def test_analyze_under_a_namespace_only_grant_names_that_namespace_s_pods(tmp_pa
         sim.faults.deny("admin", "list", "pods", namespace="")
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
         code, out, err = analyze(capsys, "-o", "ndjson", str(path))
+        _, doc, _ = analyze(capsys, "-o", "json", str(path))
+    assert json.loads(doc)["meta"]["attribution"] == "namespaces shop"
     assert code == 0, err
     assert "clients are named only when they are pods of shop" in err
     clients = {json.loads(line)["qname"]: json.loads(line)["client"] for line in out.splitlines()}

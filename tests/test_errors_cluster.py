@@ -524,8 +524,8 @@ def test_the_printed_least_privilege_role_is_enough_for_a_trace(sim, capsys, mon
     monkeypatch.setattr(trace_mod, "capture_spec", spec)
     # A trace cut short: the deadline is long, so Ctrl-C-like stopping must go through exec.
     monkeypatch.setattr(trace_mod, "DEADLINE_GRACE", 0.0)
-    code, _, err = run_cli(["pod/web-1", "--kubeconfig", str(kc), "-o", "ndjson",
-                            "--duration", "2s"], capsys)
+    code, out, err = run_cli(["pod/web-1", "--kubeconfig", str(kc), "-o", "json",
+                              "--duration", "2s"], capsys)
     assert code == ExitCode.NO_MATCH, err  # ran cleanly, the stand-in saw nothing
     assert "error:" not in err and "Traceback" not in err
     assert "asked 1 agent(s) to stop (pods/exec)" in err
@@ -535,3 +535,4 @@ def test_the_printed_least_privilege_role_is_enough_for_a_trace(sim, capsys, mon
             "of shop only; clients in other namespaces show as unknown addresses") in err
     assert "`kubectl dnstrace rbac --cluster` grants what attribution reads" in err
     assert "client attribution is off" not in err
+    assert json.loads(out)["meta"]["attribution"] == "namespaces shop"

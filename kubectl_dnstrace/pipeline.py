@@ -28,6 +28,7 @@ from kubectl_dnstrace.model import Client, DnsEvent, OutputOptions
 
 LIVE_WAIT = 3.0  # seconds (event time) a query waits for its answer before its line prints
 WATCH_WAIT = 2.0  # seconds (wall) an event from an unheld pod address waits for the pod watch
+UNHELD_MEMO = 10.0  # seconds (wall) an address that waited in vain is not waited for again
 LINK_WAIT = 3.0  # seconds (wall) a forward's -o ndjson line waits for a cause from a slower stream
 RESOLVER_ROLES = ("coredns", "node-local-dns")
 # Reasons of a pod address that no pod holds yet (attribution.py): the ones worth waiting on.
@@ -66,6 +67,7 @@ class Pipeline:
         self.events: list[Attributed] | None = [] if fmt == "json" else None
         self._pending: dict[tuple, Attributed] = {}
         self._waiting: deque[tuple[float, DnsEvent]] = deque()
+        self._unheld: dict[str, float] = {}  # address -> until when it is not waited for
         self._held: deque[tuple[float, Attributed]] = deque()  # forwards awaiting a cause
         self._late_seen = 0  # the linker's late_causes when the held lines were last looked at
         self._header_done = False
@@ -118,7 +120,8 @@ class Pipeline:
         if self._waiting:
             self._release(everything=False)
         client = self._client(event)
-        if self._waiting or self._may_be_new_pod(client):
+        if self._waiting or (self._may_be_new_pod(client)
+                             and not self._known_unheld(client.ip, time.monotonic())):
             # Keep event order: once one waits, the ones behind it wait too.
             self._waiting.append((time.monotonic() + WATCH_WAIT, event))
             return
@@ -135,13 +138,33 @@ class Pipeline:
         return (self.attributor.inventory.watching and client.kind in ("node", "unknown")
                 and client.reason.startswith(_MAYBE_NEW_POD))
 
+    def _known_unheld(self, ip: str, now: float) -> bool:
+        """Did ``ip`` already wait WATCH_WAIT in vain, and has it kept coming since?
+
+        A CNI gateway (what CoreDNS sees behind NodeLocal DNSCache), or under a
+        namespace-only grant a pod of another namespace, never shows up in the watch: its
+        events would each wait, and every line behind them with them. One wait per address
+        is enough; the memo lasts while the address keeps asking (a pod that later gets
+        such an address is named as soon as the watch brings it).
+        """
+        until = self._unheld.get(ip)
+        if until is None or now >= until:
+            return False
+        self._unheld[ip] = now + UNHELD_MEMO
+        return True
+
     def _release(self, everything: bool) -> None:
         now = time.monotonic()
         while self._waiting:
             deadline, event = self._waiting[0]
             client = self._client(event)
-            if not everything and now < deadline and self._may_be_new_pod(client):
-                return
+            if (not everything and self._may_be_new_pod(client)
+                    and not self._known_unheld(client.ip, now)):
+                if now < deadline:
+                    return
+                if len(self._unheld) >= 100_000:
+                    self._unheld.clear()
+                self._unheld[client.ip] = now + UNHELD_MEMO  # waited in vain
             self._waiting.popleft()
             self._process(event, client)
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -342,6 +343,33 @@ def test_an_event_from_an_unheld_pod_address_waits_for_the_pod_watch(monkeypatch
     kinds = [json.loads(line)["client"]["kind"] for line in out.getvalue().splitlines()]
     assert kinds == ["pod", "pod", "node", "pod"]
     assert p.finish() == ExitCode.MATCHED
+
+
+def test_an_address_that_waited_in_vain_is_not_waited_for_again(monkeypatch):
+    """A CNI gateway (behind NodeLocal DNSCache) never shows up in the pod watch: one wait
+    per address, not one per event, or every live line would lag WATCH_WAIT behind."""
+    import kubectl_dnstrace.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "WATCH_WAIT", 0.05)
+    inv = inventory()
+    inv.watching = True
+    out = io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, io.StringIO(), attributor=Attributor(inv))
+
+    def lines() -> list[str]:
+        return [json.loads(line)["src"] for line in out.getvalue().splitlines()]
+
+    p.feed(q(5.0, "10.244.0.1", "10.244.1.2", 1, "a.example.com", sport=6000))
+    assert lines() == []  # the first event from the gateway waits for the watch
+    time.sleep(0.06)
+    p.tick()
+    assert lines() == ["10.244.0.1"]
+    p.feed(q(5.1, "10.244.0.1", "10.244.1.2", 2, "b.example.com", sport=6001))
+    assert lines() == ["10.244.0.1"] * 2  # at once now
+    p.feed(q(5.2, "10.244.0.79", "10.244.1.2", 3, "c.example.com", sport=6002))
+    assert lines() == ["10.244.0.1"] * 2  # another unheld address still waits
+    p.finish()
+    assert lines() == ["10.244.0.1", "10.244.0.1", "10.244.0.79"]
 
 
 def test_finish_releases_events_still_waiting_for_the_watch():

@@ -20,7 +20,7 @@ import os
 from typing import Any, TextIO
 
 from kubectl_dnstrace.agent.filters import DnsFilter
-from kubectl_dnstrace.attribution import Attributor
+from kubectl_dnstrace.attribution import Attributor, scope_notice
 from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, UsageError
 from kubectl_dnstrace.fileevents import FileEvents
 from kubectl_dnstrace.kube.inventory import Inventory
@@ -57,9 +57,7 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
     pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
                         meta=meta, streaming=False)
     if inventory.scope:
-        pipeline.notice("you may not list pods in every namespace: clients are named only "
-                        "when they are pods of "
-                        f"{', '.join(inventory.scope)}; others show as unknown addresses")
+        pipeline.notice(scope_notice(inventory))
     want_raw = bool(request.output.pcap_path)
     for path in request.files:
         stats = analyze_file(path, dns_filter, pipeline, want_raw)

@@ -173,6 +173,13 @@ class Attributor:
         return lo, hi
 
 
+def scope_notice(inv: Inventory) -> str:
+    """What a trace or ``analyze`` says when the inventory covers only some namespaces."""
+    return ("you may not list pods in every namespace: client attribution covers the pods of "
+            f"{', '.join(inv.scope)} only; clients in other namespaces show as unknown "
+            "addresses")
+
+
 def _scope(inv: Inventory) -> str:
     return ("namespace " if len(inv.scope) == 1 else "namespaces ") + ", ".join(inv.scope)
 

@@ -224,7 +224,7 @@ class TraceRun:
         attributor = None
         attribution = "cluster"
         try:
-            from kubectl_dnstrace.attribution import Attributor
+            from kubectl_dnstrace.attribution import Attributor, scope_notice
             from kubectl_dnstrace.kube.inventory import Inventory
 
             home = self.req.cluster.namespace or self.kube.namespace or "default"
@@ -234,11 +234,8 @@ class TraceRun:
             attributor = Attributor(inv)
             if inv.scope:
                 attribution = "namespaces " + ", ".join(inv.scope)
-                self.say("you may not list pods in every namespace: client attribution "
-                         "covers the pods of "
-                         f"{', '.join(inv.scope)} only; clients in other namespaces show as "
-                         "unknown addresses. `kubectl dnstrace rbac --cluster` grants what "
-                         "attribution reads")
+                self.say(f"{scope_notice(inv)}. `kubectl dnstrace rbac --cluster` grants "
+                         "what attribution reads")
         except DnstraceError as exc:
             attribution = f"off: {exc.message}"
             self.say(f"client attribution is off: {exc.message}. Clients show as IP addresses; "

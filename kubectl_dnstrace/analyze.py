@@ -20,7 +20,7 @@ import os
 from typing import Any, TextIO
 
 from kubectl_dnstrace.agent.filters import DnsFilter
-from kubectl_dnstrace.attribution import Attributor, scope_notice
+from kubectl_dnstrace.attribution import Attributor, scope_label, scope_notice
 from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, UsageError
 from kubectl_dnstrace.fileevents import FileEvents
 from kubectl_dnstrace.kube.inventory import Inventory
@@ -51,8 +51,7 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
                     "rcodes": list(request.filters.rcodes)},
         "attribution": ("pods file " + request.pods_file if request.pods_file
                         else "none (offline)" if request.offline
-                        else "namespaces " + ", ".join(inventory.scope) if inventory.scope
-                        else "cluster"),
+                        else scope_label(inventory)),
     }
     pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
                         meta=meta, streaming=False)

@@ -173,6 +173,12 @@ class Attributor:
         return lo, hi
 
 
+def scope_label(inv: Inventory) -> str:
+    """``meta.attribution`` of ``-o json``: "cluster", or "namespaces a, b" (always plural,
+    for whoever parses it) when pods could be listed only there."""
+    return "namespaces " + ", ".join(inv.scope) if inv.scope else "cluster"
+
+
 def scope_notice(inv: Inventory) -> str:
     """What a trace or ``analyze`` says when the inventory covers only some namespaces."""
     return ("you may not list pods in every namespace: client attribution covers the pods of "

@@ -222,9 +222,8 @@ class TraceRun:
         from kubectl_dnstrace.pipeline import Pipeline
 
         attributor = None
-        attribution = "cluster"
         try:
-            from kubectl_dnstrace.attribution import Attributor, scope_notice
+            from kubectl_dnstrace.attribution import Attributor, scope_label, scope_notice
             from kubectl_dnstrace.kube.inventory import Inventory
 
             home = self.req.cluster.namespace or self.kube.namespace or "default"
@@ -232,8 +231,8 @@ class TraceRun:
                 self.kube, namespaces=[*res.namespaces, home])
             inv.start_watch(self.kube)
             attributor = Attributor(inv)
+            attribution = scope_label(inv)
             if inv.scope:
-                attribution = "namespaces " + ", ".join(inv.scope)
                 self.say(f"{scope_notice(inv)}. `kubectl dnstrace rbac --cluster` grants "
                          "what attribution reads")
         except DnstraceError as exc:

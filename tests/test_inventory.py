@@ -291,6 +291,20 @@ def test_the_watch_keeps_history_of_pods_created_and_deleted_during_the_trace(cl
         inv.stop()
 
 
+def test_stop_ends_a_silent_watch_at_once(cluster):
+    # The server would keep the watch open for a minute: stop() interrupts the read and
+    # joins the thread, so none is left inside a TLS read when the process exits.
+    _, kube, _ = cluster
+    inv = Inventory.from_cluster(kube)
+    inv.start_watch(kube, timeout_seconds=60)
+    time.sleep(0.5)  # the watch request is open and waiting
+    started = time.monotonic()
+    inv.stop()
+    assert time.monotonic() - started < 2.0
+    assert not any(t.is_alive() for t in inv._threads)
+    assert inv.watch_error == ""
+
+
 def test_ten_thousand_pods_stay_well_under_the_memory_budget():
     import tracemalloc
 

@@ -138,6 +138,7 @@ class Kube:
         # Audit logs name the tool that added the capture containers.
         self.api_client.user_agent = f"kubectl-dnstrace/{__version__}"
         self._lock = threading.Lock()
+        self._watch_resp: Any = None  # the open watch response, for ``interrupt``
         self.warnings: list[str] = []
         self._warned: set[str] = set()
 
@@ -219,6 +220,16 @@ class Kube:
         # Closing a pool must never mask the real outcome of a run.
         with contextlib.suppress(Exception):
             self.api_client.close()
+
+    def interrupt(self) -> None:
+        """End a watch this client is reading, from another thread: its read returns at
+        once instead of when the server next speaks (the reading thread can then be
+        joined, instead of being left inside a TLS read when the interpreter exits)."""
+        resp = self._watch_resp
+        shutdown = getattr(resp, "shutdown", None)  # urllib3 >= 2.3
+        if shutdown is not None:
+            with contextlib.suppress(Exception):
+                shutdown()
 
     @property
     def server(self) -> str:
@@ -355,8 +366,9 @@ class Kube:
             query["timeoutSeconds"] = max(1, int(timeout_seconds + 0.999))
         read = (timeout_seconds + 5.0) if timeout_seconds is not None else 300.0
         what = Action("watch", kind, namespace or None)
-        resp = self.request("GET", resource_path(kind, namespace or None), query=query,
-                            what=what, stream=True, read_timeout=read)
+        resp = self._watch_resp = self.request("GET", resource_path(kind, namespace or None),
+                                               query=query, what=what, stream=True,
+                                               read_timeout=read)
         try:
             for line in iter_lines(resp, self):
                 try:
@@ -376,6 +388,7 @@ class Kube:
                     )
                 yield etype, obj
         finally:
+            self._watch_resp = None
             resp.release_conn()
             resp.close()
 

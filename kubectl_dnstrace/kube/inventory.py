@@ -188,6 +188,7 @@ class Inventory:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._watchers: list[Any] = []  # the clients the watch threads read with
         self._resource_versions: dict[str | None, str] = {}  # namespace (None: all) -> list rv
 
     # ---- construction ----------------------------------------------------------------------
@@ -257,15 +258,24 @@ class Inventory:
         self.watching = True
         for ns in self.scope or (None,):
             watcher = kube.clone() if hasattr(kube, "clone") else kube
+            self._watchers.append(watcher)
             thread = threading.Thread(target=self._watch_loop,
                                       args=(watcher, timeout_seconds, ns),
                                       name=f"dnstrace-pod-watch-{ns or 'all'}", daemon=True)
             self._threads.append(thread)
             thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 2.0) -> None:
+        """End the watch: its open reads are interrupted and its threads joined (at most
+        ``wait`` seconds in all), so none is left reading when the process exits."""
         self._stop.set()
         self.watching = False
+        for watcher in self._watchers:
+            if hasattr(watcher, "interrupt"):
+                watcher.interrupt()
+        deadline = time.monotonic() + wait
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _watch_loop(self, kube: Any, timeout_seconds: float, namespace: str | None) -> None:
         try:
@@ -294,9 +304,13 @@ class Inventory:
                     elif etype == "DELETED":
                         self.upsert_pod(obj, observed=time.time(), deleted=True)
             except DnstraceError as exc:
+                if self._stop.is_set():
+                    return  # our own ``stop`` ended the read
                 self.watch_error = exc.message
                 self._stop.wait(1.0)
             except Exception as exc:  # the watch must never take the trace down
+                if self._stop.is_set():
+                    return
                 self.watch_error = f"{type(exc).__name__}: {exc}"
                 self._stop.wait(1.0)
 

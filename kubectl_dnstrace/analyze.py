@@ -75,15 +75,15 @@ def analyze_file(path: str, dns_filter: DnsFilter, pipeline: Pipeline,
                  want_raw: bool = False) -> dict[str, Any]:
     """Stream one file into ``pipeline``; returns its counters."""
     source = FileEvents(path, dns_filter, with_packets=want_raw)
-    feed = pipeline.feed
+    feed = pipeline.feed_batch
     event = DnsEvent
     for batch in source.batches():
-        for f in batch:
-            ev = event(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], "", f[10],
-                       f[11] or [], f[12], 0, path)
-            if want_raw:
+        events = [event(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], "", f[10],
+                        f[11] or [], f[12], 0, path) for f in batch]
+        if want_raw:
+            for ev, f in zip(events, batch, strict=True):
                 ev.raw = f[14]
-            feed(ev)
+        feed(events)
     return source.stats
 
 

@@ -39,7 +39,7 @@ from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import FrameDecoder
 from kubectl_dnstrace.errors import DnstraceError
-from kubectl_dnstrace.pcapio import read_records
+from kubectl_dnstrace.pcapio import one_interface, read_records
 
 BATCH = 512  # records per hand-over: a few milliseconds of work, a few tens of KiB
 CHILD_MIN_BYTES = 4 << 20  # below this (about 40,000 packets) the fork does not pay
@@ -71,6 +71,10 @@ class FileEvents:
         deduper = Deduper()
         builder = EventBuilder(self.filter, with_raw=False)
         decode, seen, fields = decoder.decode_link, deduper.seen, builder.fields
+        # A packet can be in the file twice only when several interfaces were captured (as
+        # the agent dedupes only once a second interface carries DNS); on one interface, a
+        # repeat with the same bytes is the client asking again, and it counts.
+        dedupe = not one_interface(self.path)
         with_packets = self.with_packets
         packets = messages = 0
         batch: list[tuple] = []
@@ -78,7 +82,7 @@ class FileEvents:
             packets += 1
             for seg in decode(linktype, frame, ts):
                 messages += 1
-                if seen(seg):
+                if dedupe and seen(seg):
                     continue
                 f = fields(seg)
                 if f is None:

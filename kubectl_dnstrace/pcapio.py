@@ -26,7 +26,7 @@ import os
 import struct
 from collections.abc import Iterator
 
-from kubectl_dnstrace.agent.frames import LINKTYPE_RAW
+from kubectl_dnstrace.agent.frames import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
 from kubectl_dnstrace.errors import BadInput, UsageError
 
 READ_SIZE = 262144  # a whole record, even a GRO super-segment or a jumbo frame
@@ -99,6 +99,22 @@ def read_records(path: str) -> Iterator[tuple[int, bytes, float]]:
     finally:
         with contextlib.suppress(Exception):
             reader.close()
+
+
+def one_interface(path: str) -> bool:
+    """True when every packet of ``path`` was captured on one interface, so no packet can
+    be in it twice: a classic pcap (one link type, one interface: ``tcpdump -i eth0``) of
+    any link type but Linux cooked capture, which is what ``tcpdump -i any`` writes (a
+    packet crossing a bridge shows up on each port). pcapng may hold several interfaces."""
+    try:
+        head = _read_exact(path, 0, 24)
+    except OSError:
+        return False
+    fmt = _PCAP_MAGIC.get(head[:4])
+    if fmt is None or len(head) < 24:
+        return False
+    linktype = struct.unpack(fmt[0] + "I", head[20:24])[0] & 0x0FFFFFFF
+    return linktype not in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2)
 
 
 def _read_pcap(path: str, order: str, nano: bool) -> Iterator[tuple[int, bytes, float]]:

@@ -127,6 +127,19 @@ class Pipeline:
             return
         self._process(event, client)
 
+    def feed_batch(self, events: list[DnsEvent]) -> None:
+        """``feed`` for each event, for a file's events in capture order: while no pod
+        watch runs (a file is attributed against a snapshot), no event can wait for one,
+        and the per-event check for that is left out."""
+        if self._waiting or self.attributor.inventory.watching:
+            for event in events:
+                self.feed(event)
+            return
+        self.count += len(events)
+        attribute, process = self.attributor.attribute, self._process
+        for ev in events:
+            process(ev, attribute(ev.src if ev.qr == "query" else ev.dst, ev.ts))
+
     def _client(self, event: DnsEvent) -> Client:
         return self.attributor.attribute(event.src if event.qr == "query" else event.dst,
                                          event.ts)

@@ -38,6 +38,20 @@ def test_udp_ipv4_raw():
     assert s.packet == udp4()
 
 
+def test_address_texts_are_made_once_and_the_memo_stays_bounded(monkeypatch):
+    monkeypatch.setattr(frames, "ADDR_CACHE_MAX", 3)
+    dec = FrameDecoder()
+    seen = []
+    for i in range(1, 8):
+        (seg,) = dec.decode_ip(udp4(src=f"10.244.0.{i}"), float(i))
+        (again,) = dec.decode_ip(udp4(src=f"10.244.0.{i}"), float(i))
+        seen.append(seg.src)
+        assert again.src is seg.src  # one text per address: the back half hashes it once
+        assert again.dst is seg.dst == "10.96.0.10"
+        assert len(dec._addrs) <= 3
+    assert seen == [f"10.244.0.{i}" for i in range(1, 8)]
+
+
 def test_udp_ipv6_compressed_addresses():
     pkt = bytes(IPv6(src="fd00:244::5", dst="fd00:244:0:0:0:0:0:53") / UDP(sport=5353, dport=53) / query())
     (s,) = FrameDecoder().decode_ip(pkt, 0.0)

@@ -125,6 +125,54 @@ def test_filters_exit_status_and_pods_file_attribution(tmp_path, capsys):
     assert code == 2
 
 
+def _as_cooked(packets):
+    """The same packets as ``tcpdump -i any`` writes them (Linux cooked capture)."""
+    from scapy.layers.l2 import CookedLinux
+
+    cooked = []
+    for pkt in packets:
+        c = CookedLinux(proto=0x0800) / pkt.payload
+        c.time = pkt.time
+        cooked.append(c)
+    return cooked
+
+
+@pytest.mark.parametrize("child", [False, True], ids=["in-process", "decoder-in-child"])
+def test_a_repeat_counts_on_one_interface_and_a_copy_is_dropped_from_several(
+        tmp_path, capsys, monkeypatch, child):
+    """The same bytes twice within 0.2 s: on one interface (``tcpdump -i eth0``) that is
+    the client asking again (glibc retries with the same id and port), as tshark shows it;
+    in a capture of several interfaces (``-i any``: a packet crossing a bridge is on each
+    port; pcapng may hold several interfaces) it is one packet seen twice."""
+    monkeypatch.setattr(fileevents, "use_child", lambda path: child)
+    query, response = _exchange("10.244.0.5", "evil.example.com", 7, 1_764_165_600.0)
+    again = query.copy()
+    again.time = query.time + 0.1
+    packets = [query, again, response]
+    runs = {}
+    _write_pcap(tmp_path / "eth0.pcap", packets)
+    _write_pcap(tmp_path / "any.pcap", _as_cooked(packets))
+    _write_pcapng(tmp_path / "eth0.pcapng", packets)
+    for name in ("eth0.pcap", "any.pcap", "eth0.pcapng"):
+        code, out, err = analyze(capsys, "--offline", "-o", "ndjson", str(tmp_path / name))
+        assert code == 0, err
+        runs[name] = ([e["qr"] for e in map(json.loads, out.splitlines())], err)
+    assert runs["eth0.pcap"][0] == ["query", "query", "response"]
+    assert "duplicates" not in runs["eth0.pcap"][1]
+    for name in ("any.pcap", "eth0.pcapng"):
+        assert runs[name][0] == ["query", "response"], name
+        assert f"{tmp_path / name}: 3 packets, 3 DNS messages, 2 matched, 1 duplicates" in \
+            runs[name][1]
+
+
+def _write_pcapng(path: Path, packets) -> None:
+    from scapy.utils import PcapNgWriter
+
+    with PcapNgWriter(str(path)) as writer:
+        for pkt in packets:
+            writer.write(pkt)
+
+
 # ---- real captures from the lab, checked against tshark ---------------------------------
 
 QUERIES = [  # (name, type, tcp)
@@ -202,6 +250,9 @@ def captures(tmp_path_factory):
         eth = _tcpdump(d.dns, tmp / "eth.pcap", "-i", "eth0")
         sll = _tcpdump(d.dns, tmp / "sll.pcap", "-i", "any", "-y", "LINUX_SLL")
         sll2 = _tcpdump(d.dns, tmp / "sll2.pcap", "-i", "any", "-y", "LINUX_SLL2")
+        # The node's namespace: each packet crosses the bridge, on the client's port and on
+        # the DNS pod's port.
+        bridge = _tcpdump(d.node, tmp / "bridge-any.pcap", "-i", "any", "-y", "LINUX_SLL2")
         for server in (DNS4, DNS6):
             for name, qtype, tcp in QUERIES:
                 assert dnslab.dig(client, server, name, qtype, tcp=tcp).returncode == 0
@@ -209,6 +260,7 @@ def captures(tmp_path_factory):
         _stop(eth)
         _stop(sll)
         _stop(sll2)
+        _stop(bridge)
     subprocess.run(["editcap", "-F", "pcapng", str(tmp / "eth.pcap"), str(tmp / "eth.pcapng")],
                    check=True, capture_output=True)
     _strip_ethernet(tmp / "eth.pcap", tmp / "raw.pcap")
@@ -231,6 +283,21 @@ def test_analyze_agrees_with_tshark_on_every_packet(captures, capsys, monkeypatc
     # Query and response matched: every response carries its latency.
     assert all(e["latency_ms"] is not None for e in events if e["qr"] == "response")
     assert {e["client"]["kind"] for e in events} == {"unknown"}
+
+
+@pytest.mark.lab
+def test_a_capture_of_every_bridge_port_counts_each_packet_once(captures, capsys):
+    tmp, _ = captures
+    path = tmp / "bridge-any.pcap"
+    code, out, err = analyze(capsys, "--offline", "-o", "ndjson", str(path))
+    assert code == 0, err
+    rows = _tshark(path)
+    # tshark lists each UDP message twice, one after the other (a TCP segment's second copy
+    # is a retransmission to it): once per message is what was asked and answered.
+    once = [row for i, row in enumerate(rows) if i == 0 or rows[i - 1] != row]
+    assert len(once) == 2 * 2 * len(QUERIES) and len(rows) > len(once) + len(QUERIES)
+    assert _ours([json.loads(line) for line in out.splitlines()]) == once
+    assert f"{len(once)} matched, " in err and " duplicates" in err
 
 
 @pytest.mark.lab

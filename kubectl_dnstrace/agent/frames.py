@@ -49,6 +49,7 @@ _IP4_UDP = struct.Struct("!BxHxxHxB2x4s4sHHH")
 _AF_INET6 = socket.AF_INET6
 _ntop = socket.inet_ntop
 _ntoa = socket.inet_ntoa
+ADDR_CACHE_MAX = 65536
 # BSD loopback (LINKTYPE_NULL) stores the address family in the writer's byte order, and
 # AF_INET6 differs between systems (24 NetBSD/OpenBSD, 28 FreeBSD, 30 macOS, 10 Linux).
 _NULL_V6 = (10, 24, 28, 30)
@@ -108,6 +109,7 @@ class FrameDecoder(object):
         self.idle_seconds = idle_seconds
         self._next_sweep = 0.0
         self.skipped = 0  # frames that were not decodable IP (counted, never raised)
+        self._addrs = {}
 
     # -- link layer -------------------------------------------------------------------
     def decode_link(self, linktype, frame, ts):
@@ -174,7 +176,15 @@ class FrameDecoder(object):
         payload = packet[28:ulen + 20] if ulen >= 8 else packet[28:]
         if len(payload) < 12:
             return []
-        return [DnsSegment(ts, "udp", _ntoa(src), sport, _ntoa(dst), dport, payload, packet)]
+        addrs = self._addrs
+        return [DnsSegment(ts, "udp", addrs.get(src) or self._addr(src), sport,
+                           addrs.get(dst) or self._addr(dst), dport, payload, packet)]
+
+    def _addr(self, raw):
+        if len(self._addrs) >= ADDR_CACHE_MAX:
+            self._addrs.clear()
+        text = self._addrs[raw] = _ntoa(raw)
+        return text
 
     def decode_ip(self, packet, ts):
         """Decode one packet that starts at its IPv4 or IPv6 header."""

@@ -422,6 +422,18 @@ class TraceRun:
         finally:
             if self.inventory is not None:
                 self.inventory.stop()
+            self._close_streams()
+
+    def _close_streams(self, wait: float = 2.0) -> None:
+        """The log streams still reading (agents whose final records the trace no longer
+        waits for) are interrupted and joined, at most ``wait`` seconds in all."""
+        open_streams = [r.stream for r in self.runs.values()
+                        if r.stream is not None and r.stream.is_alive()]
+        for stream in open_streams:
+            stream.close()
+        deadline = time.monotonic() + wait
+        for stream in open_streams:
+            stream.join(max(0.0, deadline - time.monotonic()))
 
     def _say_leftovers(self) -> None:
         msg = leftovers_message([(r.pod, r.container) for r in self.runs.values()])

@@ -138,6 +138,30 @@ def test_stream_without_bye_ends_when_the_container_ends(cluster, tmp_path) -> N
     assert items[-1].kind == "end" and "without its final record" in items[-1].text
 
 
+def test_close_ends_a_silent_stream_at_once_and_reports_nothing_more(cluster, tmp_path) -> None:
+    # The agent says hello, then stays silent for a minute: the stream's thread sits in a
+    # read. close() interrupts it, so the thread can be joined at once (none is left in a
+    # TLS read when the process exits), and nothing is reported after it.
+    kube = connect(cluster, tmp_path)
+    pod = resolve_targets(kube, ["pod/web-1"], namespace="shop").pods[0]
+    spec = CaptureSpec("c1o5ed", PYTHON_IMAGE, emitter_command(_records([1]), delay=60))
+    add_capture_container(kube, spec, pod, ["NET_RAW"])
+    wait_running(kube, pod, spec.container_name, time.monotonic() + 20)
+    q: queue.Queue = queue.Queue()
+    stream = AgentStream(kube, pod, spec.container_name, q)
+    stream.start()
+    first = q.get(timeout=20)
+    assert first.kind == "record" and first.record["type"] == "hello"
+    time.sleep(0.3)  # the read is open and waiting
+    started = time.monotonic()
+    stream.close()
+    stream.join(2.0)
+    assert not stream.is_alive()
+    assert time.monotonic() - started < 2.0
+    time.sleep(0.2)
+    assert q.empty()
+
+
 # ---- what the trace makes of each stream item ------------------------------------------------------
 
 import io  # noqa: E402

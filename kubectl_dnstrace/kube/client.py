@@ -138,7 +138,7 @@ class Kube:
         # Audit logs name the tool that added the capture containers.
         self.api_client.user_agent = f"kubectl-dnstrace/{__version__}"
         self._lock = threading.Lock()
-        self._watch_resp: Any = None  # the open watch response, for ``interrupt``
+        self._stream_resp: Any = None  # the open watch or followed log, for ``interrupt``
         self.warnings: list[str] = []
         self._warned: set[str] = set()
 
@@ -222,10 +222,11 @@ class Kube:
             self.api_client.close()
 
     def interrupt(self) -> None:
-        """End a watch this client is reading, from another thread: its read returns at
-        once instead of when the server next speaks (the reading thread can then be
-        joined, instead of being left inside a TLS read when the interpreter exits)."""
-        resp = self._watch_resp
+        """End a watch or a followed log this client is reading, from another thread: its
+        read returns at once instead of when the server next speaks (the reading thread can
+        then be joined, instead of being left inside a TLS read when the interpreter
+        exits). A response already released to the pool is left alone (urllib3 refuses)."""
+        resp = self._stream_resp
         shutdown = getattr(resp, "shutdown", None)  # urllib3 >= 2.3
         if shutdown is not None:
             with contextlib.suppress(Exception):
@@ -366,7 +367,7 @@ class Kube:
             query["timeoutSeconds"] = max(1, int(timeout_seconds + 0.999))
         read = (timeout_seconds + 5.0) if timeout_seconds is not None else 300.0
         what = Action("watch", kind, namespace or None)
-        resp = self._watch_resp = self.request("GET", resource_path(kind, namespace or None),
+        resp = self._stream_resp = self.request("GET", resource_path(kind, namespace or None),
                                                query=query, what=what, stream=True,
                                                read_timeout=read)
         try:
@@ -388,7 +389,7 @@ class Kube:
                     )
                 yield etype, obj
         finally:
-            self._watch_resp = None
+            self._stream_resp = None
             resp.release_conn()
             resp.close()
 
@@ -458,10 +459,13 @@ class Kube:
             "sinceTime": since_time,
             "tailLines": tail_lines,
         }
-        return self.request(
+        resp = self.request(
             "GET", resource_path("pods", namespace, pod, "log"), query=query, stream=True,
             what=Action("get", "pods/log", namespace, pod), read_timeout=read_timeout,
         )
+        if follow:
+            self._stream_resp = resp
+        return resp
 
     def read_log_text(self, namespace: str, pod: str, container: str) -> str:
         """The whole log of a (usually terminated) container, as text."""

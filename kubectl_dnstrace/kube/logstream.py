@@ -151,6 +151,7 @@ class AgentStream(threading.Thread):
         self.reader = LineReader(pod, out)
         self.resumes = 0
         self.stopping = threading.Event()
+        self.closing = threading.Event()
 
     @property
     def seq(self) -> SeqTracker:
@@ -168,13 +169,21 @@ class AgentStream(threading.Thread):
     def stray(self) -> list[str]:
         return self.reader.stray
 
+    def close(self) -> None:
+        """Stop following now, from another thread (join the thread after): the open read
+        is interrupted, nothing more is reported. For the end of a trace that no longer
+        waits for this agent's records: no thread is left inside a TLS read at exit."""
+        self.closing.set()
+        self.kube.interrupt()
+
     # The thread body: open, read, resume -------------------------------------------------------
 
     def run(self) -> None:
         try:
             self._follow()
         except DnstraceError as exc:
-            self.out.put(StreamItem(self.pod, "fail", error=exc))
+            if not self.closing.is_set():
+                self.out.put(StreamItem(self.pod, "fail", error=exc))
         except Exception as exc:  # a bug must not hang the trace: report it as a failure
             self.out.put(StreamItem(self.pod, "fail", error=DnstraceError(
                 f"reading the log of {self.pod.key} failed: {type(exc).__name__}: {exc}",
@@ -193,6 +202,8 @@ class AgentStream(threading.Thread):
                 raise
             except DnstraceError as exc:
                 broke = exc.message
+            if self.closing.is_set():
+                return
             if self.saw_bye:
                 break
             if self.stopping.is_set() and not self._container_running():
@@ -226,6 +237,8 @@ class AgentStream(threading.Thread):
         )
         reader = self.reader
         try:
+            if self.closing.is_set():  # closed while the request was on its way
+                return
             for line in iter_lines(resp):
                 reader.line(line)
                 if reader.saw_bye:

@@ -140,7 +140,8 @@ def _read_pcap(path: str, order: str, nano: bool) -> Iterator[tuple[int, bytes, 
                 stop = off + 16 + caplen
                 if stop > end:
                     break
-                yield linktype, buf[off + 16:off + 16 + min(caplen, READ_SIZE)], sec + usec * scale
+                yield (linktype, buf[off + 16:stop if caplen <= READ_SIZE else off + 16 + READ_SIZE],
+                       sec + usec * scale)
                 off = stop
         if off + 16 <= len(buf):  # the last record was cut short: what it has
             sec, usec, _caplen, _wirelen = header(buf, off)

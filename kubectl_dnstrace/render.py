@@ -154,7 +154,7 @@ class NdjsonWriter:
 
     def __init__(self) -> None:
         self._strings: dict[str, str] = {}  # JSON text of names, addresses, types, files
-        self._questions: dict[tuple[str, str], str] = {}
+        self._questions: dict[tuple[str, str, str], str] = {}
         self._ends: dict[tuple[int, str], tuple[Client, str]] = {}
 
     def _str(self, text: str) -> str:
@@ -165,13 +165,15 @@ class NdjsonWriter:
             hit = self._strings[text] = _enc(text)
         return hit
 
-    def _question(self, qname: str, qtype: str) -> str:
-        hit = self._questions.get((qname, qtype))
+    def _question(self, qname: str, qtype: str, iface: str) -> str:
+        """``"qname":…,"qtype":…,"iface":…``: the same few texts, line after line."""
+        key = (qname, qtype, iface)
+        hit = self._questions.get(key)
         if hit is None:
             if len(self._questions) >= self.LIMIT:
                 self._questions.clear()
-            hit = self._questions[(qname, qtype)] = (
-                f'"qname":{_enc(qname)},"qtype":{_enc(qtype)}')
+            hit = self._questions[key] = (
+                f'"qname":{_enc(qname)},"qtype":{_enc(qtype)},"iface":{_enc(iface)}')
         return hit
 
     def _end(self, c: Client, observed_at: str) -> str:
@@ -193,9 +195,8 @@ class NdjsonWriter:
         get = self._strings.get
         src = get(ev.src) or self._str(ev.src)
         dst = get(ev.dst) or self._str(ev.dst)
-        iface = get(ev.iface) or self._str(ev.iface)
-        question = self._questions.get((ev.qname, ev.qtype)) or self._question(ev.qname,
-                                                                               ev.qtype)
+        question = (self._questions.get((ev.qname, ev.qtype, ev.iface))
+                    or self._question(ev.qname, ev.qtype, ev.iface))
         hit = self._ends.get((id(a.client), ev.observed_at))
         end = hit[1] if hit is not None and hit[0] is a.client else self._end(
             a.client, ev.observed_at)
@@ -205,11 +206,11 @@ class NdjsonWriter:
             rcode = "null" if ev.rcode is None else (get(ev.rcode) or self._str(ev.rcode))
             return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"response","proto":"{ev.proto}",'
                     f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'
-                    f'"id":{ev.id},{question},"iface":{iface},"rcode":{rcode},'
+                    f'"id":{ev.id},{question},"rcode":{rcode},'
                     f'"answers":[{answers}],"latency_ms":{lat},"seq":{ev.seq},{end}')
         return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"{ev.qr}","proto":"{ev.proto}",'
                 f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'
-                f'"id":{ev.id},{question},"iface":{iface},"seq":{ev.seq},{end}')
+                f'"id":{ev.id},{question},"seq":{ev.seq},{end}')
 
 
 # ---- live lines -----------------------------------------------------------------------

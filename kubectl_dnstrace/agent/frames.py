@@ -42,9 +42,9 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _UDP_PORTS = struct.Struct("!HHH")
 _TCP_HDR = struct.Struct("!HHIIBB")
-# An IPv4 header without options and the UDP header after it: version/IHL, total length,
-# flags/fragment offset, protocol, addresses, ports, UDP length.
-_IP4_UDP = struct.Struct("!BxHxxHxB2x4s4sHHH")
+# An IPv4 header without options and the UDP header after it: total length, flags/fragment
+# offset, protocol, addresses, ports, UDP length (version/IHL 0x45: the caller checked it).
+_IP4_UDP = struct.Struct("!xxHxxHxB2x4s4sHHH")
 
 _AF_INET6 = socket.AF_INET6
 _ntop = socket.inet_ntop
@@ -114,9 +114,7 @@ class FrameDecoder(object):
     # -- link layer -------------------------------------------------------------------
     def decode_link(self, linktype, frame, ts):
         """Decode one frame of a pcap link type; unknown link types yield nothing."""
-        if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
-            return self.decode_ip(frame, ts)
-        if linktype == LINKTYPE_ETHERNET:
+        if linktype == LINKTYPE_ETHERNET:  # the commonest first: what tcpdump -i eth0 writes
             if frame[12:15] == b"\x08\x00\x45":
                 segs = self._udp4(frame, 14, ts)
                 if segs is not None:
@@ -131,6 +129,8 @@ class FrameDecoder(object):
                     off += 2
                     continue
                 break
+        elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+            return self.decode_ip(frame, ts)
         elif linktype == LINKTYPE_LINUX_SLL:
             if len(frame) < 16:
                 return []
@@ -165,9 +165,10 @@ class FrameDecoder(object):
         """The commonest packet — IPv4 without options, unfragmented, UDP — read with one
         ``unpack`` from ``off`` in ``frame``; None for anything else (``decode_ip``
         decides). The result is what ``decode_ip(frame[off:], ts)`` gives."""
-        if len(frame) < off + 28:
+        try:
+            total, frag, proto, src, dst, sport, dport, ulen = _IP4_UDP.unpack_from(frame, off)
+        except struct.error:  # shorter than the two headers
             return None
-        _vi, total, frag, proto, src, dst, sport, dport, ulen = _IP4_UDP.unpack_from(frame, off)
         if proto != 17 or frag & 0x3FFF or total < 28:
             return None
         if sport != DNS_PORT and dport != DNS_PORT:

@@ -357,26 +357,18 @@ class TraceRun:
 
     def _handle(self, item: StreamItem) -> None:
         run = self.runs[item.pod.key]
-        if item.kind != "record" or (item.record or {}).get("type") not in ("dns", "stats"):
-            self.progress.clear_status()  # a notice follows: on its own line
-        if item.kind == "record":
-            rec = item.record or {}
-            rtype = rec.get("type")
-            if rtype == "dns":
-                run.events += 1
-                self.pipeline.feed(DnsEvent.from_record(rec, observed_at=item.pod.key))
-            elif rtype == "error":
-                run.errors.append(rec.get("message", ""))
-                self.pipeline.notice(f"agent {item.pod.key}: error: {rec.get('message', '')}")
-            elif rtype == "stats":
-                run.stats = rec
-            elif rtype == "bye":
-                run.bye = rec
-            elif rtype == "agg":
-                self._feed_aggregate(run, rec)
-            elif rtype == "hello":
-                run.stats.setdefault("interfaces", rec.get("interfaces"))
-        elif item.kind == "notice":
+        if item.kind == "records":
+            key = item.pod.key
+            feed, event = self.pipeline.feed, DnsEvent.from_record
+            for rec in item.records:
+                if rec["type"] == "dns":
+                    run.events += 1
+                    feed(event(rec, key))
+                else:
+                    self._record(run, key, rec)
+            return
+        self.progress.clear_status()  # a notice follows: on its own line
+        if item.kind == "notice":
             self.pipeline.notice(item.text)
         elif item.kind == "lost":
             run.lost += item.count
@@ -391,6 +383,23 @@ class TraceRun:
             exc = item.error
             run.errors.append(exc.message if exc else "stream failed")
             self.pipeline.notice(f"{item.pod.key}: {exc.message if exc else 'stream failed'}")
+
+    def _record(self, run: PodRun, key: str, rec: dict) -> None:
+        """An agent's record other than ``dns``."""
+        rtype = rec["type"]
+        if rtype == "stats":
+            run.stats = rec
+            return
+        self.progress.clear_status()  # a notice may follow: on its own line
+        if rtype == "error":
+            run.errors.append(rec.get("message", ""))
+            self.pipeline.notice(f"agent {key}: error: {rec.get('message', '')}")
+        elif rtype == "bye":
+            run.bye = rec
+        elif rtype == "agg":
+            self._feed_aggregate(run, rec)
+        elif rtype == "hello":
+            run.stats.setdefault("interfaces", rec.get("interfaces"))
 
     def _feed_aggregate(self, run: PodRun, rec: dict) -> None:
         """Per-second aggregates (a busy, unfiltered capture) go into the summary like events.

@@ -41,21 +41,42 @@ def test_seq_tracker_drops_duplicates_and_counts_gaps() -> None:
     assert (t.lost, t.duplicates, t.gaps) == (3, 2, [(4, 6)])
 
 
-def test_line_reader_turns_each_kubelet_line_into_one_queue_item() -> None:
+def test_lines_come_per_read_whole_and_across_chunk_borders() -> None:
+    from kubectl_dnstrace.kube.client import iter_line_reads, iter_lines
+
+    class Resp:
+        def __init__(self, *chunks: bytes) -> None:
+            self.chunks = chunks
+
+        def stream(self, amt: int, decode_content: bool):
+            yield from self.chunks
+
+    chunks = (b'{"a":1}\n{"b"', b"", b':2}\n{"c":3}\n', b'{"d"', b":4}\n", b"tail")
+    assert list(iter_line_reads(Resp(*chunks))) == [
+        [b'{"a":1}'], [b'{"b":2}', b'{"c":3}'], [b'{"d":4}'], [b"tail"]]
+    assert list(iter_lines(Resp(*chunks))) == [
+        b'{"a":1}', b'{"b":2}', b'{"c":3}', b'{"d":4}', b"tail"]
+
+
+def test_line_reader_hands_over_each_read_s_records_at_once_and_the_rest_in_order() -> None:
     out: queue.Queue = queue.Queue()
     reader = LineReader(PodRef("kube-system", "coredns-1"), out)
     stamp = "2026-11-26T13:23:4{}.206427536Z "
+    read = []
     for i, seq in enumerate((1, 2, 2, 5)):  # 2 replayed after a resume; 3 and 4 lost
         rec = protocol.stats(seq, seq, 0, 0, 0)
-        reader.line((stamp.format(i) + protocol.encode(rec)).encode())
-    reader.line(b"2026-11-26T13:23:49.5Z   ")  # blank: nothing
-    reader.line(b"2026-11-26T13:23:50.5Z Traceback (most recent call last):")
-    reader.line(("2026-11-26T13:23:51.5Z " + protocol.encode(protocol.bye(6, "end"))).encode())
+        read.append((stamp.format(i) + protocol.encode(rec)).encode())
+    read.append(b"2026-11-26T13:23:49.5Z   ")  # blank: nothing
+    read.append(b"2026-11-26T13:23:50.5Z Traceback (most recent call last):")
+    reader.lines(read)
+    assert out.qsize() == 4  # nothing of this read waits for the next one
+    bye = ("2026-11-26T13:23:51.5Z " + protocol.encode(protocol.bye(6, "end"))).encode()
+    reader.lines([bye, bye.replace(b'"seq":6', b'"seq":7')])  # nothing after the bye
     items = [out.get_nowait() for _ in range(out.qsize())]
-    assert [(i.kind, i.record["seq"] if i.record else i.count or i.text) for i in items] == [
-        ("record", 1), ("record", 2), ("lost", 2), ("record", 5),
+    assert [(i.kind, [r["seq"] for r in i.records] or i.count or i.text) for i in items] == [
+        ("records", [1, 2]), ("lost", 2), ("records", [5]),
         ("notice", "agent kube-system/coredns-1: Traceback (most recent call last):"),
-        ("record", 6)]
+        ("records", [6])]
     assert reader.last_ts == "2026-11-26T13:23:51.5Z"  # the resume point: last record's time
     assert reader.saw_bye and reader.stray == ["Traceback (most recent call last):"]
     assert (reader.seq.duplicates, reader.seq.lost) == (1, 2)
@@ -117,7 +138,7 @@ def _collect(cluster, tmp_path, records: list[dict], delay: float = 0.02) -> tup
 def test_broken_stream_resumes_without_loss_or_duplicates(cluster, tmp_path) -> None:
     cluster.faults.break_log_after(7, times=4)  # four cuts, each after 7 lines
     items, stream = _collect(cluster, tmp_path, _records(list(range(1, 41))))
-    seqs = [i.record["seq"] for i in items if i.kind == "record"]
+    seqs = [r["seq"] for i in items for r in i.records]
     assert seqs == list(range(0, 42))  # hello, 40 dns, bye: each exactly once, in order
     assert stream.resumes >= 4
     assert stream.seq.lost == 0 and stream.seq.duplicates > 0  # replays were dropped
@@ -134,7 +155,7 @@ def test_a_real_gap_is_counted_not_hidden(cluster, tmp_path) -> None:
 def test_stream_without_bye_ends_when_the_container_ends(cluster, tmp_path) -> None:
     records = _records([1, 2])[:-1]  # no bye: the agent died
     items, _ = _collect(cluster, tmp_path, records)
-    assert [i.record["seq"] for i in items if i.kind == "record"] == [0, 1, 2]
+    assert [r["seq"] for i in items for r in i.records] == [0, 1, 2]
     assert items[-1].kind == "end" and "without its final record" in items[-1].text
 
 
@@ -151,7 +172,7 @@ def test_close_ends_a_silent_stream_at_once_and_reports_nothing_more(cluster, tm
     stream = AgentStream(kube, pod, spec.container_name, q)
     stream.start()
     first = q.get(timeout=20)
-    assert first.kind == "record" and first.record["type"] == "hello"
+    assert first.kind == "records" and first.records[0]["type"] == "hello"
     time.sleep(0.3)  # the read is open and waiting
     started = time.monotonic()
     stream.close()
@@ -190,12 +211,17 @@ def _trace_run() -> tuple[TraceRun, PodRef, io.StringIO, io.StringIO]:
     return tr, pod, out, err
 
 
+def _read(pod: PodRef, *records: dict) -> StreamItem:
+    """What a stream hands over for one read of these records."""
+    return StreamItem(pod, "records", list(records))
+
+
 def test_items_become_events_notices_and_counts() -> None:
     tr, pod, out, err = _trace_run()
-    tr._handle(StreamItem(pod, "record", record=_dns(1)))
+    tr._handle(_read(pod, _dns(1)))
     tr._handle(StreamItem(pod, "lost", count=3))
-    tr._handle(StreamItem(pod, "record", record={"type": "error", "seq": 2, "message": "boom"}))
-    tr._handle(StreamItem(pod, "record", record={
+    tr._handle(_read(pod, {"type": "error", "seq": 2, "message": "boom"}))
+    tr._handle(_read(pod, {
         "type": "agg", "seq": 3, "ts": 1795699420.0, "interval": 1.0, "threshold": 2000,
         "total": 5100, "groups": [{"client": "10.244.0.3", "qname": "evil.example.com",
                                    "qtype": "A", "rcode": "NOERROR", "count": 5100}]}))
@@ -214,7 +240,7 @@ def test_items_become_events_notices_and_counts() -> None:
 
 def test_lost_records_make_the_exit_code_say_so() -> None:
     tr, pod, _, err = _trace_run()
-    tr._handle(StreamItem(pod, "record", record=_dns(1)))
+    tr._handle(_read(pod, _dns(1)))
     tr._handle(StreamItem(pod, "lost", count=2))
     assert tr._outcome() == ExitCode.STREAM_LOST
     assert "2 record(s) were lost in total" in err.getvalue()
@@ -222,7 +248,7 @@ def test_lost_records_make_the_exit_code_say_so() -> None:
 
 def test_agent_errors_without_events_fail_the_run() -> None:
     tr, pod, _, _ = _trace_run()
-    tr._handle(StreamItem(pod, "record", record={"type": "error", "seq": 1,
+    tr._handle(_read(pod, {"type": "error", "seq": 1,
                                                  "message": "socket: Operation not permitted"}))
     with pytest.raises(AgentFailed) as info:
         tr._outcome()
@@ -234,7 +260,7 @@ def test_stats_status_line_only_on_a_terminal_and_cleared_before_notices() -> No
 
     tr, pod, _, err = _trace_run()
     tr.progress = Progress(err, interactive=True)
-    tr._handle(StreamItem(pod, "record", record={"type": "stats", "seq": 1, "seen": 40,
+    tr._handle(_read(pod, {"type": "stats", "seq": 1, "seen": 40,
                                                  "matched": 7, "emitted": 7, "drops": 2}))
     tr._show_stats()
     assert "40 DNS packets seen, 7 matched" in err.getvalue() and "2 dropped" in err.getvalue()

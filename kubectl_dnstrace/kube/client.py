@@ -524,24 +524,28 @@ class Action:
         return self.resource + self.where()
 
 
-def iter_lines(resp: Any, kube: Kube | None = None) -> Iterator[bytes]:
-    """Split a streaming HTTP body into lines (without the newline), across chunk borders."""
+def iter_line_reads(resp: Any) -> Iterator[list[bytes]]:
+    """Split a streaming HTTP body into lines (without the newline), across chunk borders:
+    the whole lines of each read as one list (a busy agent's log arrives hundreds of lines
+    a read; a quiet one's, a line a read, as soon as it is written)."""
     buf = b""
     try:
         for chunk in resp.stream(amt=65536, decode_content=True):
             if not chunk:
                 continue
-            buf += chunk
-            while True:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    break
-                yield buf[:nl]
-                buf = buf[nl + 1:]
+            *lines, buf = (buf + chunk).split(b"\n")
+            if lines:
+                yield lines
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise StreamBroken(str(exc)) from None
     if buf:
-        yield buf
+        yield [buf]
+
+
+def iter_lines(resp: Any, kube: Kube | None = None) -> Iterator[bytes]:
+    """Split a streaming HTTP body into lines (without the newline), across chunk borders."""
+    for lines in iter_line_reads(resp):
+        yield from lines
 
 
 class StreamBroken(ClusterUnreachable):
@@ -696,6 +700,7 @@ __all__ = [
     "Action",
     "Kube",
     "StreamBroken",
+    "iter_line_reads",
     "iter_lines",
     "psa_hint",
     "resource_path",

@@ -169,23 +169,35 @@ def main() -> int:
     class Handover:
         """The reader's queue, when the stage measures the work on either side of it."""
 
-        item = None
+        def __init__(self) -> None:
+            self.items: list = []
 
         def put(self, item) -> None:
-            self.item = item
+            self.items.append(item)
+
+        def take(self) -> list:
+            items, self.items = self.items, []
+            return items
 
     def read(out):
         """A stream's per-line work, then the trace loop's: one generator of events. The
         lines come in reads of 64 KiB, as a busy agent's log does (about 200 lines)."""
         reader = LineReader(where, out)
         key = where.key
-        get = out.get if isinstance(out, queue.Queue) else None
         event = DnsEvent.from_record
+        if isinstance(out, queue.Queue):
+            def take() -> list:
+                return [out.get(timeout=0.5) for _ in range(out.qsize())]
+        else:
+            take = out.take
+        count = 0
         for start in range(0, len(lines), LINES_PER_READ):
             reader.lines(lines[start:start + LINES_PER_READ])
-            item = get(timeout=0.5) if get else out.item
-            for rec in item.records:
-                yield event(rec, key)
+            for item in take():
+                count += len(item.records)
+                for rec in item.records:
+                    yield event(rec, key)
+        assert count == len(lines), (count, len(lines))  # every record, once
 
     def decode():
         for _ev in read(Handover()):

@@ -371,7 +371,7 @@ class Kube:
                                                query=query, what=what, stream=True,
                                                read_timeout=read)
         try:
-            for line in iter_lines(resp, self):
+            for line in iter_lines(resp):
                 try:
                     event = json.loads(line)
                 except ValueError:
@@ -542,7 +542,7 @@ def iter_line_reads(resp: Any) -> Iterator[list[bytes]]:
         yield [buf]
 
 
-def iter_lines(resp: Any, kube: Kube | None = None) -> Iterator[bytes]:
+def iter_lines(resp: Any) -> Iterator[bytes]:
     """Split a streaming HTTP body into lines (without the newline), across chunk borders."""
     for lines in iter_line_reads(resp):
         yield from lines

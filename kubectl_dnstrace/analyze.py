@@ -11,12 +11,21 @@ and the ``Pipeline``.
 Attribution: against the current cluster by default; ``--offline`` never contacts one
 (IPs only), and ``--pods FILE`` attributes from a saved ``kubectl get pods -A -o json``
 (a List; nodes, services, ReplicaSets and Jobs in the same List are used too).
+
+Several files are several captures of one incident (a CoreDNS pod's and a node's, two DNS
+replicas): their events are merged in capture-time order, as a live trace sees its
+captures' streams together, so a query seen by two captures counts once and a forward in
+one file is linked to its cause in another, whatever order the files are named in.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
+from collections.abc import Iterator
+from itertools import chain
+from operator import attrgetter
 from typing import Any, TextIO
 
 from kubectl_dnstrace.agent.filters import DnsFilter
@@ -58,8 +67,8 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
     if inventory.scope:
         pipeline.notice(scope_notice(inventory))
     want_raw = bool(request.output.pcap_path)
-    for path in request.files:
-        stats = analyze_file(path, dns_filter, pipeline, want_raw)
+    for stats in analyze_files(request.files, dns_filter, pipeline, want_raw):
+        path = stats["path"]
         pipeline.meta["files"].append(stats)
         pipeline.notice(
             f"{path}: {stats['packets']} packets, {stats['dns_messages']} DNS messages, "
@@ -71,11 +80,38 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
     return pipeline.finish()
 
 
-def analyze_file(path: str, dns_filter: DnsFilter, pipeline: Pipeline,
-                 want_raw: bool = False) -> dict[str, Any]:
-    """Stream one file into ``pipeline``; returns its counters."""
-    source = FileEvents(path, dns_filter, with_packets=want_raw)
+FILE_CHILDREN = 4  # files decoded in child processes at once; any further ones in this one
+MERGED_BATCH = 512  # events handed to the pipeline at a time when files are merged
+
+
+def analyze_files(paths: list[str], dns_filter: DnsFilter, pipeline: Pipeline,
+                  want_raw: bool = False) -> list[dict[str, Any]]:
+    """Stream the files into ``pipeline``, several merged in capture-time order (see the
+    module's docstring); returns each file's counters, in the order given."""
+    sources = [FileEvents(path, dns_filter, with_packets=want_raw, may_fork=i < FILE_CHILDREN)
+               for i, path in enumerate(paths)]
+    streams = [_events(source, want_raw) for source in sources]
     feed = pipeline.feed_batch
+    if len(streams) == 1:
+        for events in streams[0]:
+            feed(events)
+    else:
+        # Each file is in time order; heapq.merge keeps the files' order for equal times.
+        merged = heapq.merge(*(chain.from_iterable(s) for s in streams), key=attrgetter("ts"))
+        batch: list[DnsEvent] = []
+        for event in merged:
+            batch.append(event)
+            if len(batch) >= MERGED_BATCH:
+                feed(batch)
+                batch = []
+        if batch:
+            feed(batch)
+    return [source.stats for source in sources]
+
+
+def _events(source: FileEvents, want_raw: bool) -> Iterator[list[DnsEvent]]:
+    """One file's records as ``DnsEvent`` lists, seen at the file's path."""
+    path = source.path
     event = DnsEvent
     for batch in source.batches():
         events = [event(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], "", f[10],
@@ -83,8 +119,7 @@ def analyze_file(path: str, dns_filter: DnsFilter, pipeline: Pipeline,
         if want_raw:
             for ev, f in zip(events, batch, strict=True):
                 ev.raw = f[14]
-        feed(events)
-    return source.stats
+        yield events
 
 
 def _filter(request: AnalyzeRequest) -> DnsFilter:

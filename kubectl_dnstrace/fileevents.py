@@ -51,15 +51,17 @@ class FileEvents:
     """``batches()`` yields lists of records of one file; ``stats`` holds its counters
     once the last batch was taken."""
 
-    def __init__(self, path: str, dns_filter: DnsFilter, with_packets: bool = False) -> None:
+    def __init__(self, path: str, dns_filter: DnsFilter, with_packets: bool = False,
+                 may_fork: bool = True) -> None:
         self.path = path
+        self.may_fork = may_fork
         self.filter = dns_filter
         self.with_packets = with_packets
         self.stats: dict[str, Any] = {}
         self.in_child = False
 
     def batches(self) -> Iterator[list[tuple]]:
-        if use_child(self.path):
+        if self.may_fork and use_child(self.path):
             self.in_child = True
             return self._from_child()
         return self._decode()

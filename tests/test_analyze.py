@@ -38,17 +38,18 @@ def _write_pcap(path: Path, packets) -> None:
 
 
 def _exchange(src: str, name: str, qid: int, ts: float, sport: int = 40000,
-              rcode: int = 0, answer: str | None = "203.0.113.66"):
+              rcode: int = 0, answer: str | None = "203.0.113.66", server: str = DNS4,
+              latency: float = 0.002):
     from scapy.layers.dns import DNS, DNSQR, DNSRR
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
 
-    query = Ether() / IP(src=src, dst=DNS4) / UDP(sport=sport, dport=53) / DNS(
+    query = Ether() / IP(src=src, dst=server) / UDP(sport=sport, dport=53) / DNS(
         id=qid, rd=1, qd=DNSQR(qname=name))
-    response = Ether() / IP(src=DNS4, dst=src) / UDP(sport=53, dport=sport) / DNS(
+    response = Ether() / IP(src=server, dst=src) / UDP(sport=53, dport=sport) / DNS(
         id=qid, qr=1, rcode=rcode, qd=DNSQR(qname=name),
         an=DNSRR(rrname=name, rdata=answer) if answer else None)
-    query.time, response.time = ts, ts + 0.002
+    query.time, response.time = ts, ts + latency
     return [query, response]
 
 
@@ -163,6 +164,55 @@ def test_a_repeat_counts_on_one_interface_and_a_copy_is_dropped_from_several(
         assert runs[name][0] == ["query", "response"], name
         assert f"{tmp_path / name}: 3 packets, 3 DNS messages, 2 matched, 1 duplicates" in \
             runs[name][1]
+
+
+@pytest.mark.parametrize("child", [False, True], ids=["in-process", "decoders-in-children"])
+def test_several_captures_merge_in_time_order_count_once_and_link_across_files(
+        tmp_path, capsys, monkeypatch, child):
+    """A client pod's capture and the CoreDNS pod's capture of the same incident, 10 s
+    between queries: each query is in both files, CoreDNS's forward only in its own. Read
+    one file after the other, the second file's early queries would no longer be within
+    the duplicate window of the first's (counted twice), and its lines would come after
+    all of the first's; merged by capture time, a query counts once, lines interleave, and
+    each forward is linked to the pod that caused it, whichever file is named first."""
+    monkeypatch.setattr(fileevents, "use_child", lambda path: child)
+    upstream = "198.51.100.53"
+    client_side, coredns_side = [], []
+    for k in range(3):
+        t = 1_764_165_600.0 + 10 * k
+        exchange = _exchange("10.244.0.5", "evil.example.com", 10 + k, t, 40000 + k,
+                             latency=0.004)
+        forward = _exchange(DNS4, "evil.example.com", 900 + k, t + 0.001, 5300 + k,
+                            server=upstream, answer="203.0.113.66")
+        client_side += exchange
+        coredns_side += sorted([*exchange, *forward], key=lambda p: p.time)
+    _write_pcap(tmp_path / "client.pcap", client_side)
+    _write_pcap(tmp_path / "coredns.pcap", _as_cooked(coredns_side))
+    pods = tmp_path / "pods.json"
+    pods.write_text(json.dumps({"kind": "List", "items": [
+        pod("web-5d8f7c9b6-x2k4p", "10.244.0.5", owner=("ReplicaSet", "web-5d8f7c9b6"),
+            labels={"pod-template-hash": "5d8f7c9b6"}),
+        pod("coredns-7db6d8ff4d-abcde", DNS4, namespace="kube-system",
+            labels={"k8s-app": "kube-dns"})]}))
+    files = [str(tmp_path / "coredns.pcap"), str(tmp_path / "client.pcap")]
+    for order in (files, files[::-1]):
+        code, out, err = analyze(capsys, "--offline", "--pods", str(pods), "-o", "json", *order)
+        assert code == 0, err
+        doc = json.loads(out)
+        web = [c for c in doc["summary"] if c["client"]["name"] == "web-5d8f7c9b6-x2k4p"]
+        assert [c["count"] for c in web] == [3]
+        assert [(lk["qname"], [c["name"] for c in lk["caused_by"]]) for lk in doc["upstream"]] \
+            == [("evil.example.com", ["web-5d8f7c9b6-x2k4p"])] * 3
+        times = [e["ts"] for e in doc["events"]]
+        assert times == sorted(times)
+        seen = [(round(e["ts"] - 1_764_165_600.0, 3), e["qr"], Path(e["observed_at"]).name)
+                for e in doc["events"] if e["src"] != upstream and e["dst"] != upstream]
+        # The same message in both files: in the order the files were named.
+        first, second = (Path(f).name for f in order)
+        assert seen[:4] == [(0.0, "query", first), (0.0, "query", second),
+                            (0.004, "response", first), (0.004, "response", second)]
+        assert len(seen) == 12
+        assert f"{order[0]}: " in err and f"{order[1]}: " in err
 
 
 def _write_pcapng(path: Path, packets) -> None:
@@ -298,6 +348,27 @@ def test_a_capture_of_every_bridge_port_counts_each_packet_once(captures, capsys
     assert len(once) == 2 * 2 * len(QUERIES) and len(rows) > len(once) + len(QUERIES)
     assert _ours([json.loads(line) for line in out.splitlines()]) == once
     assert f"{len(once)} matched, " in err and " duplicates" in err
+
+
+@pytest.mark.lab
+def test_the_dns_pod_s_and_the_node_s_captures_together_count_each_query_once(captures, capsys):
+    """Two captures of the same run (the DNS namespace's eth0, every port of the node's
+    bridge): the summary is the one of either alone, and the events come in time order."""
+    tmp, (ip4, ip6) = captures
+    summaries = {}
+    for files in (["eth.pcap"], ["eth.pcap", "bridge-any.pcap"], ["bridge-any.pcap", "eth.pcap"]):
+        code, out, err = analyze(capsys, "--offline", "-o", "json", *(str(tmp / f) for f in files))
+        assert code == 0, err
+        doc = json.loads(out)
+        times = [e["ts"] for e in doc["events"]]
+        assert times == sorted(times)
+        assert {Path(e["observed_at"]).name for e in doc["events"]} == set(files)
+        summaries[tuple(files)] = [(c["client"]["ips"], c["count"], c["qtypes"], c["rcodes"])
+                                   for c in doc["summary"]]
+    alone = summaries[("eth.pcap",)]
+    assert sorted(ip for ips, *_ in alone for ip in ips) == sorted([ip4, ip6])
+    assert sum(count for _, count, *_ in alone) == 2 * len(QUERIES)
+    assert all(v == alone for v in summaries.values())
 
 
 @pytest.mark.lab

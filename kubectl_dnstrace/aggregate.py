@@ -4,8 +4,9 @@ One query is one count, however many captures saw it: a capture in a node's name
 a query before and after kube-proxy's DNAT, and a pod traced together with CoreDNS shows
 its query at both. The agent already reports each message once per capture; across
 captures (and for files from other tools) the aggregator drops a message it counted within
-the last second — same client address and port, DNS id, name and type — and only adds the
-extra place it was seen. A response counts only when its query was not seen (the capture
+a second of it — same client address and port, DNS id, name and type — and only adds the
+extra place it was seen. The captures' log streams reach the trace seconds apart, so a
+message is remembered for longer (DUPLICATE_MEMORY) than the second that makes a copy. A response counts only when its query was not seen (the capture
 started mid-exchange, or ``--rcode`` hid queries).
 """
 
@@ -19,6 +20,7 @@ from kubectl_dnstrace.attribution import Attributed
 from kubectl_dnstrace.model import Client
 
 DUPLICATE_WINDOW = 1.0
+DUPLICATE_MEMORY = 5.0  # how far one capture's stream may lag behind another's, in event time
 QUERY_WINDOW = 30.0  # how long a response may follow its query (the agent's pending window)
 QUERY_MAX = 200_000  # queries remembered per generation: memory stays flat on busy captures
 MAX_ANSWERS = 20  # distinct answers kept per name: enough to recognise, bounded in memory
@@ -107,8 +109,8 @@ class Aggregator:
     def __init__(self) -> None:
         self.by_client: dict[tuple, ClientStats] = {}
         # Duplicates are per direction: one table for queries, one for responses.
-        self._dup_queries = Deduper(window=DUPLICATE_WINDOW)
-        self._dup_responses = Deduper(window=DUPLICATE_WINDOW)
+        self._dup_queries = Deduper(window=DUPLICATE_MEMORY, within=DUPLICATE_WINDOW)
+        self._dup_responses = Deduper(window=DUPLICATE_MEMORY, within=DUPLICATE_WINDOW)
         self._asked = Deduper(window=QUERY_WINDOW, max_entries=QUERY_MAX)
         # id(Client) -> (the Client, its stats); the Client is kept so the id stays its own.
         self._by_identity: dict[int, tuple[Client, ClientStats]] = {}

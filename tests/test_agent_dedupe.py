@@ -59,3 +59,15 @@ def test_memory_is_bounded():
         d.seen(seg(1.0, "10.0.0.1", i, "10.0.0.2", 53, QUERY))
     assert len(d._cur) <= 100 and len(d._old) <= 100
     assert all(isinstance(k, int) for k in d._cur)  # hashes: no message bytes held
+
+
+def test_a_longer_memory_keeps_a_late_copy_but_not_a_retry():
+    """Remembered for 5 s, a copy within 1 s: a copy from a capture whose stream came 3 s
+    later (its copy carries the original's time) is still one; a repeat 2 s apart is not."""
+    d = Deduper(window=5.0, within=1.0)
+    assert not d.seen(seg(1.0, "10.244.0.5", 4000, "10.96.0.10", 53, QUERY))
+    for t in (2.0, 3.0, 4.0):  # other traffic moves the table's clock on
+        assert not d.seen(seg(t, "10.244.0.6", int(t), "10.96.0.10", 53, QUERY))
+    assert d.seen(seg(1.0001, "10.244.0.5", 4000, "10.244.1.9", 53, QUERY))
+    assert not d.seen(seg(3.5, "10.244.0.5", 4000, "10.96.0.10", 53, QUERY))
+    assert Deduper(window=0.2).within == 0.2

@@ -61,6 +61,22 @@ def test_one_query_seen_by_two_captures_or_before_and_after_dnat_counts_once():
                                                          "kube-system/coredns-7db6d8ff4d-abcde"}
 
 
+def test_a_capture_whose_stream_lags_seconds_behind_still_counts_each_query_once():
+    """The pod's own capture and CoreDNS's see the same queries; the pod's log stream
+    delivers its records 3 s after CoreDNS's (a busy kubelet, a slow connection)."""
+    coredns = [q(0.5 * k, "10.244.0.5", "10.244.1.2", k, "evil.example.com", sport=41000 + k)
+               for k in range(13)]
+    pod_side = [q(0.5 * k + 0.0001, ev.src, ev.dst, ev.id, ev.qname, sport=ev.sport,
+                  seen="shop/web") for k, ev in enumerate(coredns)]
+    arrivals = sorted([(ev.ts, ev) for ev in coredns] + [(ev.ts + 3, ev) for ev in pod_side],
+                      key=lambda pair: pair[0])
+    agg = aggregate([(ev, WEB) for _, ev in arrivals])
+    [web] = agg.clients()
+    assert (web.count, agg.duplicates) == (13, 13)
+    assert set(web.names["evil.example.com"].observed_at) == {
+        "shop/web", "kube-system/coredns-7db6d8ff4d-abcde"}
+
+
 def test_a_response_without_its_query_still_counts_once():
     # --rcode NXDOMAIN hides queries, or the capture started mid-exchange.
     only_answer = r(q(0, "10.244.0.5", "10.244.1.2", 1, "gone.example.com"), rcode="NXDOMAIN")

@@ -12,7 +12,9 @@ So the key is the client side of the exchange (source of a query, destination of
 response), the transport, and the DNS message bytes — never the server address. The window
 is short (duplicates are microseconds apart, a client's retry is at least hundreds of
 milliseconds later) and the table is bounded: two generations of a dict, swapped when the
-window passes or the current one is full.
+window passes or the current one is full. ``within`` (default: the window) is how close in
+time a repeat must be to count as one: the kubectl side keeps its tables longer than that,
+because the streams of several captures reach it seconds apart.
 """
 
 DEFAULT_WINDOW = 0.2
@@ -20,10 +22,11 @@ DEFAULT_MAX_ENTRIES = 65536
 
 
 class Deduper(object):
-    __slots__ = ("_cur", "_old", "_start", "duplicates", "max_entries", "window")
+    __slots__ = ("_cur", "_old", "_start", "duplicates", "max_entries", "window", "within")
 
-    def __init__(self, window=DEFAULT_WINDOW, max_entries=DEFAULT_MAX_ENTRIES):
+    def __init__(self, window=DEFAULT_WINDOW, max_entries=DEFAULT_MAX_ENTRIES, within=None):
         self.window = window
+        self.within = window if within is None else within
         self.max_entries = max_entries
         self._cur = {}
         self._old = {}
@@ -53,7 +56,7 @@ class Deduper(object):
         if prev is None:
             prev = self._old.get(key)
         cur[key] = ts
-        if prev is not None and -self.window <= ts - prev <= self.window:
+        if prev is not None and -self.within <= ts - prev <= self.within:
             self.duplicates += 1
             return True
         return False

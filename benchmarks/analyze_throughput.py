@@ -12,8 +12,18 @@ file), so peak memory can be compared across sizes: a streaming reader stays fla
 it reports wall time, CPU time (user + system of the process, from wait4), packets/s by
 wall and by CPU, and peak RSS. With ``--repeat N`` the two tools take turns N times per
 size: the table keeps each tool's best run, and the ratio of each adjacent pair is reported
-too (median and range), which a shared host's slow spells disturb less. Run as root, on a
-quiet machine:
+too (median and range), which a shared host's slow spells disturb less.
+
+Then decode -> attribute -> aggregate with 10,000 pods in the inventory, on the file path:
+the big capture's client address (dnsperf has one) is rewritten, packet by packet, to the
+addresses of 10,000 pods (``pipeline_throughput.cluster_objects``: 500 Deployments on 50
+nodes), each question asked by the same few pods, a query and its response by the same
+pod; the pods, nodes and Services go to a ``--pods`` file. Timed like the above:
+
+- ``kubectl-dnstrace analyze --offline --pods PODS -o table --no-lines FILE``
+
+(decode, attribute, link, aggregate, and the summary table of every pod at the end);
+events/s are DNS messages over wall time. Run as root, on a quiet machine:
 
     .venv/bin/python benchmarks/analyze_throughput.py [--packets 1000000] [--rate 25000] \
         [--pcap FILE] [--repeat 5]
@@ -29,14 +39,17 @@ import os
 import re
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.pipeline_throughput import cluster_objects
 from tests.lab import dnslab
 from tests.lab.netns import Lab
 
@@ -105,6 +118,44 @@ def count_packets(path: Path) -> int:
     return int(re.search(r"Number of packets:\s+(\d+)", out).group(1))
 
 
+def spread_over_pods(src: Path, dst: Path, pods_file: Path, pods: int = 10_000) -> int:
+    """Rewrite ``src`` (a classic Ethernet pcap of IPv4 DNS over UDP) into ``dst`` with the
+    clients spread over ``pods`` pod addresses, and write those pods (with their nodes,
+    Services and ReplicaSets) to ``pods_file``. The pod of a packet is picked from its
+    question and its client port and id, so a query and its response go to the same pod and
+    each question to five pods. The IPv4 checksum is redone; the UDP one is zeroed (0 means
+    none, in IPv4). Returns the number of packets."""
+    items, nodes, services, owners = cluster_objects(pods)
+    pods_file.write_text(json.dumps({"kind": "List", "items": items + nodes + services + owners}))
+    addrs = [bytes(map(int, p["status"]["podIP"].split("."))) for p in items]
+    count = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        head = fin.read(24)
+        magic, linktype = struct.unpack("<I", head[:4])[0], struct.unpack("<I", head[20:])[0]
+        if magic not in (0xA1B2C3D4, 0xA1B23C4D) or linktype != 1:
+            raise SystemExit(f"{src}: a little-endian Ethernet pcap is needed for the rewrite")
+        fout.write(head)
+        while len(rec := fin.read(16)) == 16:
+            data = bytearray(fin.read(struct.unpack_from("<I", rec, 8)[0]))
+            count += 1
+            if data[12:14] == b"\x08\x00" and data[23] == 17 and (data[14] & 15) == 5:
+                sport, dport = struct.unpack_from("!HH", data, 34)
+                side = 26 if dport == 53 else 30 if sport == 53 else 0
+                if side:
+                    port = data[34:36] if side == 26 else data[36:38]
+                    question = bytes(data[54:data.index(0, 54) + 5])
+                    pick = zlib.crc32(question) + 2003 * (zlib.crc32(port + data[42:44]) % 5)
+                    data[side:side + 4] = addrs[pick % len(addrs)]
+                    data[24:26] = b"\0\0"
+                    total = sum(struct.unpack_from("!10H", data, 14))
+                    total = (total & 0xFFFF) + (total >> 16)
+                    data[24:26] = struct.pack("!H", ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
+                    data[40:42] = b"\0\0"
+            fout.write(rec)
+            fout.write(data)
+    return count
+
+
 def measure(argv: list[str]) -> dict:
     """Wall time, CPU time and peak RSS of one process, its stdout thrown away."""
     with open(os.devnull, "wb") as null:
@@ -118,7 +169,7 @@ def measure(argv: list[str]) -> dict:
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err[-500:]}")
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "max_rss_mb": usage.ru_maxrss / 1024}
+            "max_rss_mb": usage.ru_maxrss / 1024, "stderr": err}
 
 
 def tools(path: Path) -> dict[str, list[str]]:
@@ -163,6 +214,7 @@ def main() -> int:
             best.update(tool=name, packets=packets, file_mb=path.stat().st_size / 1e6,
                         pps_wall=packets / best["wall_s"], pps_cpu=packets / best["cpu_s"],
                         walls=[round(r["wall_s"], 2) for r in tool_runs])
+            best.pop("stderr")
             results.append(best)
             print(f"{name} on {packets} packets: {best['wall_s']:.1f} s, "
                   f"{best['pps_wall']:.0f} packets/s", file=sys.stderr)
@@ -182,10 +234,32 @@ def main() -> int:
               f"{theirs['wall_s'] / ours['wall_s']:.2f}x (wall, best against best), "
               f"{theirs['cpu_s'] / ours['cpu_s']:.2f}x (CPU); paired runs: median "
               f"{statistics.median(ratios):.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x")
-    print("\n" + json.dumps(results, indent=1))
+    attribution = attribute_and_aggregate(big, tmp, args.repeat)
+    print("\n" + json.dumps({"tools": results, "pods": attribution}, indent=1))
     if not args.pcap:
         print(f"capture kept at {big}", file=sys.stderr)
     return 0
+
+
+def attribute_and_aggregate(big: Path, tmp: Path, repeat: int) -> dict:
+    """events/s of decode -> attribute -> aggregate over 10,000 pods (module docstring)."""
+    spread, pods_file = tmp / "spread.pcap", tmp / "pods.json"
+    spread_over_pods(big, spread, pods_file)
+    argv = [PLUGIN, "analyze", "--offline", "--pods", str(pods_file), "-o", "table",
+            "--no-lines", str(spread)]
+    runs = [measure(argv) for _ in range(max(1, repeat))]
+    messages = int(re.search(r"(\d+) DNS messages", runs[0]["stderr"]).group(1))
+    best = min(runs, key=lambda r: r["wall_s"])
+    out = {"messages": messages, "walls": [round(r["wall_s"], 2) for r in runs],
+           "wall_s": best["wall_s"], "cpu_s": best["cpu_s"], "max_rss_mb": best["max_rss_mb"],
+           "events_per_s_wall": messages / best["wall_s"],
+           "events_per_s_cpu": messages / best["cpu_s"]}
+    print(f"\ndecode -> attribute -> aggregate, 10,000 pods (`analyze --pods -o table "
+          f"--no-lines`), {messages:,} DNS messages: wall s {' '.join(map(str, out['walls']))}; "
+          f"best {best['wall_s']:.1f} s = **{out['events_per_s_wall']:,.0f} events/s**, "
+          f"CPU {best['cpu_s']:.1f} s ({out['events_per_s_cpu']:,.0f} events/s of CPU), "
+          f"peak RSS {best['max_rss_mb']:.0f} MB")
+    return out
 
 
 if __name__ == "__main__":

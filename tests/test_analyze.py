@@ -175,7 +175,10 @@ def test_several_captures_merge_in_time_order_count_once_and_link_across_files(
     the duplicate window of the first's (counted twice), and its lines would come after
     all of the first's; merged by capture time, a query counts once, lines interleave, and
     each forward is linked to the pod that caused it, whichever file is named first."""
+    from kubectl_dnstrace import analyze as analyze_module
+
     monkeypatch.setattr(fileevents, "use_child", lambda path: child)
+    monkeypatch.setattr(analyze_module, "FILE_CHILDREN", 1)  # the other file in this process
     upstream = "198.51.100.53"
     client_side, coredns_side = [], []
     for k in range(3):

@@ -23,7 +23,12 @@ inventory is built and applies ``gcpolicy.for_streams`` (freeze what exists, spa
 collections out), so every stage runs after that same call.
 
 Memory: tracemalloc's count of the inventory alone, and the process's RSS growth while it
-is built. Run:
+is built. Then the same pods served by the project's simulated API server (tests/lab/cluster,
+real HTTP; the server fills in a pod's defaults as a real one does) and listed by
+``Inventory.from_cluster`` in a child process, once in pages of ``LIST_CHUNK`` and once in
+one response (``limit=0``, what the plugin did before it paged): tracemalloc's peak and the
+child's peak RSS while it lists, which is what a user's machine pays, not only what the
+inventory keeps. Run:
 
     .venv/bin/python benchmarks/pipeline_throughput.py [--pods 10000] [--events 300000]
 
@@ -135,6 +140,64 @@ def agent_lines(pods: list[dict], count: int) -> list[bytes]:
     return lines
 
 
+LISTING_CHILD = """
+import json, sys, time, tracemalloc
+from kubectl_dnstrace.kube import client
+from kubectl_dnstrace.kube.inventory import Inventory
+from kubectl_dnstrace.model import ClusterOptions
+
+def status_kb(field):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+
+kubeconfig, chunk = sys.argv[1], int(sys.argv[2])
+if chunk >= 0:
+    client.LIST_CHUNK = chunk
+kube = client.Kube.connect(ClusterOptions(kubeconfig=kubeconfig))
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # resets the peak RSS (VmHWM) to the RSS now
+rss0 = status_kb("VmRSS")
+tracemalloc.start()
+start = time.monotonic()
+inv = Inventory.from_cluster(kube)
+seconds = time.monotonic() - start
+current, peak = tracemalloc.get_traced_memory()
+print(json.dumps({"pods": len(inv.pods), "seconds": seconds, "peak_mb": peak / 2**20,
+                  "kept_mb": current / 2**20,
+                  "rss_growth_mb": (status_kb("VmHWM") - rss0) / 1024}))
+"""
+
+
+def listing_memory(pods: int) -> list[dict]:
+    """Peak memory of ``Inventory.from_cluster`` over ``pods`` pods, paged and not."""
+    import subprocess
+    import tempfile
+
+    from kubectl_dnstrace.kube import client
+    from tests.lab.cluster import SimCluster
+
+    items, nodes, services, owners = cluster_objects(pods)
+    out = []
+    with SimCluster() as sim, tempfile.TemporaryDirectory() as tmp:
+        for ns in sorted({o["metadata"]["namespace"] for o in items + services}):
+            sim.store.ensure_namespace(ns)
+        for obj in nodes + services + owners + items:
+            sim.store.create(obj)
+        listed = sim.store.list("pods")[0]
+        pod_kb = len(json.dumps(listed)) / len(listed) / 1024
+        kubeconfig = sim.write_kubeconfig(Path(tmp) / "kubeconfig")
+        for label, chunk in ((f"pages of {client.LIST_CHUNK}", -1), ("one response", 0)):
+            res = subprocess.run([sys.executable, "-c", LISTING_CHILD, str(kubeconfig), str(chunk)],
+                                 capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1])
+            row = json.loads(res.stdout)
+            row.update(listing=label, pod_kb=pod_kb)
+            out.append(row)
+            print(f"listing {pods:,} pods in {label}: peak {row['peak_mb']:.0f} MB (tracemalloc), "
+                  f"RSS +{row['rss_growth_mb']:.0f} MB, {row['seconds']:.1f} s", file=sys.stderr)
+    return out
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -150,7 +213,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=10_000)
     ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--listing-only", action="store_true",
+                    help="only the listing's memory (no event stages)")
     args = ap.parse_args()
+    if args.listing_only:
+        rows = listing_memory(args.pods)
+        print(json.dumps(rows, indent=1))
+        return 0
 
     pods, nodes, services, owners = cluster_objects(args.pods)
     rss0 = rss_mb()
@@ -259,6 +328,14 @@ def main() -> int:
     print(f"\nSummary table at the end ({clients:,} clients): {min(finish_s):.2f} s CPU")
     print(f"\nInventory of {args.pods:,} pods, {NODES} nodes, 1,000 Services: "
           f"{inv_bytes / 2**20:.1f} MB (tracemalloc), RSS growth {rss_inventory:.1f} MB")
+    results["listing"] = listing_memory(args.pods)
+    print(f"\nListing {args.pods:,} pods from the API server "
+          f"({results['listing'][0]['pod_kb']:.1f} KB of JSON a pod as listed):\n")
+    print("| listing | seconds | peak MB (tracemalloc) | kept MB | peak RSS growth MB |")
+    print("|---|---:|---:|---:|---:|")
+    for row in results["listing"]:
+        print(f"| {row['listing']} | {row['seconds']:.1f} | {row['peak_mb']:.1f} | "
+              f"{row['kept_mb']:.1f} | {row['rss_growth_mb']:.0f} |")
     print("\n" + json.dumps(results, indent=1))
     return 0
 

@@ -6,8 +6,9 @@ its query at both. The agent already reports each message once per capture; acro
 captures (and for files from other tools) the aggregator drops a message it counted within
 a second of it — same client address and port, DNS id, name and type — and only adds the
 extra place it was seen. The captures' log streams reach the trace seconds apart, so a
-message is remembered for longer (DUPLICATE_MEMORY) than the second that makes a copy. A response counts only when its query was not seen (the capture
-started mid-exchange, or ``--rcode`` hid queries).
+message is remembered for longer (DUPLICATE_MEMORY) than the second that makes a copy. A
+response counts only when its query was not seen (the capture started mid-exchange, or
+``--rcode`` hid queries).
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def analyze_files(paths: list[str], dns_filter: DnsFilter, pipeline: Pipeline,
         for events in streams[0]:
             feed(events)
     else:
-        # Each file is in time order; heapq.merge keeps the files' order for equal times.
+        # A capture is written in time order (one that is not still comes out whole, in its
+        # own order); for equal times heapq.merge keeps the order the files were named in.
         merged = heapq.merge(*(chain.from_iterable(s) for s in streams), key=attrgetter("ts"))
         batch: list[DnsEvent] = []
         for event in merged:

@@ -381,3 +381,79 @@ def test_without_a_cluster_wide_pod_list_the_readable_namespaces_are_listed(clus
     inv.upsert_pod(pod("elsewhere", "10.244.0.20", namespace="batch", start=now - 60), now)
     inv._relist(kube, "shop")
     assert inv.history("10.244.0.20")[0].end == INF
+
+
+def test_pods_are_listed_in_pages_as_one_snapshot(cluster, monkeypatch):
+    """1,203 pods in pages of 500 (kubectl's chunk size): each page handled as it comes,
+    the continue token and remainingItemCount as the API server gives them, every pod once."""
+    from kubectl_dnstrace.kube import client
+
+    sim, kube, _ = cluster
+    sim.store.create(node("node-a", "172.18.0.10", "10.244.0.0/16"))
+    for i in range(1203):
+        sim.store.create(pod(f"web-{i:04d}", f"10.244.{i // 250}.{i % 250 + 2}"))
+    pages = list(kube.list_pages("pods", "shop"))
+    assert [len(items) for items, _ in pages] == [500, 500, 203]
+    assert len({rv for _, rv in pages}) == 1  # one snapshot's version on every page
+    names = [p["metadata"]["name"] for items, _ in pages for p in items]
+    assert names == [f"web-{i:04d}" for i in range(1203)]
+    seen = []
+    real = client.Kube.request
+
+    def request(self, method, path, **kw):
+        data = real(self, method, path, **kw)
+        if path.endswith("/pods"):
+            seen.append((kw["query"]["limit"], bool(kw["query"]["continue"]),
+                         data["metadata"].get("remainingItemCount")))
+        return data
+
+    monkeypatch.setattr(client.Kube, "request", request)
+    inv = Inventory.from_cluster(kube)
+    assert seen == [(500, False, 703), (500, True, 203), (500, True, None)]
+    now = time.time()
+    assert len(inv.pods) == 1203
+    assert [p.name for p in inv.holders("10.244.4.204", now)] == ["web-1202"]
+
+
+def test_a_list_whose_snapshot_expired_between_pages_starts_over(cluster):
+    """410 Expired on a continue token (etcd compacted the snapshot): the list starts over,
+    nothing is counted twice, and a pod deleted meanwhile is not left behind as alive; a list
+    that keeps expiring is an error that says what happened."""
+    from kubectl_dnstrace.kube.client import LIST_ATTEMPTS, ListExpired
+
+    sim, kube, _ = cluster
+    sim.store.create(node("node-a", "172.18.0.10", "10.244.0.0/16"))
+    for i in range(1100):
+        sim.store.create(pod(f"web-{i:04d}", f"10.244.{i // 250}.{i % 250 + 2}"))
+    sim.faults.expire_continue(1)
+    items, _ = kube.list("pods", "shop")
+    assert [p["metadata"]["name"] for p in items] == [f"web-{i:04d}" for i in range(1100)]
+
+    # The first pass reads web-0000 … web-0499, then web-0003 is deleted and the next page
+    # expires: the second pass no longer lists it, and the inventory holds it as gone.
+    real = kube.request
+    pages = []
+
+    def request(method, path, **kw):
+        data = real(method, path, **kw)
+        if path.endswith("/pods") and method == "GET":
+            pages.append(len(data.get("items") or []))
+            if len(pages) == 1:
+                sim.store.delete("pods", "web-0003", "shop")
+                sim.faults.expire_continue(1)
+        return data
+
+    kube.request = request
+    inv = Inventory.from_cluster(kube)
+    assert pages == [500, 500, 500, 99]  # 500, expired; then the whole list again
+    now = time.time()
+    assert len(inv.pods) == 1100
+    assert inv.holders("10.244.0.5", now) == []  # web-0003's address: held by nobody now
+    assert [p.name for p in inv.holders("10.244.0.6", now)] == ["web-0004"]
+
+    sim.faults.expire_continue(LIST_ATTEMPTS)
+    with pytest.raises(ListExpired) as err:
+        kube.list("pods", "shop")
+    assert err.value.exit_code == 3
+    assert "expired the list of pods in namespace shop while it was read in pages" in str(err.value)
+    assert "too old to display a consistent list result" in str(err.value)

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,10 @@ def _kubeconfig_paths(opts: ClusterOptions) -> str:
     if env.strip(":"):
         return env
     return os.path.expanduser("~/.kube/config")
+
+
+LIST_CHUNK = 500  # items per list page: kubectl's default --chunk-size
+LIST_ATTEMPTS = 3  # a paged list whose snapshot expired is started over this often at most
 
 
 class Kube:
@@ -339,14 +343,49 @@ class Kube:
     def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
              field_selector: str | None = None) -> tuple[list[dict], str]:
         """List a kind in one namespace, or in all (namespace=None or "") for namespaced kinds."""
-        data = self.request(
-            "GET", resource_path(kind, namespace or None),
-            query={"labelSelector": label_selector, "fieldSelector": field_selector},
-            what=Action("list", kind, namespace or None),
-        )
-        items = (data.get("items") or []) if isinstance(data, dict) else []
-        rv = ((data.get("metadata") or {}).get("resourceVersion") or "") if isinstance(data, dict) else ""
+        items: list[dict] = []
+        rv = ""
+        for page, page_rv in self.list_pages(kind, namespace, label_selector, field_selector,
+                                             on_restart=items.clear):
+            items.extend(page)
+            rv = page_rv
         return items, rv
+
+    def list_pages(self, kind: str, namespace: str | None = None,
+                   label_selector: str | None = None, field_selector: str | None = None,
+                   *, on_restart: Callable[[], None] | None = None,
+                   limit: int | None = None) -> Iterator[tuple[list[dict], str]]:
+        """Yield a list page by page, ``(items, resourceVersion)``, at most ``limit`` items a
+        page (LIST_CHUNK unless given; 0: all at once), as kubectl's ``--chunk-size``: a
+        caller that handles each page as it comes never holds a big cluster's pods at once,
+        and the API server serves them in pieces.
+
+        The pages are one snapshot, at the first page's resourceVersion. When the server
+        compacted that version before the last page was read (410 Expired: a continue token
+        lives about five minutes), the list starts over (LIST_ATTEMPTS in all), after
+        ``on_restart`` tells the caller to forget the pages it had.
+        """
+        path = resource_path(kind, namespace or None)
+        what = Action("list", kind, namespace or None)
+        for attempt in range(LIST_ATTEMPTS):
+            token = None
+            try:
+                while True:
+                    data = self.request("GET", path, what=what, query={
+                        "labelSelector": label_selector, "fieldSelector": field_selector,
+                        "limit": LIST_CHUNK if limit is None else limit, "continue": token})
+                    if not isinstance(data, dict):
+                        return
+                    meta = data.get("metadata") or {}
+                    yield data.get("items") or [], meta.get("resourceVersion") or ""
+                    token = meta.get("continue")
+                    if not token:
+                        return
+            except ListExpired:
+                if token is None or attempt == LIST_ATTEMPTS - 1:
+                    raise
+                if on_restart is not None:
+                    on_restart()
 
     def watch(self, kind: str, namespace: str | None = None, resource_version: str | None = None,
               label_selector: str | None = None, timeout_seconds: float | None = None,
@@ -578,6 +617,11 @@ def status_body(exc: ApiException) -> dict:
     return {}
 
 
+class ListExpired(ClusterUnreachable):
+    """410 Expired on a paged list: the snapshot's resourceVersion was compacted away
+    between two pages (a continue token lives about five minutes). Started over."""
+
+
 def translate_api_exception(exc: ApiException, what: Action, server: str = "") -> DnstraceError:
     """Turn an API failure into the user's error: cause (verb, resource, namespace) and fix."""
     status = exc.status or 0
@@ -635,6 +679,12 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
                 "check the name and namespace (`kubectl get "
                 f"{what.resource.split('/')[0]}{' -n ' + what.namespace if what.namespace else ''}`)",
             )
+    elif status == 410 and what.verb == "list":
+        err = ListExpired(
+            f"the API server expired the list of {what.resource}{what.where()} while it was "
+            f"read in pages ({api_message})",
+            "run the command again; on a very busy cluster, from closer to the API server",
+        )
     elif status in (409, 422):
         err = ContainerFailed(
             f"the API server refused to {what.verb} {what.resource} of {what.object()} "

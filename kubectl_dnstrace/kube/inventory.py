@@ -223,24 +223,22 @@ class Inventory:
         for node in _list_or_empty(kube, "nodes"):
             inv.add_node(node)
         try:
-            lists = {None: kube.list("pods")}
+            scopes: list[str | None] = [None]
+            inv._resource_versions[None] = inv._relist(kube, None, inv.since)
         except Forbidden as refused:
-            lists = {}
+            scopes = []
             for ns in sorted(set(namespaces) - {""}):
                 try:
-                    lists[ns] = kube.list("pods", ns)
+                    inv._resource_versions[ns] = inv._relist(kube, ns, inv.since)
                 except Forbidden:
                     continue
-            if not lists:
+                scopes.append(ns)
+            if not scopes:
                 raise refused from None
-            inv.scope = tuple(lists)
-        for ns in lists:
+            inv.scope = tuple(scopes)
+        for ns in scopes:
             for svc in _list_or_empty(kube, "services", ns):
                 inv.add_service(svc)
-        for ns, (items, rv) in lists.items():
-            for pod in items:
-                inv.upsert_pod(pod, observed=inv.since)
-            inv._resource_versions[ns] = rv
         return inv
 
     # ---- the pod watch ---------------------------------------------------------------------
@@ -314,12 +312,17 @@ class Inventory:
                 self.watch_error = f"{type(exc).__name__}: {exc}"
                 self._stop.wait(1.0)
 
-    def _relist(self, kube: Any, namespace: str | None) -> str:
-        items, rv = kube.list("pods", namespace)
-        now = time.time()
-        seen = set()
-        for pod in items:
-            seen.add(self.upsert_pod(pod, observed=now))
+    def _relist(self, kube: Any, namespace: str | None, now: float | None = None) -> str:
+        """List the pods (of ``namespace``, or all) a page at a time — 10,000 pods as the API
+        returns them are some hundred MB of objects, their inventory a few MB — and close
+        the ones that were not listed (deleted in between). Returns the list's version."""
+        now = time.time() if now is None else now
+        seen: set[str] = set()
+        rv = ""
+        for items, page_rv in kube.list_pages("pods", namespace, on_restart=seen.clear):
+            for pod in items:
+                seen.add(self.upsert_pod(pod, observed=now))
+            rv = page_rv
         with self._lock:
             gone = [p for uid, p in self.pods.items() if uid not in seen
                     and (namespace is None or p.namespace == namespace)]

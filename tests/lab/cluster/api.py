@@ -12,6 +12,7 @@ which answers 400 while a container waits and 500 when the node has no kubelet).
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import queue
@@ -36,6 +37,20 @@ VERSION = {
 }
 PATCH_TYPES = ("application/strategic-merge-patch+json", "application/merge-patch+json",
                "application/json-patch+json")
+
+
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You can "
+    "start a new list without the continue parameter, or use the continue token in this "
+    "response to retrieve the remainder of the results. Continuing with the provided token "
+    "results in an inconsistent list - objects that were created, modified, or deleted between "
+    "the time the first chunk was returned and now may show up in the list.")
+
+
+def _key(obj: dict) -> tuple[str, str]:
+    """Where a list item sorts (the store lists by namespace, then name)."""
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", meta.get("name") or ""
 
 
 class Route:
@@ -186,12 +201,12 @@ class Api:
                 self._watch(ex, res, route.namespace, match)
             else:
                 # A list in a namespace that does not exist is empty, not a 404.
-                items, rv = self.store.list(res, route.namespace or None, match)
+                items, meta = self._page(ex, res, route.namespace or None, match)
                 for item in items:  # list items carry no kind/apiVersion on the wire
                     item.pop("kind", None)
                     item.pop("apiVersion", None)
                 ex.send_json(200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
-                                   "metadata": {"resourceVersion": rv}, "items": items})
+                                   "metadata": meta, "items": items})
         elif verb == "create":
             obj = ex.json_body()
             body_ns = (obj.get("metadata") or {}).get("namespace")
@@ -213,6 +228,37 @@ class Api:
                 ex.send_json(200, self.store.delete(res, route.name, route.namespace))
         else:
             raise st.method_not_allowed()
+
+    def _page(self, ex: Exchange, res: Resource, namespace: str | None,
+              match) -> tuple[list[dict], dict]:
+        """A list as the API server pages it: at most ``limit`` items, and while more remain
+        a ``continue`` token (the snapshot's version and the key to start after) and
+        ``remainingItemCount``. A token whose version the history no longer holds (or the
+        ``expire_continue`` fault) is 410 Expired with the server's text. Simplified: a
+        continued page lists the objects as they are now, after the token's key, under the
+        token's version."""
+        token = ex.query.get("continue")
+        after = snapshot = None
+        if token:
+            try:
+                state = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+                snapshot, after = int(state["rv"]), tuple(state["start"])
+            except (ValueError, KeyError, TypeError):
+                raise st.bad_request(f"continue key is not valid: {token}") from None
+            if self.faults.continue_expired() or snapshot < self.store.oldest_version():
+                raise ApiError(st.gone(CONTINUE_EXPIRED))
+        try:
+            limit = max(0, int(ex.query.get("limit") or 0))
+        except ValueError:
+            limit = 0
+        items, rv, more = self.store.page(res, namespace, match, after, limit)
+        meta: dict = {"resourceVersion": str(snapshot) if snapshot is not None else rv}
+        if more:
+            state = {"v": "meta.k8s.io/v1", "rv": int(meta["resourceVersion"]),
+                     "start": list(_key(items[-1]))}
+            meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
+            meta["remainingItemCount"] = more
+        return items, meta
 
     def _check_ns(self, route: Route) -> None:
         """A missing namespace reads as the pod missing, like recording 27."""

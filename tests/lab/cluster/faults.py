@@ -6,7 +6,9 @@
 - ``break_log_after``: follow streams of a container are cut (no final chunk) at log positions
   N, 2N, … ``times`` times — so a client resuming with sinceTime (which replays the whole
   second) still progresses N lines per cut, as with a real flaky connection;
-- ``disable_ephemeral``: the cluster has no ephemeralcontainers subresource (404, no name).
+- ``disable_ephemeral``: the cluster has no ephemeralcontainers subresource (404, no name);
+- ``expire_continue``: the next ``times`` continued list pages are 410 Expired, as when etcd
+  compacted the list's snapshot between two pages.
 Pod Security levels are not a switch here: they are the namespace's
 ``pod-security.kubernetes.io/*`` labels, as on a real cluster (see ``SimCluster.set_psa``).
 """
@@ -37,6 +39,7 @@ class Faults:
     failing_images: set[str] = field(default_factory=set)
     start_delay: float = 0.0
     ephemeral_disabled: bool = False
+    _continue_expiries: int = 0
     _log_breaks: list[int] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,3 +75,15 @@ class Faults:
 
     def disable_ephemeral(self) -> None:
         self.ephemeral_disabled = True
+
+    def expire_continue(self, times: int = 1) -> None:
+        with self._lock:
+            self._continue_expiries += times
+
+    def continue_expired(self) -> bool:
+        """Is this continued list page to expire (uses one expiry)?"""
+        with self._lock:
+            if self._continue_expiries <= 0:
+                return False
+            self._continue_expiries -= 1
+            return True

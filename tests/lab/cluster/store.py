@@ -104,11 +104,30 @@ class Store:
 
     def list(self, kind: str | Resource, namespace: str | None = None,
              match: Callable[[dict], bool] | None = None) -> tuple[list[dict], str]:
+        items, rv, _ = self.page(kind, namespace, match)
+        return items, rv
+
+    def page(self, kind: str | Resource, namespace: str | None = None,
+             match: Callable[[dict], bool] | None = None, after: tuple[str, str] | None = None,
+             limit: int = 0) -> tuple[list[dict], str, int]:
+        """The objects after the key ``after`` (namespace, name), at most ``limit`` (0: all),
+        copied; with the version and how many more match after them."""
         res = resolve(kind)
         with self.lock:
-            items = [copy.deepcopy(o) for (ns, _), o in sorted(self._bucket(res).items())
-                     if (not namespace or ns == namespace) and (match is None or match(o))]
-            return items, str(self._rv)
+            keys = [key for key, o in sorted(self._bucket(res).items())
+                    if (not namespace or key[0] == namespace) and (after is None or key > after)
+                    and (match is None or match(o))]
+            shown = keys[:limit] if limit else keys
+            bucket = self._bucket(res)
+            return ([copy.deepcopy(bucket[key]) for key in shown], str(self._rv),
+                    len(keys) - len(shown))
+
+    def oldest_version(self) -> int:
+        """The oldest resourceVersion still consistent to read (what compaction left)."""
+        with self.lock:
+            if len(self._history) < (self._history.maxlen or 0):
+                return 0
+            return self._history[0][0] - 1
 
     def namespace_exists(self, name: str) -> bool:
         return self.find("namespaces", name) is not None

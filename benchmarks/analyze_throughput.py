@@ -49,7 +49,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pipeline_throughput import cluster_objects
 from tests.lab import dnslab
 from tests.lab.netns import Lab
 
@@ -125,6 +124,10 @@ def spread_over_pods(src: Path, dst: Path, pods_file: Path, pods: int = 10_000) 
     question and its client port and id, so a query and its response go to the same pod and
     each question to five pods. The IPv4 checksum is redone; the UDP one is zeroed (0 means
     none, in IPv4). Returns the number of packets."""
+    # Imported here: measure() reads a child's peak RSS, which on Linux starts from this
+    # process's RSS when the child is forked — the tools are timed before this import.
+    from benchmarks.pipeline_throughput import cluster_objects
+
     items, nodes, services, owners = cluster_objects(pods)
     pods_file.write_text(json.dumps({"kind": "List", "items": items + nodes + services + owners}))
     addrs = [bytes(map(int, p["status"]["podIP"].split("."))) for p in items]
@@ -218,8 +221,10 @@ def main() -> int:
             results.append(best)
             print(f"{name} on {packets} packets: {best['wall_s']:.1f} s, "
                   f"{best['pps_wall']:.0f} packets/s", file=sys.stderr)
+    floor = measure(["true"])["max_rss_mb"]
     print(f"Load average before the runs: {load:.2f} ({os.cpu_count()} CPUs); "
-          f"{args.repeat} run(s) per tool and size, taking turns\n")
+          f"{args.repeat} run(s) per tool and size, taking turns; peak RSS of `true` started "
+          f"the same way: {floor:.0f} MB (a forked child's peak starts from this process's)\n")
     print("| file | tool | wall s | CPU s | packets/s (wall) | packets/s (CPU) | peak RSS MB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in results:

@@ -331,9 +331,10 @@ class Pipeline:
             if clients:
                 if self._header_done:
                     self.out.write("\n")
-                self.out.write(render.summary_table(clients, self.wide))
+                when = render.report_clock(clients, links)
+                self.out.write(render.summary_table(clients, self.wide, when))
                 notes = render.explanations(clients)
-                ups = render.links_text(links)
+                ups = render.links_text(links, when)
                 for block in (notes, ups):
                     if block:
                         self.out.write("\n" + block)

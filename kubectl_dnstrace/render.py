@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from json.encoder import encode_basestring as _enc
 from typing import Any
 
@@ -37,6 +38,16 @@ def clock_ms(ts: float) -> str:
 def iso(ts: float) -> str:
     """RFC 3339 UTC with milliseconds: "2026-11-26T14:02:03.123Z"."""
     return time.strftime("%Y-%m-%dT", time.gmtime(int(ts))) + clock_ms(ts) + "Z"
+
+
+def clock_for(times: list[float]) -> Callable[[float], str]:
+    """``clock`` (HH:MM:SS) while ``times`` fall on one UTC day, as a live trace's do; a
+    capture that spans midnight or days gets the date too, or its LAST could read as
+    earlier than its FIRST."""
+    days = {int(t // 86400) for t in times}
+    if len(days) <= 1:
+        return clock
+    return lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
 def latency(ms: float | None) -> str:
@@ -283,18 +294,26 @@ def _names_cell(cs: ClientStats) -> str:
     return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
 
 
-def summary_table(clients: list[ClientStats], wide: bool = False) -> str:
+def report_clock(clients: list[ClientStats], links: list[Link]) -> Callable[[float], str]:
+    """One ``clock_for`` for the summary and the upstream lookups under it."""
+    return clock_for([t for cs in clients for t in (cs.first, cs.last)]
+                     + [lk.ts for lk in links if lk.upstream])
+
+
+def summary_table(clients: list[ClientStats], wide: bool = False,
+                  when: Callable[[float], str] | None = None) -> str:
     """The per-client table kubectl users expect: plain, upper-case headers."""
     headers = ["NAMESPACE", "POD", "WORKLOAD", "NODE", "NAMES", "COUNT", "QTYPES", "RCODES",
                "FIRST", "LAST"]
     if wide:
         headers += ["IPS", "DNS-SERVERS", "SEEN-AT", "P50", "P95"]
     rows = []
+    when = when or report_clock(clients, [])
     for cs in clients:
         ns, pod, workload, node = client_cells(cs.client)
         row = [ns, pod, workload, node, _names_cell(cs), str(cs.count),
                counts(cs.total("qtypes")) or "-", counts(cs.total("rcodes")) or "-",
-               clock(cs.first), clock(cs.last)]
+               when(cs.first), when(cs.last)]
         if wide:
             lat = cs.latencies()
             row += [",".join(sorted(cs.ips)), ",".join(cs.servers()),
@@ -315,11 +334,12 @@ def explanations(clients: list[ClientStats]) -> str:
     return ("Notes:\n" + "".join(lines)) if lines else ""
 
 
-def links_text(links: list[Link]) -> str:
+def links_text(links: list[Link], when: Callable[[float], str] | None = None) -> str:
     ups = [lk for lk in links if lk.upstream]
     if not ups:
         return ""
-    return "Upstream lookups:\n" + "".join(f"  {describe_link(lk, clock)}\n" for lk in ups)
+    when = when or report_clock([], ups)
+    return "Upstream lookups:\n" + "".join(f"  {describe_link(lk, when)}\n" for lk in ups)
 
 
 # ---- the JSON document ----------------------------------------------------------------

@@ -130,6 +130,23 @@ def test_table_live_lines_then_summary_notes_and_upstream_lookups():
     assert code == ExitCode.MATCHED
 
 
+def test_a_capture_across_midnight_dates_its_summary_times():
+    """A node capture that ran overnight: HH:MM:SS alone would show a LAST before the FIRST."""
+    evening = q(0.0, "10.244.0.5", "10.244.1.2", 1, "evil.example.com")  # 14:00 UTC
+    morning = q(13 * 3600.0, "10.244.0.5", "10.244.1.2", 2, "evil.example.com", sport=40001)
+    forward = q(13 * 3600.0 + 0.001, "10.244.1.2", "172.18.0.53", 3, "evil.example.com",
+                sport=51000)
+    out, _, code = run("table", [evening, morning, forward], live=False)
+    assert code == ExitCode.MATCHED
+    table = out.split("\n\n")[0].splitlines()
+    assert table[0].split()[-2:] == ["FIRST", "LAST"]
+    web = next(line for line in table if "web-5d8f7c9b6-x2k4p" in line)
+    assert web.endswith("2025-11-26 14:00:00  2025-11-27 03:00:00")
+    coredns = next(line for line in table if "coredns-7db6d8ff4d-abcde" in line)
+    assert coredns.endswith("2025-11-27 03:00:00  2025-11-27 03:00:00")
+    assert "upstream lookup of evil.example.com A at 2025-11-27 03:00:00 by" in out
+
+
 def test_wide_adds_ips_servers_seen_at_and_latency_percentiles():
     out, err, _ = run("wide")
     assert out == EXPECTED_WIDE

@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import time
 from collections.abc import Iterator
 from itertools import chain
 from operator import attrgetter
@@ -36,6 +37,7 @@ from kubectl_dnstrace.kube.inventory import Inventory
 from kubectl_dnstrace.model import AnalyzeRequest, DnsEvent
 from kubectl_dnstrace.pcapio import read_records
 from kubectl_dnstrace.pipeline import Pipeline
+from kubectl_dnstrace.progress import Progress
 
 _OBJECT_KINDS = {"Pod": "pods", "Node": "nodes", "Service": "services",
                  "ReplicaSet": "owners", "Job": "owners"}
@@ -92,22 +94,81 @@ def analyze_files(paths: list[str], dns_filter: DnsFilter, pipeline: Pipeline,
                for i, path in enumerate(paths)]
     streams = [_events(source, want_raw) for source in sources]
     feed = pipeline.feed_batch
-    if len(streams) == 1:
-        for events in streams[0]:
-            feed(events)
-    else:
-        # A capture is written in time order (one that is not still comes out whole, in its
-        # own order); for equal times heapq.merge keeps the order the files were named in.
-        merged = heapq.merge(*(chain.from_iterable(s) for s in streams), key=attrgetter("ts"))
-        batch: list[DnsEvent] = []
-        for event in merged:
-            batch.append(event)
-            if len(batch) >= MERGED_BATCH:
+    status = ReadStatus(pipeline, sources)
+    try:
+        if len(streams) == 1:
+            for events in streams[0]:
+                feed(events)
+                status.update()
+        else:
+            # A capture is written in time order (one that is not still comes out whole, in
+            # its own order); for equal times heapq.merge keeps the order the files were
+            # named in.
+            merged = heapq.merge(*(chain.from_iterable(s) for s in streams),
+                                 key=attrgetter("ts"))
+            batch: list[DnsEvent] = []
+            for event in merged:
+                batch.append(event)
+                if len(batch) >= MERGED_BATCH:
+                    feed(batch)
+                    batch = []
+                    status.update()
+            if batch:
                 feed(batch)
-                batch = []
-        if batch:
-            feed(batch)
+    finally:
+        status.clear()
     return [source.stats for source in sources]
+
+
+class ReadStatus:
+    """How far the files are read, as one self-overwriting line on stderr — on a terminal,
+    after the first second, and only while nothing else is being drawn there: not under live
+    lines or ndjson streaming to the same terminal, which show progress by themselves."""
+
+    FIRST = 1.0  # seconds before the line shows: a small file stays quiet
+    EVERY = 0.5  # seconds between redraws
+
+    def __init__(self, pipeline: Pipeline, sources: list[FileEvents]) -> None:
+        def tty(stream: Any) -> bool:
+            isatty = getattr(stream, "isatty", None)
+            return bool(isatty and isatty())
+
+        quiet_out = pipeline.output.format == "json" or (
+            pipeline.output.format in ("table", "wide") and not pipeline.live)
+        self.on = tty(pipeline.err) and (quiet_out or not tty(pipeline.out))
+        self.progress = Progress(pipeline.err, interactive=True) if self.on else None
+        self.pipeline = pipeline
+        self.sources = sources
+        self.total = sum(_size(s.path) for s in sources) or 1
+        self.start = time.monotonic()
+        self._next = self.start + self.FIRST
+
+    def update(self) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.EVERY
+        done = min(sum(s.position.offset for s in self.sources), self.total)
+        elapsed = now - self.start
+        text = (f"reading {len(self.sources)} files" if len(self.sources) > 1
+                else f"reading {self.sources[0].path}")
+        text += f": {100 * done / self.total:.0f}%, {self.pipeline.count:,} DNS messages"
+        if done:
+            text += f", about {elapsed * (self.total - done) / done:.0f}s left"
+        self.progress.status(text)
+
+    def clear(self) -> None:
+        if self.progress is not None:
+            self.progress.clear_status()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _events(source: FileEvents, want_raw: bool) -> Iterator[list[DnsEvent]]:

@@ -15,6 +15,11 @@ frameworks are loaded), only when this process runs a single thread (a forked co
 lock held by another thread would never be released), and only for files big enough to
 pay for the fork. Everywhere else the same generator runs in this process.
 
+Over the pipe go ``marshal``'d messages: a list is a batch of records, an int the
+decoder's position in the file before it (for the progress line; a batch, even an empty
+one, goes at least every PROGRESS_PACKETS packets), a dict the final counters, a tuple an
+error to raise.
+
 A record is the tuple of ``EventBuilder.fields`` — ``(ts, qr, proto, src, sport, dst,
 dport, id, qname, qtype, rcode, answers, latency_ms, tc)`` — with the IP packet appended
 when evidence output wants it.
@@ -39,9 +44,10 @@ from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import FrameDecoder
 from kubectl_dnstrace.errors import DnstraceError
-from kubectl_dnstrace.pcapio import one_interface, read_records
+from kubectl_dnstrace.pcapio import ReadPosition, one_interface, read_records
 
 BATCH = 512  # records per hand-over: a few milliseconds of work, a few tens of KiB
+PROGRESS_PACKETS = 1 << 16  # a batch goes (even a short or empty one) at least this often
 CHILD_MIN_BYTES = 4 << 20  # below this (about 40,000 packets) the fork does not pay
 PIPE_BYTES = 1 << 20
 _LENGTH = struct.Struct("<I")
@@ -59,6 +65,7 @@ class FileEvents:
         self.with_packets = with_packets
         self.stats: dict[str, Any] = {}
         self.in_child = False
+        self.position = ReadPosition()  # how far the decoding has read, for a progress line
 
     def batches(self) -> Iterator[list[tuple]]:
         if self.may_fork and use_child(self.path):
@@ -80,8 +87,11 @@ class FileEvents:
         with_packets = self.with_packets
         packets = messages = 0
         batch: list[tuple] = []
-        for linktype, frame, ts in read_records(self.path):
+        for linktype, frame, ts in read_records(self.path, self.position):
             packets += 1
+            if not packets % PROGRESS_PACKETS:  # a filter may match nothing for a long while
+                yield batch
+                batch = []
             for seg in decode(linktype, frame, ts):
                 messages += 1
                 if dedupe and seen(seg):
@@ -126,6 +136,8 @@ class FileEvents:
                     message = marshal.loads(body)
                     if type(message) is list:
                         yield message
+                    elif type(message) is int:
+                        self.position.offset = message
                     elif type(message) is dict:
                         self.stats = message
                         done = True
@@ -158,6 +170,7 @@ class FileEvents:
             with os.fdopen(wfd, "wb", buffering=1 << 16) as out:
                 try:
                     for batch in self._decode():
+                        _send(out, self.position.offset)
                         _send(out, batch)
                     _send(out, self.stats)
                 except DnstraceError as exc:

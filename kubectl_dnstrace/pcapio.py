@@ -43,12 +43,28 @@ class _Packet(bytes):
     sniffed_on: str | None = None
 
 
-def read_records(path: str) -> Iterator[tuple[int, bytes, float]]:
+class ReadPosition:
+    """How far into the file (bytes on disk, compressed or not) a reader has got: for a
+    progress line. Updated per chunk read (classic pcap) or every POSITION_EVERY records."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+
+POSITION_EVERY = 4096  # records between position updates of the scapy-read formats
+
+
+def read_records(path: str, position: ReadPosition | None = None,
+                 ) -> Iterator[tuple[int, bytes, float]]:
     """Yield ``(linktype, frame, ts)`` for every packet record of a pcap or pcapng file.
 
     Streams: memory stays flat whatever the file's size. A file that is not a capture
     raises ``BadInput``; a file cut short ends the iteration at the last whole record.
+    ``position``, when given, follows the reader through the file.
     """
+    position = position or ReadPosition()
     try:
         with open(path, "rb") as fh:
             head = fh.read(24)
@@ -56,7 +72,7 @@ def read_records(path: str) -> Iterator[tuple[int, bytes, float]]:
         head = b""  # scapy names the error below
     fmt = _PCAP_MAGIC.get(head[:4])
     if fmt is not None and len(head) == 24:
-        yield from _read_pcap(path, *fmt)
+        yield from _read_pcap(path, *fmt, position)
         return
     from scapy.error import Scapy_Exception
     from scapy.utils import RawPcapNgReader
@@ -75,6 +91,8 @@ def read_records(path: str) -> Iterator[tuple[int, bytes, float]]:
             "write captures with tcpdump -w FILE (or tshark/dumpcap); gzip-compressed "
             "files are read too",
         ) from None
+    raw = getattr(reader.f, "fileobj", None) or reader.f  # gzip: the compressed file
+    count = 0
     try:
         if hasattr(reader, "interfaces"):  # pcapng: link type per interface
             while True:
@@ -83,6 +101,9 @@ def read_records(path: str) -> Iterator[tuple[int, bytes, float]]:
                 except EOFError:
                     return
                 ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
+                count += 1
+                if count % POSITION_EVERY == 0:
+                    position.offset = raw.tell()
                 yield meta.linktype, frame, ts
         else:
             linktype = reader.linktype
@@ -93,10 +114,15 @@ def read_records(path: str) -> Iterator[tuple[int, bytes, float]]:
                     frame, meta = read(size=READ_SIZE)
                 except EOFError:
                     return
+                count += 1
+                if count % POSITION_EVERY == 0:
+                    position.offset = raw.tell()
                 yield linktype, frame, meta.sec + meta.usec * scale
     except Scapy_Exception as exc:
         raise BadInput(f"{path} is damaged: {exc}", "the records before the damage were read") from None
     finally:
+        with contextlib.suppress(Exception):
+            position.offset = raw.tell()
         with contextlib.suppress(Exception):
             reader.close()
 
@@ -117,7 +143,8 @@ def one_interface(path: str) -> bool:
     return linktype not in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2)
 
 
-def _read_pcap(path: str, order: str, nano: bool) -> Iterator[tuple[int, bytes, float]]:
+def _read_pcap(path: str, order: str, nano: bool,
+               position: ReadPosition) -> Iterator[tuple[int, bytes, float]]:
     """Classic pcap without scapy: the same records, timestamps and truncation rules as
     ``RawPcapReader`` (a whole header with part of its data yields that part; a partial
     header ends the file), about five times cheaper per record."""
@@ -132,6 +159,7 @@ def _read_pcap(path: str, order: str, nano: bool) -> Iterator[tuple[int, bytes, 
             chunk = fh.read(CHUNK)
             if not chunk:
                 break
+            position.offset = fh.tell()
             buf = buf[off:] + chunk if off < len(buf) else chunk
             off = 0
             end = len(buf)

@@ -6,7 +6,9 @@ check every packet against tshark: source, name, type and rcode.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import signal
 import subprocess
 import time
@@ -461,3 +463,58 @@ def test_analyze_without_a_cluster_says_how_to_go_offline(tmp_path, capsys, monk
     assert out == ""
     assert err.rstrip().endswith("or attribute without a cluster: --offline (addresses only), or "
                                  "--offline --pods FILE with a saved `kubectl get pods -A -o json`")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("child", [False, True], ids=["in-process", "decoder-in-child"])
+def test_a_long_read_shows_how_far_it_got_on_a_terminal_only(tmp_path, monkeypatch, child):
+    """A status line (percent of the file, messages, time left) on a terminal's stderr, drawn
+    over itself and cleared before the notices; none into a file or under lines that stream
+    to the same terminal. Driven by the decoder's position in the file, which also reaches
+    the parent from a child, and which keeps moving while a filter matches nothing."""
+    from kubectl_dnstrace import analyze as analyze_module
+    from kubectl_dnstrace.analyze import run_analyze
+    from kubectl_dnstrace.model import AnalyzeRequest, ClusterOptions, Filters, OutputOptions
+
+    monkeypatch.setattr(fileevents, "use_child", lambda path: child)
+    monkeypatch.setattr(fileevents, "PROGRESS_PACKETS", 50)
+    monkeypatch.setattr(analyze_module.ReadStatus, "FIRST", 0.0)
+    monkeypatch.setattr(analyze_module.ReadStatus, "EVERY", 0.0)
+    monkeypatch.setattr(analyze_module, "MERGED_BATCH", 1)
+    monkeypatch.setattr(fileevents, "BATCH", 1)
+    path = tmp_path / "node7.pcap"
+    _write_pcap(path, [p for k in range(200) for p in _exchange(
+        "10.244.0.5", f"n{k}.example.com", k, 1_764_165_600.0 + k, 40000 + k)])
+    size = path.stat().st_size
+
+    def run(fmt: str, live: bool, out, err, domains=()):
+        request = AnalyzeRequest(files=[str(path)], filters=Filters(domains=list(domains)),
+                                 output=OutputOptions(format=fmt, live=live),
+                                 cluster=ClusterOptions(), offline=True)
+        return run_analyze(request, out, err)
+
+    out, err = io.StringIO(), _Terminal()
+    assert run("json", False, out, err) == 0
+    text = err.getvalue()
+    shown = re.findall(r"\r\x1b\[2K. reading (\S+): (\d+)%, ([\d,]+) DNS messages", text)
+    assert shown and {name for name, _, _ in shown} == {str(path)}
+    percents = [int(p) for _, p, _ in shown]
+    assert percents == sorted(percents) and 0 < percents[-1] <= 100
+    assert f"\r\x1b[2K{path}: 400 packets" in text  # cleared before the notices
+    assert json.loads(out.getvalue())["summary"]
+
+    # A filter that matches nothing: the line still moves (empty hand-overs carry it).
+    err = _Terminal()
+    assert run("json", False, io.StringIO(), err, domains=["nothing.example"]) == 1
+    assert len(re.findall(r"reading \S+: (\d+)%, 0 DNS messages", err.getvalue())) >= 3
+
+    for fmt, live, out, err in (("json", False, io.StringIO(), io.StringIO()),
+                                ("table", True, _Terminal(), _Terminal()),
+                                ("ndjson", False, _Terminal(), _Terminal())):
+        run(fmt, live, out, err)
+        assert "reading" not in err.getvalue() and "\r" not in err.getvalue(), fmt
+    assert size > 0

@@ -9,6 +9,13 @@ extra place it was seen. The captures' log streams reach the trace seconds apart
 message is remembered for longer (DUPLICATE_MEMORY) than the second that makes a copy. A
 response counts only when its query was not seen (the capture started mid-exchange, or
 ``--rcode`` hid queries).
+
+Names are kept one by one up to MAX_NAMES a client (and MAX_NAMES_TOTAL in all); past that,
+a new name is counted under its parent domain as ``*.parent`` (and further up, see
+``fold_keys``, so the entries stay bounded whatever the names). A pod tunnelling data
+through DNS asks a new name every query — the very case a responder traces — and would
+otherwise grow the summary by a kilobyte a query until the machine runs out of memory;
+folded, the tunnel's domain is what the summary shows.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ QUERY_MAX = 200_000  # queries remembered per generation: memory stays flat on b
 MAX_ANSWERS = 20  # distinct answers kept per name: enough to recognise, bounded in memory
 MAX_LATENCIES = 100_000  # per name; beyond that, every other sample (percentiles stay fair)
 IDENTITY_MAX = 100_000  # Client objects remembered by identity (a cache: cleared when full)
+MAX_NAMES = 5_000  # names kept one by one per client; further names fold into "*.parent"
+MAX_NAMES_TOTAL = 100_000  # the same, over all clients (about 120 MB of statistics)
+MAX_FOLDED = 100  # "*.parent" entries per client before names fold further up
 
 
 # The small sets of strings below (where a name was seen, which servers answered it, its
@@ -64,6 +74,7 @@ class ClientStats:
     count: int = 0
     first: float = 0.0
     last: float = 0.0
+    folded_names: int = 0  # "*.parent" entries among ``names`` (more names than MAX_NAMES)
 
     def total(self, attr: str) -> Counter:
         total: Counter = Counter()
@@ -116,6 +127,7 @@ class Aggregator:
         # id(Client) -> (the Client, its stats); the Client is kept so the id stays its own.
         self._by_identity: dict[int, tuple[Client, ClientStats]] = {}
         self.duplicates = 0
+        self.names = 0  # names kept one by one, over all clients
 
     def add(self, a: Attributed) -> None:
         ev = a.event
@@ -133,7 +145,10 @@ class Aggregator:
         if duplicate:
             self.duplicates += 1
             cs = self.by_client.get(client_key(a.client))
-            ns = cs.names.get(qname) if cs is not None else None
+            ns = None
+            if cs is not None:
+                ns = cs.names.get(qname) or next(
+                    (cs.names[k] for k in fold_keys(qname) if k in cs.names), None)
             if ns is not None and ev.observed_at not in ns.observed_at:
                 ns.observed_at += (ev.observed_at,)
             return
@@ -142,7 +157,7 @@ class Aggregator:
         cs = hit[1] if hit is not None and hit[0] is client else self._client_stats(client, ts)
         ns = cs.names.get(qname)
         if ns is None:
-            ns = cs.names[qname] = NameStats(ev.qname, first=ts, last=ts)
+            ns = self._new_name(cs, qname, ev.qname, ts)
         if ev.observed_at not in ns.observed_at:
             ns.observed_at += (ev.observed_at,)
         if cip not in cs.ips:
@@ -182,6 +197,25 @@ class Aggregator:
         elif ts > cs.last:
             cs.last = ts
 
+    def _new_name(self, cs: ClientStats, lname: str, qname: str, ts: float) -> NameStats:
+        """The statistics of a name ``cs`` has not asked yet: its own, or, past MAX_NAMES
+        (MAX_NAMES_TOTAL in all), its parent domain's ``*.parent``."""
+        if len(cs.names) - cs.folded_names < MAX_NAMES and self.names < MAX_NAMES_TOTAL:
+            self.names += 1
+            ns = cs.names[lname] = NameStats(qname, first=ts, last=ts)
+            return ns
+        # The parent domain; if a client has MAX_FOLDED of those already (a tunnel with two
+        # random labels), the last two labels; past twice that, one "*" for the rest.
+        for i, key in enumerate(fold_keys(lname)):
+            ns = cs.names.get(key)
+            if ns is not None:
+                return ns
+            if cs.folded_names < MAX_FOLDED * (i + 1) or key == "*":
+                cs.folded_names += 1
+                ns = cs.names[key] = NameStats(key, first=ts, last=ts)
+                return ns
+        raise AssertionError("fold_keys ends with '*'")
+
     def _client_stats(self, client: Client, ts: float) -> ClientStats:
         """The statistics of ``client``'s key (created at ``ts``), remembered by identity."""
         key = client_key(client)
@@ -205,7 +239,7 @@ class Aggregator:
         lname = qname.lower()
         ns = cs.names.get(lname)
         if ns is None:
-            ns = cs.names[lname] = NameStats(qname, first=ts, last=ts)
+            ns = self._new_name(cs, lname, qname, ts)
         if observed_at not in ns.observed_at:
             ns.observed_at += (observed_at,)
         if ip not in cs.ips:
@@ -223,6 +257,20 @@ class Aggregator:
         """Busiest client first; ties by namespace, name, address: a stable order."""
         return sorted(self.by_client.values(),
                       key=lambda c: (-c.count, c.client.namespace, c.client.name, c.client.ip))
+
+
+def fold_keys(lname: str) -> tuple[str, ...]:
+    """Where a name past MAX_NAMES may be counted, nearest first: ``*.`` and its parent
+    domain, ``*.`` and its last two labels, ``*`` (``x1.y2.evil.com``: ``*.y2.evil.com``,
+    ``*.evil.com``, ``*``)."""
+    labels = lname.split(".")
+    keys = []
+    if len(labels) > 1:
+        keys.append("*." + ".".join(labels[1:]))
+    if len(labels) > 3:
+        keys.append("*." + ".".join(labels[-2:]))
+    keys.append("*")
+    return tuple(keys)
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:

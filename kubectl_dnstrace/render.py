@@ -16,6 +16,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from kubectl_dnstrace import aggregate
 from kubectl_dnstrace.aggregate import ClientStats, percentile
 from kubectl_dnstrace.attribution import Attributed, clock
 from kubectl_dnstrace.linking import Link, describe_client, describe_link
@@ -331,6 +332,16 @@ def explanations(clients: list[ClientStats]) -> str:
         if c.kind != "pod" and c.reason:
             ips = ",".join(sorted(cs.ips))
             lines.append(f"  {describe_client(c)} [{ips}]: {c.reason}\n")
+    for cs in clients:
+        if cs.folded_names:
+            folded = sorted((n for n in cs.names.values() if n.name.startswith("*")),
+                            key=lambda n: (-n.count, n.name))
+            shown = ", ".join(f"{n.name} ({n.count})" for n in folded[:3])
+            more = f" and {len(folded) - 3} more" if len(folded) > 3 else ""
+            lines.append(f"  {describe_client(cs.client)}: asked more than "
+                         f"{aggregate.MAX_NAMES:,} names (or the trace more than "
+                         f"{aggregate.MAX_NAMES_TOTAL:,}): the rest are counted under their "
+                         f"parent domains: {shown}{more}\n")
     return ("Notes:\n" + "".join(lines)) if lines else ""
 
 
@@ -365,6 +376,8 @@ def summary_json(clients: list[ClientStats]) -> list[dict[str, Any]]:
                                "max": lat[-1] if lat else None},
                 "served": dict(sorted(n.served.items())),
             })
+            if cs.folded_names and n.name.startswith("*"):
+                names[-1]["folded"] = True  # names past MAX_NAMES, under this parent
         lat = cs.latencies()
         out.append({
             "client": dict(client_json(cs.client), ips=sorted(cs.ips)),

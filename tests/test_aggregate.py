@@ -77,6 +77,41 @@ def test_a_capture_whose_stream_lags_seconds_behind_still_counts_each_query_once
         "shop/web", "kube-system/coredns-7db6d8ff4d-abcde"}
 
 
+def test_a_client_asking_new_names_without_end_stays_bounded_and_keeps_every_count(
+        monkeypatch):
+    """A pod tunnelling data through DNS asks a new name every time. Past MAX_NAMES its
+    names count under their parent domain, then (a second random label) under the last two
+    labels, then under "*": the entries stay bounded, no query goes uncounted, and the
+    tunnel's domain is what the summary shows."""
+    from kubectl_dnstrace import aggregate as rules
+
+    monkeypatch.setattr(rules, "MAX_NAMES", 10)
+    monkeypatch.setattr(rules, "MAX_FOLDED", 2)
+    names = [f"ordinary{i}.example.org" for i in range(10)]
+    names += [f"c{i:04x}.t.evil.example.com" for i in range(40)]  # one random label
+    names += [f"c{i:04x}.r{i}.evil.example.com" for i in range(40)]  # two random labels
+    names += [f"c{i:04x}.z{i}.other.example" for i in range(20)]
+    names += [f"c{i:04x}.q{i}.third.test" for i in range(10)]
+    pairs = []
+    for i, name in enumerate(names):
+        query = q(i * 0.01, "10.244.0.5", "10.244.1.2", i, name, sport=30000 + i)
+        pairs += [(query, WEB), (r(query), WEB)]
+    agg = aggregate(pairs)
+    [web] = agg.clients()
+    assert web.count == len(names)
+    assert sum(n.count for n in web.names.values()) == len(names)
+    kept = {k for k in web.names if not k.startswith("*")}
+    assert kept == {f"ordinary{i}.example.org" for i in range(10)}
+    folded = {k: n.count for k, n in web.names.items() if k.startswith("*")}
+    assert folded == {"*.t.evil.example.com": 40,  # the tunnel's domain, all of it
+                      "*.r0.evil.example.com": 1,  # MAX_FOLDED parents; then ...
+                      "*.example.com": 39,  # ... the last two labels,
+                      "*.other.example": 20,  # up to 2 x MAX_FOLDED entries;
+                      "*": 10}  # then one entry for the rest
+    assert web.folded_names == len(folded) <= 2 * 2 + 1
+    assert sum(n.rcodes.get("NOERROR", 0) for n in web.names.values()) == len(names)
+
+
 def test_a_response_without_its_query_still_counts_once():
     # --rcode NXDOMAIN hides queries, or the capture started mid-exchange.
     only_answer = r(q(0, "10.244.0.5", "10.244.1.2", 1, "gone.example.com"), rcode="NXDOMAIN")

@@ -147,6 +147,24 @@ def test_a_capture_across_midnight_dates_its_summary_times():
     assert "upstream lookup of evil.example.com A at 2025-11-27 03:00:00 by" in out
 
 
+def test_names_past_the_limit_are_summed_under_their_domain_and_said_so(monkeypatch):
+    from kubectl_dnstrace import aggregate
+
+    monkeypatch.setattr(aggregate, "MAX_NAMES", 2)
+    evs = [q(0.1 * i, "10.244.0.5", "10.244.1.2", i, f"x{i}.t.evil.example.com", sport=40000 + i)
+           for i in range(5)]
+    out, _, _ = run("table", evs, live=False)
+    assert ("  shop/web-5d8f7c9b6-x2k4p (Deployment/web): asked more than 2 names (or the trace "
+            "more than 100,000): the rest are counted under their parent domains: "
+            "*.t.evil.example.com (3)\n") in out
+    assert "x0.t.evil.example.com, x1.t.evil.example.com" in out.splitlines()[1]
+    out, _, _ = run("json", evs)
+    [web] = [c for c in json.loads(out)["summary"] if c["client"]["name"] == "web-5d8f7c9b6-x2k4p"]
+    assert [(n["name"], n["count"], n.get("folded", False)) for n in web["names"]] == [
+        ("*.t.evil.example.com", 3, True), ("x0.t.evil.example.com", 1, False),
+        ("x1.t.evil.example.com", 1, False)]
+
+
 def test_wide_adds_ips_servers_seen_at_and_latency_percentiles():
     out, err, _ = run("wide")
     assert out == EXPECTED_WIDE

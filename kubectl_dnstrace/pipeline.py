@@ -64,7 +64,7 @@ class Pipeline:
         self.wide = fmt == "wide"
         self.live = fmt in ("table", "wide") and output.live
         self.aggregator = Aggregator() if fmt in ("table", "wide", "json") else None
-        self.events: list[Attributed] | None = [] if fmt == "json" else None
+        self.events = render.EventSpool() if fmt == "json" else None
         self._pending: dict[tuple, Attributed] = {}
         self._waiting: deque[tuple[float, DnsEvent]] = deque()
         self._unheld: dict[str, float] = {}  # address -> until when it is not waited for
@@ -202,7 +202,7 @@ class Pipeline:
             if self._held:
                 self._release_held(event.ts, everything=False)
         elif self.events is not None:
-            self.events.append(a)
+            self.events.add(a)
         elif self.live:
             self._live(a)
 
@@ -322,9 +322,12 @@ class Pipeline:
         links = self.linker.links
         if fmt == "json":
             assert self.aggregator is not None and self.events is not None
-            self.out.write(render.json_document(
-                self.meta, self.targets, self.aggregator.clients(), links, self.events,
-                self.notices))
+            try:
+                render.write_json_document(self.out, self.meta, self.targets,
+                                           self.aggregator.clients(), links, self.events,
+                                           self.notices)
+            finally:
+                self.events.close()
         elif fmt in ("table", "wide"):
             assert self.aggregator is not None
             clients = self.aggregator.clients()

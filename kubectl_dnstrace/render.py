@@ -8,11 +8,12 @@ assert exact output. Data goes to stdout; progress and notices go to stderr (the
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from json.encoder import encode_basestring as _enc
-from typing import Any
+from typing import Any, TextIO
 
 from tabulate import tabulate
 
@@ -392,9 +393,82 @@ def summary_json(clients: list[ClientStats]) -> list[dict[str, Any]]:
     return out
 
 
-def json_document(meta: dict[str, Any], targets: list[dict[str, Any]],
-                  clients: list[ClientStats], links: list[Link],
-                  events: list[Attributed], notices: list[str]) -> str:
+class EventSpool:
+    """``-o json``'s events, kept on disk until the document is written at the end.
+
+    A busy trace delivers millions of events; held as objects until the end they would take
+    gigabytes. Each goes, as its final indented JSON text, into an unlinked temporary file
+    (mode 0600, gone when closed: captured DNS is sensitive). A resolver's own query is
+    the exception: linking may still add late causes to it, so it stays in memory (there
+    are few) and a marker holds its place.
+    """
+
+    READ = 1 << 20  # characters read back at a time
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by close)
+        self._held: dict[int, Attributed] = {}
+        self.count = 0
+
+    def add(self, a: Attributed) -> None:
+        sep = ",\n" if self.count else ""
+        if a.link is not None:
+            self._held[self.count] = a
+            self._file.write(f"{sep}\0{self.count}\0")
+        else:
+            self._file.write(sep + _element(event_json(a)))
+        self.count += 1
+
+    def write_array(self, out: TextIO) -> None:
+        """The events as the body of a JSON array at depth 1 of an indent-2 document."""
+        self._file.seek(0)
+        marker = False  # is the part at hand a marker's number (else text)?
+        rest = ""
+        while chunk := self._file.read(self.READ):
+            parts = (rest + chunk).split("\0")
+            rest = parts.pop()  # unfinished: text goes out now, a number waits for its end
+            for part in parts:
+                out.write(_element(event_json(self._held[int(part)])) if marker else part)
+                marker = not marker
+            if not marker:
+                out.write(rest)
+                rest = ""
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_SCALAR = json.JSONEncoder(ensure_ascii=False).encode  # compact, the C encoder
+
+
+def _element(obj: Any) -> str:
+    """``obj`` as ``json.dumps(doc, indent=2)`` writes an element of a list at depth 1."""
+    return "    " + _indented(obj, "    ")
+
+
+def _indented(obj: Any, pad: str) -> str:
+    """``json.dumps(obj, indent=2)``'s text at indentation ``pad``, byte for byte: its
+    layout by hand, every scalar by the C encoder. The stdlib's indenting encoder is pure
+    Python and builds its closures anew per call: three times slower per event."""
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        inner = pad + "  "
+        return ("{\n" + ",\n".join(f"{inner}{_SCALAR(k)}: {_indented(v, inner)}"
+                                    for k, v in obj.items()) + "\n" + pad + "}")
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return "[]"
+        inner = pad + "  "
+        return "[\n" + ",\n".join(inner + _indented(v, inner) for v in obj) + "\n" + pad + "]"
+    return _SCALAR(obj)
+
+
+def write_json_document(out: TextIO, meta: dict[str, Any], targets: list[dict[str, Any]],
+                        clients: list[ClientStats], links: list[Link], events: EventSpool,
+                        notices: list[str]) -> None:
+    """The ``-o json`` document, byte for byte what ``json.dumps(doc, indent=2)`` gives,
+    with the events streamed from the spool."""
     doc = {
         "kind": "DnsTraceReport",
         "version": 1,
@@ -403,6 +477,15 @@ def json_document(meta: dict[str, Any], targets: list[dict[str, Any]],
         "summary": summary_json(clients),
         "upstream": [link_json(lk) for lk in links],
         "notices": notices,
-        "events": [event_json(a) for a in events],
+        "events": [],
     }
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    tail = "[]\n}\n"
+    assert text.endswith('"events": ' + tail)
+    out.write(text[:-len(tail)])
+    if events.count:
+        out.write("[\n")
+        events.write_array(out)
+        out.write("\n  ]\n}\n")
+    else:
+        out.write(tail)

@@ -242,6 +242,45 @@ def test_json_is_one_document_with_meta_targets_summary_upstream_and_events():
     assert code == ExitCode.MATCHED
 
 
+@pytest.mark.parametrize("read", [1 << 20, 5], ids=["whole", "in-5-character-reads"])
+def test_json_events_wait_on_disk_and_come_out_exactly_as_one_document(monkeypatch, read):
+    """-o json keeps its events in an unlinked temporary file, not in memory; a resolver's
+    own query stays in memory (a late cause may still be added) with a marker in its place.
+    The document is byte for byte json.dumps(…, indent=2) of itself, in arrival order, however
+    the spool is read back."""
+    monkeypatch.setattr(render.EventSpool, "READ", read)
+    web = q(0.000, "10.244.0.5", "10.244.1.2", 4242, "bücher.example")
+    up = q(0.001, "10.244.1.2", "172.18.0.53", 777, "bücher.example", sport=51000)
+    # The forward arrives first (its capture's stream was faster): its cause comes later.
+    fed = [up, web, r(up, 0.010), r(web, 0.012)] + [
+        q(1 + i, "10.244.0.5", "10.244.1.2", i, f"n{i}.example.com", sport=30000 + i)
+        for i in range(20)]
+    out, _, _ = run("json", fed)
+    doc = json.loads(out)
+    assert out == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    assert [(e["ts"], e["qr"]) for e in doc["events"]] == [(ev.ts, ev.qr) for ev in fed]
+    forward = doc["events"][0]
+    assert [c["name"] for c in forward["forward"]["caused_by"]] == ["web-5d8f7c9b6-x2k4p"]
+    assert doc["events"][1]["qname"] == "bücher.example"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES)
+def test_the_hand_made_indentation_is_json_s_own(value):
+    doc = json.dumps({"events": [value]}, indent=2, ensure_ascii=False)
+    assert doc == '{\n  "events": [\n' + render._element(value) + "\n  ]\n}"
+
+
 def test_json_upstream_links_name_the_causing_pod():
     out, _, _ = run("json")
     [link] = json.loads(out)["upstream"]

@@ -398,9 +398,10 @@ class EventSpool:
 
     A busy trace delivers millions of events; held as objects until the end they would take
     gigabytes. Each goes, as its final indented JSON text, into an unlinked temporary file
-    (mode 0600, gone when closed: captured DNS is sensitive). A resolver's own query is
-    the exception: linking may still add late causes to it, so it stays in memory (there
-    are few) and a marker holds its place.
+    (mode 0600, gone when closed: captured DNS is sensitive). A resolver's own query that
+    has no cause yet is the exception (as for ``-o ndjson``'s held lines): linking may still
+    add a late one, so it stays in memory and a marker holds its place. A link with a cause
+    gets no more (``Linker._late_cause`` serves only links without one).
     """
 
     READ = 1 << 20  # characters read back at a time
@@ -412,7 +413,7 @@ class EventSpool:
 
     def add(self, a: Attributed) -> None:
         sep = ",\n" if self.count else ""
-        if a.link is not None:
+        if a.link is not None and not a.link.causes:
             self._held[self.count] = a
             self._file.write(f"{sep}\0{self.count}\0")
         else:

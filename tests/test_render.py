@@ -252,15 +252,18 @@ def test_json_events_wait_on_disk_and_come_out_exactly_as_one_document(monkeypat
     web = q(0.000, "10.244.0.5", "10.244.1.2", 4242, "bücher.example")
     up = q(0.001, "10.244.1.2", "172.18.0.53", 777, "bücher.example", sport=51000)
     # The forward arrives first (its capture's stream was faster): its cause comes later.
+    # A later one finds its cause already there: final at once, written out at once.
+    again = q(30.0, "10.244.0.5", "10.244.1.2", 4243, "again.example", sport=40001)
+    up2 = q(30.001, "10.244.1.2", "172.18.0.53", 778, "again.example", sport=51001)
     fed = [up, web, r(up, 0.010), r(web, 0.012)] + [
         q(1 + i, "10.244.0.5", "10.244.1.2", i, f"n{i}.example.com", sport=30000 + i)
-        for i in range(20)]
+        for i in range(20)] + [again, up2]
     out, _, _ = run("json", fed)
     doc = json.loads(out)
     assert out == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     assert [(e["ts"], e["qr"]) for e in doc["events"]] == [(ev.ts, ev.qr) for ev in fed]
-    forward = doc["events"][0]
-    assert [c["name"] for c in forward["forward"]["caused_by"]] == ["web-5d8f7c9b6-x2k4p"]
+    for forward in (doc["events"][0], doc["events"][-1]):
+        assert [c["name"] for c in forward["forward"]["caused_by"]] == ["web-5d8f7c9b6-x2k4p"]
     assert doc["events"][1]["qname"] == "bücher.example"
 
 

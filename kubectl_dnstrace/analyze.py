@@ -23,8 +23,9 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from operator import attrgetter
 from typing import Any, TextIO
@@ -33,7 +34,7 @@ from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.attribution import Attributor, scope_label, scope_notice
 from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, UsageError
 from kubectl_dnstrace.fileevents import FileEvents
-from kubectl_dnstrace.kube.inventory import Inventory
+from kubectl_dnstrace.kube.inventory import Inventory, OwnerResolver
 from kubectl_dnstrace.model import AnalyzeRequest, DnsEvent
 from kubectl_dnstrace.pcapio import read_records
 from kubectl_dnstrace.pipeline import Pipeline
@@ -216,7 +217,11 @@ def _inventory(request: AnalyzeRequest) -> Inventory:
 
 def inventory_from_file(path: str) -> Inventory:
     """An inventory from ``kubectl get pods -A -o json`` (or a List of pods, nodes,
-    services, ReplicaSets and Jobs: ``kubectl get pods,nodes,svc,rs,jobs -A -o json``)."""
+    services, ReplicaSets and Jobs: ``kubectl get pods,nodes,svc,rs,jobs -A -o json``).
+
+    A JSON List is read one item at a time (``_json_items``): 10,000 real pods are some
+    50–100 MB of JSON and ten times that as Python objects, while the inventory keeps a few
+    MB. Anything else (YAML, one object, a JSON error) is parsed whole."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -226,6 +231,11 @@ def inventory_from_file(path: str) -> Inventory:
     except UnicodeDecodeError:
         raise UsageError(f"--pods: {path} is not text",
                          "save it with: kubectl get pods -A -o json > pods.json") from None
+    since = os.path.getmtime(path)
+    try:
+        return _inventory_of(_json_items(text), since)
+    except ValueError:
+        pass  # not a JSON object: YAML, or a fault to name below
     try:
         doc = json.loads(text)
     except ValueError:
@@ -239,12 +249,84 @@ def inventory_from_file(path: str) -> Inventory:
         raise UsageError(f"--pods: {path} is not a JSON or YAML Kubernetes object",
                          "save it with: kubectl get pods -A -o json > pods.json")
     items = doc.get("items") if "items" in doc else [doc]
-    groups: dict[str, list[dict]] = {"pods": [], "nodes": [], "services": [], "owners": []}
-    for item in items or []:
-        if isinstance(item, dict):
-            group = _OBJECT_KINDS.get(item.get("kind") or "Pod")
-            if group:
-                groups[group].append(item)
-    since = os.path.getmtime(path)
-    return Inventory.from_objects(groups["pods"], groups["nodes"], groups["services"],
-                                  groups["owners"], since=since)
+    return _inventory_of(items if isinstance(items, list) else [], since)
+
+
+def _inventory_of(items: Iterable[Any], since: float) -> Inventory:
+    """Pods go into the inventory as they come; nodes, Services and owners (few) are kept
+    and added after: a pod's entry does not depend on them."""
+    inv = Inventory(OwnerResolver(None))
+    inv.since = since
+    nodes, services = [], []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        group = _OBJECT_KINDS.get(item.get("kind") or "Pod")
+        if group == "pods":
+            inv.upsert_pod(item, observed=since)
+        elif group == "nodes":
+            nodes.append(item)
+        elif group == "services":
+            services.append(item)
+        elif group == "owners":
+            inv.owners.add(item)
+    for node in nodes:
+        inv.add_node(node)
+    for svc in services:
+        inv.add_service(svc)
+    return inv
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_items(text: str) -> Iterator[Any]:
+    """The items of the JSON object in ``text`` (its ``items`` array, one parsed at a time),
+    or the object itself when it has no ``items``. Raises ValueError, possibly after some
+    items, when ``text`` is not one JSON object: the caller starts over with a whole parse."""
+    scan = json.JSONDecoder().raw_decode
+    space = _SPACE.match
+
+    def expect(i: int, char: str) -> int:
+        i = space(text, i).end()
+        if text[i:i + 1] != char:
+            raise ValueError(f"expected {char!r} at {i}")
+        return i + 1
+
+    i = expect(0, "{")
+    members: dict[str, Any] = {}
+    found = False
+    i = space(text, i).end()
+    if text[i:i + 1] == "}":
+        i += 1
+    else:
+        while True:
+            key, i = scan(text, space(text, i).end())
+            if not isinstance(key, str):
+                raise ValueError("a member name is not a string")
+            i = space(text, expect(i, ":")).end()
+            if key == "items" and text[i:i + 1] == "[":
+                found = True
+                i = space(text, i + 1).end()
+                if text[i:i + 1] == "]":
+                    i += 1
+                else:
+                    while True:
+                        item, i = scan(text, space(text, i).end())
+                        yield item
+                        i = space(text, i).end()
+                        if text[i:i + 1] == "]":
+                            i += 1
+                            break
+                        i = expect(i, ",")
+            else:
+                members[key], i = scan(text, i)
+            i = space(text, i).end()
+            if text[i:i + 1] == "}":
+                i += 1
+                break
+            i = expect(i, ",")
+    if space(text, i).end() != len(text):
+        raise ValueError("extra data after the object")
+    if not found and "items" not in members:
+        yield members

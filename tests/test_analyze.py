@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from kubectl_dnstrace import dnswire, fileevents
+from kubectl_dnstrace.attribution import Attributor
 from kubectl_dnstrace.cli import main
+from kubectl_dnstrace.errors import UsageError
 from tests.lab import dnslab
 from tests.test_inventory import pod
 
@@ -126,6 +128,66 @@ def test_filters_exit_status_and_pods_file_attribution(tmp_path, capsys):
     assert err.endswith("No DNS queries matched.\n")
     code, _, err = analyze(capsys, "--offline", "--qtype", "BOGUS", str(path))
     assert code == 2
+
+
+def _inventory_view(inv) -> tuple:
+    now = 1_764_165_700.0
+    return (sorted((p.key, p.ips, p.node) for p in inv.pods.values()),
+            sorted(inv.nodes), dict(inv.services),
+            sorted(inv.workload(p) for p in inv.pods.values()),
+            [(c.kind, c.name) for c in map(lambda ip: Attributor(inv).attribute(ip, now),
+                                           ("10.244.0.5", "10.244.0.1", "10.96.0.10"))])
+
+
+def test_a_pods_file_is_read_an_item_at_a_time_with_the_same_result(tmp_path):
+    """kubectl's List read item by item gives the inventory a whole parse gives — in any
+    order of kinds, as one object, as YAML; a damaged file is named; and 10,000 pods cost
+    about the file's size in memory, not ten times it."""
+    import tracemalloc
+
+    import yaml
+
+    from kubectl_dnstrace.analyze import inventory_from_file
+    from kubectl_dnstrace.kube.inventory import Inventory
+    from tests.test_inventory import node, owner, service
+
+    web = pod("web-5d8f7c9b6-x2k4p", "10.244.0.5", owner=("ReplicaSet", "web-5d8f7c9b6"),
+              labels={"pod-template-hash": "5d8f7c9b6"})
+    items = [web, node("node-a", "172.18.0.10", "10.244.0.0/24"),
+             service("kube-dns", "kube-system", "10.96.0.10"),
+             owner("ReplicaSet", "web-5d8f7c9b6", "shop", ("Deployment", "web")),
+             pod("api-0", "10.244.0.6", owner=("StatefulSet", "api"))]
+    whole = Inventory.from_objects([items[0], items[4]], [items[1]], [items[2]], [items[3]])
+    want = _inventory_view(whole)
+    assert want[3] == ["Deployment/web", "StatefulSet/api"]
+    for name, text in [
+            ("list.json", json.dumps({"apiVersion": "v1", "kind": "List", "items": items,
+                                      "metadata": {"resourceVersion": ""}}, indent=1)),
+            ("list-items-first.json", json.dumps({"items": items[::-1], "kind": "List"})),
+            ("list.yaml", yaml.safe_dump({"kind": "List", "items": items}))]:
+        (tmp_path / name).write_text(text)
+        assert _inventory_view(inventory_from_file(str(tmp_path / name))) == want, name
+    (tmp_path / "one.json").write_text(json.dumps(web))
+    assert [p.name for p in inventory_from_file(str(tmp_path / "one.json")).pods.values()] == [
+        "web-5d8f7c9b6-x2k4p"]
+    (tmp_path / "none.json").write_text('{"kind": "List", "items": null}')
+    assert inventory_from_file(str(tmp_path / "none.json")).pods == {}
+    (tmp_path / "cut.json").write_text(json.dumps({"kind": "List", "items": items})[:-40])
+    with pytest.raises(UsageError, match="is not a JSON or YAML Kubernetes object"):
+        inventory_from_file(str(tmp_path / "cut.json"))
+
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"kind": "List", "items": [
+        pod(f"web-{i:05d}", f"10.{64 + i // 62500}.{i // 250 % 250}.{i % 250 + 2}")
+        for i in range(10_000)]}))
+    tracemalloc.start()
+    try:
+        inv = inventory_from_file(str(big))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(inv.pods) == 10_000
+    assert peak < 3 * big.stat().st_size, (peak, big.stat().st_size)  # a whole parse: ~7x
 
 
 def _as_cooked(packets):

@@ -111,11 +111,15 @@ class OwnerResolver:
         self._cache: dict[tuple[str, str, str], str] = {}
         self._denied: set[tuple[str, str]] = set()  # (resource, namespace) that said 403/404
         for obj in objects:
-            meta = obj.get("metadata") or {}
-            kind = obj.get("kind") or ""
-            ref = _controller(meta)
-            key = (meta.get("namespace") or "", kind, meta.get("name") or "")
-            self._cache[key] = _top_owner(kind, meta.get("name") or "", ref)
+            self.add(obj)
+
+    def add(self, obj: dict) -> None:
+        """A ReplicaSet or Job as given (a saved listing): its workload is known."""
+        meta = obj.get("metadata") or {}
+        kind = obj.get("kind") or ""
+        ref = _controller(meta)
+        key = (meta.get("namespace") or "", kind, meta.get("name") or "")
+        self._cache[key] = _top_owner(kind, meta.get("name") or "", ref)
 
     def workload(self, pod: PodInfo) -> str:
         if pod.owner is None:

@@ -12,6 +12,10 @@ Attribution: against the current cluster by default; ``--offline`` never contact
 (IPs only), and ``--pods FILE`` attributes from a saved ``kubectl get pods -A -o json``
 (a List; nodes, services, ReplicaSets and Jobs in the same List are used too).
 
+``-`` is standard input: a capture piped in is read as it arrives, each record handed on at
+once and each output line flushed, so ``tcpdump -U -w - | kubectl dnstrace analyze -``
+attributes a capture while it runs.
+
 Several files are several captures of one incident (a CoreDNS pod's and a node's, two DNS
 replicas): their events are merged in capture-time order, as a live trace sees its
 captures' streams together, so a query seen by two captures counts once and a forward in
@@ -24,6 +28,7 @@ import heapq
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from itertools import chain
@@ -36,7 +41,7 @@ from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, Usag
 from kubectl_dnstrace.fileevents import FileEvents
 from kubectl_dnstrace.kube.inventory import Inventory, OwnerResolver
 from kubectl_dnstrace.model import AnalyzeRequest, DnsEvent
-from kubectl_dnstrace.pcapio import read_records
+from kubectl_dnstrace.pcapio import STDIN, read_records
 from kubectl_dnstrace.pipeline import Pipeline
 from kubectl_dnstrace.progress import Progress
 
@@ -47,7 +52,15 @@ _OBJECT_KINDS = {"Pod": "pods", "Node": "nodes", "Service": "services",
 def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
                 err: TextIO | None = None) -> ExitCode:
     dns_filter = _filter(request)
+    if request.files.count(STDIN) > 1:
+        raise UsageError("standard input (-) is named twice", "name - once")
     for path in request.files:
+        if path == STDIN:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise UsageError(
+                    "- reads a capture from standard input, and nothing is piped in",
+                    "pipe one in: tcpdump -U -w - port 53 | kubectl dnstrace analyze -")
+            continue  # read once, as it comes: its first record cannot be read ahead
         if not os.path.isfile(path):
             why = "it is a directory" if os.path.isdir(path) else "no such file"
             raise BadInput(f"cannot read {path}: {why}", "give the path of a pcap or pcapng file")
@@ -66,12 +79,12 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
                         else scope_label(inventory)),
     }
     pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
-                        meta=meta, streaming=False)
+                        meta=meta, streaming=STDIN in request.files)
     if inventory.scope:
         pipeline.notice(scope_notice(inventory))
     want_raw = bool(request.output.pcap_path)
     for stats in analyze_files(request.files, dns_filter, pipeline, want_raw):
-        path = stats["path"]
+        path = stats["path"] = display_name(stats.get("path") or "")
         pipeline.meta["files"].append(stats)
         pipeline.notice(
             f"{path}: {stats['packets']} packets, {stats['dns_messages']} DNS messages, "
@@ -121,6 +134,12 @@ def analyze_files(paths: list[str], dns_filter: DnsFilter, pipeline: Pipeline,
     return [source.stats for source in sources]
 
 
+def display_name(path: str) -> str:
+    """How a file is named in events (``observed_at``) and notices: standard input as
+    "stdin"."""
+    return "stdin" if path == STDIN else path
+
+
 class ReadStatus:
     """How far the files are read, as one self-overwriting line on stderr — on a terminal,
     after the first second, and only while nothing else is being drawn there: not under live
@@ -140,7 +159,9 @@ class ReadStatus:
         self.progress = Progress(pipeline.err, interactive=True) if self.on else None
         self.pipeline = pipeline
         self.sources = sources
-        self.total = sum(_size(s.path) for s in sources) or 1
+        # Standard input has no size to measure against: no percent then.
+        self.total = 0 if any(s.path == STDIN for s in sources) else (
+            sum(_size(s.path) for s in sources) or 1)
         self.start = time.monotonic()
         self._next = self.start + self.FIRST
 
@@ -151,13 +172,16 @@ class ReadStatus:
         if now < self._next:
             return
         self._next = now + self.EVERY
-        done = min(sum(s.position.offset for s in self.sources), self.total)
         elapsed = now - self.start
         text = (f"reading {len(self.sources)} files" if len(self.sources) > 1
-                else f"reading {self.sources[0].path}")
-        text += f": {100 * done / self.total:.0f}%, {self.pipeline.count:,} DNS messages"
-        if done:
-            text += f", about {elapsed * (self.total - done) / done:.0f}s left"
+                else f"reading {display_name(self.sources[0].path)}")
+        if not self.total:
+            text += f": {self.pipeline.count:,} DNS messages in {elapsed:.0f}s"
+        else:
+            done = min(sum(s.position.offset for s in self.sources), self.total)
+            text += f": {100 * done / self.total:.0f}%, {self.pipeline.count:,} DNS messages"
+            if done:
+                text += f", about {elapsed * (self.total - done) / done:.0f}s left"
         self.progress.status(text)
 
     def clear(self) -> None:
@@ -174,7 +198,7 @@ def _size(path: str) -> int:
 
 def _events(source: FileEvents, want_raw: bool) -> Iterator[list[DnsEvent]]:
     """One file's records as ``DnsEvent`` lists, seen at the file's path."""
-    path = source.path
+    path = display_name(source.path)
     event = DnsEvent
     for batch in source.batches():
         events = [event(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], "", f[10],

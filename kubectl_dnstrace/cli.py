@@ -108,6 +108,10 @@ Examples:
   # No cluster access: IPs only, or pods from a saved listing
   kubectl get pods -A -o json > pods.json
   kubectl dnstrace analyze capture.pcapng --offline --pods pods.json -o json
+
+\b
+  # A capture as it is written: - reads standard input
+  tcpdump -U -w - port 53 | kubectl dnstrace analyze - -o ndjson
 """
 
 RBAC_EPILOG = """\
@@ -302,7 +306,7 @@ def trace(
 
 @app.command(epilog=ANALYZE_EPILOG, short_help="Attribute the DNS queries in pcap/pcapng files to pods.")
 def analyze(
-    files: Annotated[list[str], typer.Argument(help="pcap or pcapng files (Ethernet, Linux cooked SLL/SLL2, raw IP).")],
+    files: Annotated[list[str], typer.Argument(help="pcap or pcapng files (Ethernet, Linux cooked SLL/SLL2, raw IP); - for standard input.")],
     offline: Annotated[bool, typer.Option("--offline", help="Do not contact a cluster: IPs only, or --pods.")] = False,
     pods: Annotated[str | None, typer.Option("--pods", help="Attribute from a saved 'kubectl get pods -A -o json'.")] = None,
     domain: DomainOpt = None,

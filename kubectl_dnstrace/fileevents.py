@@ -36,6 +36,7 @@ import struct
 import sys
 import threading
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 from kubectl_dnstrace import errors, gcpolicy
@@ -44,7 +45,7 @@ from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import FrameDecoder
 from kubectl_dnstrace.errors import DnstraceError
-from kubectl_dnstrace.pcapio import ReadPosition, one_interface, read_records
+from kubectl_dnstrace.pcapio import STDIN, ReadPosition, read_records
 
 BATCH = 512  # records per hand-over: a few milliseconds of work, a few tens of KiB
 PROGRESS_PACKETS = 1 << 16  # a batch goes (even a short or empty one) at least this often
@@ -80,14 +81,19 @@ class FileEvents:
         deduper = Deduper()
         builder = EventBuilder(self.filter, with_raw=False)
         decode, seen, fields = decoder.decode_link, deduper.seen, builder.fields
+        records = read_records(self.path, self.position)
+        first = next(records, None)  # the header is read: ``one_interface`` is known
         # A packet can be in the file twice only when several interfaces were captured (as
         # the agent dedupes only once a second interface carries DNS); on one interface, a
         # repeat with the same bytes is the client asking again, and it counts.
-        dedupe = not one_interface(self.path)
+        dedupe = not self.position.one_interface
         with_packets = self.with_packets
+        # A pipe may be a capture still running (tcpdump -U -w - | …): each record goes on
+        # at once rather than waiting for 511 more.
+        size = 1 if self.path == STDIN else BATCH
         packets = messages = 0
         batch: list[tuple] = []
-        for linktype, frame, ts in read_records(self.path, self.position):
+        for linktype, frame, ts in chain((first,), records) if first is not None else ():
             packets += 1
             if not packets % PROGRESS_PACKETS:  # a filter may match nothing for a long while
                 yield batch
@@ -100,7 +106,7 @@ class FileEvents:
                 if f is None:
                     continue
                 batch.append((*f, seg.packet) if with_packets else f)
-                if len(batch) >= BATCH:
+                if len(batch) >= size:
                     yield batch
                     batch = []
         if batch:
@@ -183,8 +189,8 @@ class FileEvents:
 
 def use_child(path: str) -> bool:
     """Decode ``path`` in a child process? (see the module's docstring for why these)."""
-    if sys.platform != "linux" or threading.active_count() != 1:
-        return False
+    if sys.platform != "linux" or threading.active_count() != 1 or path == STDIN:
+        return False  # (the child's standard input is /dev/null: a pipe is read here)
     try:
         if len(os.sched_getaffinity(0)) < 2:
             return False

@@ -20,11 +20,15 @@ of custody.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import logging
 import os
 import struct
+import sys
 from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from kubectl_dnstrace.agent.frames import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
 from kubectl_dnstrace.errors import BadInput, UsageError
@@ -43,14 +47,20 @@ class _Packet(bytes):
     sniffed_on: str | None = None
 
 
-class ReadPosition:
-    """How far into the file (bytes on disk, compressed or not) a reader has got: for a
-    progress line. Updated per chunk read (classic pcap) or every POSITION_EVERY records."""
+STDIN = "-"  # the path that reads a capture piped in: tcpdump -w - | kubectl dnstrace analyze -
 
-    __slots__ = ("offset",)
+
+class ReadPosition:
+    """What a reader knows of its file as it goes: how far into it (bytes on disk,
+    compressed or not; for a progress line; updated per chunk read for classic pcap, every
+    POSITION_EVERY records otherwise) and, once the header is read (before the first
+    record), whether it holds one interface (see ``one_interface``)."""
+
+    __slots__ = ("offset", "one_interface")
 
     def __init__(self) -> None:
         self.offset = 0
+        self.one_interface = False
 
 
 POSITION_EVERY = 4096  # records between position updates of the scapy-read formats
@@ -58,28 +68,44 @@ POSITION_EVERY = 4096  # records between position updates of the scapy-read form
 
 def read_records(path: str, position: ReadPosition | None = None,
                  ) -> Iterator[tuple[int, bytes, float]]:
-    """Yield ``(linktype, frame, ts)`` for every packet record of a pcap or pcapng file.
+    """Yield ``(linktype, frame, ts)`` for every packet record of a pcap or pcapng file, or
+    of the capture on standard input when ``path`` is STDIN (``tcpdump -w -``).
 
     Streams: memory stays flat whatever the file's size. A file that is not a capture
     raises ``BadInput``; a file cut short ends the iteration at the last whole record.
     ``position``, when given, follows the reader through the file.
     """
     position = position or ReadPosition()
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(24)
-    except OSError:
-        head = b""  # scapy names the error below
+    stream = None
+    if path == STDIN:
+        stream = sys.stdin.buffer
+        head = _read_full(stream, 24)
+        if head[:2] == b"\x1f\x8b":  # gzip: scapy would seek; a pipe cannot
+            stream = gzip.GzipFile(fileobj=io.BufferedReader(_Prepended(head, stream)))
+            head = _read_full(stream, 24)
+    else:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(24)
+        except OSError:
+            head = b""  # scapy names the error below
     fmt = _PCAP_MAGIC.get(head[:4])
     if fmt is not None and len(head) == 24:
-        yield from _read_pcap(path, *fmt, position)
+        position.one_interface = _one_interface(head, fmt[0])
+        if stream is not None:
+            yield from _read_pcap(stream, head, *fmt, position)
+            return
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(24)
+            yield from _read_pcap(fh, head, *fmt, position)
         return
     from scapy.error import Scapy_Exception
     from scapy.utils import RawPcapNgReader
 
     _quiet_scapy()
     try:
-        reader = RawPcapNgReader(path)
+        reader = RawPcapNgReader(path if stream is None
+                                 else io.BufferedReader(_Prepended(head, stream)))
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}",
                        "give the path of a pcap or pcapng file") from None
@@ -87,11 +113,18 @@ def read_records(path: str, position: ReadPosition | None = None,
         raise BadInput(f"cannot read {path}: {exc}", "give a pcap or pcapng file") from None
     except Scapy_Exception:
         raise BadInput(
-            f"{path} is not a pcap or pcapng capture file",
+            f"{_name(path)} is not a pcap or pcapng capture file",
             "write captures with tcpdump -w FILE (or tshark/dumpcap); gzip-compressed "
             "files are read too",
         ) from None
     raw = getattr(reader.f, "fileobj", None) or reader.f  # gzip: the compressed file
+
+    def tell() -> int:
+        try:
+            return raw.tell()
+        except (OSError, ValueError):  # a pipe: no position to tell
+            return position.offset
+
     count = 0
     try:
         if hasattr(reader, "interfaces"):  # pcapng: link type per interface
@@ -103,7 +136,7 @@ def read_records(path: str, position: ReadPosition | None = None,
                 ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
                 count += 1
                 if count % POSITION_EVERY == 0:
-                    position.offset = raw.tell()
+                    position.offset = tell()
                 yield meta.linktype, frame, ts
         else:
             linktype = reader.linktype
@@ -116,70 +149,95 @@ def read_records(path: str, position: ReadPosition | None = None,
                     return
                 count += 1
                 if count % POSITION_EVERY == 0:
-                    position.offset = raw.tell()
+                    position.offset = tell()
                 yield linktype, frame, meta.sec + meta.usec * scale
     except Scapy_Exception as exc:
         raise BadInput(f"{path} is damaged: {exc}", "the records before the damage were read") from None
     finally:
-        with contextlib.suppress(Exception):
-            position.offset = raw.tell()
+        position.offset = tell()
         with contextlib.suppress(Exception):
             reader.close()
 
 
-def one_interface(path: str) -> bool:
-    """True when every packet of ``path`` was captured on one interface, so no packet can
-    be in it twice: a classic pcap (one link type, one interface: ``tcpdump -i eth0``) of
-    any link type but Linux cooked capture, which is what ``tcpdump -i any`` writes (a
-    packet crossing a bridge shows up on each port). pcapng may hold several interfaces."""
-    try:
-        head = _read_exact(path, 0, 24)
-    except OSError:
-        return False
-    fmt = _PCAP_MAGIC.get(head[:4])
-    if fmt is None or len(head) < 24:
-        return False
-    linktype = struct.unpack(fmt[0] + "I", head[20:24])[0] & 0x0FFFFFFF
+def _one_interface(head: bytes, order: str) -> bool:
+    """True when every packet of a classic pcap with this header was captured on one
+    interface, so no packet can be in it twice (``tcpdump -i eth0``): any link type but
+    Linux cooked capture, which is what ``tcpdump -i any`` writes (a packet crossing a
+    bridge shows up on each port). pcapng may hold several interfaces: never true."""
+    linktype = struct.unpack(order + "I", head[20:24])[0] & 0x0FFFFFFF
     return linktype not in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2)
 
 
-def _read_pcap(path: str, order: str, nano: bool,
+def _name(path: str) -> str:
+    return "standard input" if path == STDIN else path
+
+
+def _read_full(stream: BinaryIO, size: int) -> bytes:
+    """``size`` bytes (fewer only at the end): a pipe may hand them over in pieces."""
+    data = b""
+    while len(data) < size:
+        more = stream.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+class _Prepended(io.RawIOBase):
+    """``head`` (already read, to tell the format) and then the rest of ``stream``: what
+    scapy's reader needs to read a piped capture from its first byte."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head = head
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._stream.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+
+def _read_pcap(fh: BinaryIO, head: bytes, order: str, nano: bool,
                position: ReadPosition) -> Iterator[tuple[int, bytes, float]]:
-    """Classic pcap without scapy: the same records, timestamps and truncation rules as
-    ``RawPcapReader`` (a whole header with part of its data yields that part; a partial
-    header ends the file), about five times cheaper per record."""
-    linktype = struct.unpack(order + "I", _read_exact(path, 20, 4))[0]
+    """Classic pcap without scapy, from ``fh`` just after the 24-byte ``head``: the same
+    records, timestamps and truncation rules as ``RawPcapReader`` (a whole header with part
+    of its data yields that part; a partial header ends the file), about five times cheaper
+    per record. Works on a pipe: nothing is sought."""
+    linktype = struct.unpack(order + "I", head[20:24])[0]
     scale = 1e-9 if nano else 1e-6
     header = struct.Struct(order + "IIII").unpack_from
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(24)
-        buf = b""
+    buf = b""
+    off = 0
+    position.offset = 24
+    # A pipe's buffered reader would wait for a whole CHUNK; read1 hands over what came.
+    read = getattr(fh, "read1", fh.read)
+    while True:
+        chunk = read(CHUNK)
+        if not chunk:
+            break
+        position.offset += len(chunk)
+        buf = buf[off:] + chunk if off < len(buf) else chunk
         off = 0
-        while True:
-            chunk = fh.read(CHUNK)
-            if not chunk:
+        end = len(buf)
+        while off + 16 <= end:
+            sec, usec, caplen, _wirelen = header(buf, off)
+            stop = off + 16 + caplen
+            if stop > end:
                 break
-            position.offset = fh.tell()
-            buf = buf[off:] + chunk if off < len(buf) else chunk
-            off = 0
-            end = len(buf)
-            while off + 16 <= end:
-                sec, usec, caplen, _wirelen = header(buf, off)
-                stop = off + 16 + caplen
-                if stop > end:
-                    break
-                yield (linktype, buf[off + 16:stop if caplen <= READ_SIZE else off + 16 + READ_SIZE],
-                       sec + usec * scale)
-                off = stop
-        if off + 16 <= len(buf):  # the last record was cut short: what it has
-            sec, usec, _caplen, _wirelen = header(buf, off)
-            yield linktype, buf[off + 16:off + 16 + READ_SIZE], sec + usec * scale
-
-
-def _read_exact(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(size)
+            yield (linktype, buf[off + 16:stop if caplen <= READ_SIZE else off + 16 + READ_SIZE],
+                   sec + usec * scale)
+            off = stop
+    if off + 16 <= len(buf):  # the last record was cut short: what it has
+        sec, usec, _caplen, _wirelen = header(buf, off)
+        yield linktype, buf[off + 16:off + 16 + READ_SIZE], sec + usec * scale
 
 
 def _quiet_scapy() -> None:

@@ -11,6 +11,8 @@ import json
 import re
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -580,3 +582,79 @@ def test_a_long_read_shows_how_far_it_got_on_a_terminal_only(tmp_path, monkeypat
         run(fmt, live, out, err)
         assert "reading" not in err.getvalue() and "\r" not in err.getvalue(), fmt
     assert size > 0
+
+
+PLUGIN = Path(sys.executable).with_name("kubectl-dnstrace")
+
+
+def test_a_capture_piped_into_standard_input_is_read_like_a_file(tmp_path):
+    """``tcpdump -w - | kubectl dnstrace analyze -``: classic pcap, pcapng and gzip through a
+    pipe give the file's own events (seen at "stdin"); a capture still being written is
+    streamed, each line out as soon as its packets are in; "-" twice, nothing piped in, or
+    not a capture are each said plainly."""
+    import gzip
+
+    packets = [p for k in range(6) for p in _exchange(
+        "10.244.0.5", f"n{k}.example.com", k, 1_764_165_600.0 + k, 40000 + k)]
+    _write_pcap(tmp_path / "c.pcap", packets)
+    _write_pcapng(tmp_path / "c.pcapng", packets)
+    (tmp_path / "c.pcap.gz").write_bytes(gzip.compress((tmp_path / "c.pcap").read_bytes()))
+
+    def lines(out: str, seen: str) -> list[dict]:
+        events = [json.loads(line) for line in out.splitlines()]
+        assert {e["observed_at"] for e in events} == {seen}
+        return [{k: v for k, v in e.items() if k != "observed_at"} for e in events]
+
+    as_file = subprocess.run([PLUGIN, "analyze", "--offline", "-o", "ndjson", tmp_path / "c.pcap"],
+                             capture_output=True, text=True, check=True)
+    want = lines(as_file.stdout, str(tmp_path / "c.pcap"))
+    assert len(want) == 12
+    for name in ("c.pcap", "c.pcapng", "c.pcap.gz"):
+        piped = subprocess.run([PLUGIN, "analyze", "--offline", "-o", "ndjson", "-"],
+                               input=(tmp_path / name).read_bytes(), capture_output=True,
+                               check=True)
+        assert lines(piped.stdout.decode(), "stdin") == want, name
+        assert b"stdin: 12 packets, 12 DNS messages, 12 matched" in piped.stderr
+
+    # Still being written: the first exchange's lines come before the rest is sent.
+    data = (tmp_path / "c.pcap").read_bytes()
+    first_two = 24 + sum(16 + len(bytes(p)) for p in packets[:2])
+    proc = subprocess.Popen([PLUGIN, "analyze", "--offline", "-o", "ndjson", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(30, proc.kill)  # a line held back would block readline
+    watchdog.start()
+    try:
+        proc.stdin.write(data[:first_two])
+        proc.stdin.flush()
+        early = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        assert [(e["qr"], e["qname"]) for e in early] == [("query", "n0.example.com"),
+                                                          ("response", "n0.example.com")]
+        proc.stdin.write(data[first_two:])
+        proc.stdin.close()
+        rest = proc.stdout.read().decode().splitlines()
+        assert proc.wait(timeout=30) == 0 and len(rest) == 10
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    twice = subprocess.run([PLUGIN, "analyze", "--offline", "-", "-"], input=data,
+                           capture_output=True, text=False)
+    assert twice.returncode == 2 and b"standard input (-) is named twice" in twice.stderr
+    junk = subprocess.run([PLUGIN, "analyze", "--offline", "-"], input=b"not a capture\n",
+                          capture_output=True)
+    assert junk.returncode == 10
+    assert b"standard input is not a pcap or pcapng capture file" in junk.stderr
+
+
+def test_standard_input_from_a_terminal_is_not_waited_on(capsys, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    code, out, err = analyze(capsys, "--offline", "-")
+    assert (code, out) == (2, "")
+    assert "- reads a capture from standard input, and nothing is piped in" in err
+    assert "tcpdump -U -w - port 53 | kubectl dnstrace analyze -" in err

@@ -576,6 +576,21 @@ def test_a_long_read_shows_how_far_it_got_on_a_terminal_only(tmp_path, monkeypat
     assert run("json", False, io.StringIO(), err, domains=["nothing.example"]) == 1
     assert len(re.findall(r"reading \S+: (\d+)%, 0 DNS messages", err.getvalue())) >= 3
 
+    # Standard input has no size: messages and time, no percent.
+    class Piped:
+        buffer = io.BufferedReader(io.BytesIO(path.read_bytes()))
+
+        def isatty(self) -> bool:
+            return False
+
+    monkeypatch.setattr(sys, "stdin", Piped())
+    err = _Terminal()
+    request = AnalyzeRequest(files=["-"], filters=Filters(), output=OutputOptions(format="json"),
+                             cluster=ClusterOptions(), offline=True)
+    assert run_analyze(request, io.StringIO(), err) == 0
+    assert re.search(r"reading stdin: [\d,]+ DNS messages in \d+s", err.getvalue())
+    assert "%" not in err.getvalue()
+
     for fmt, live, out, err in (("json", False, io.StringIO(), io.StringIO()),
                                 ("table", True, _Terminal(), _Terminal()),
                                 ("ndjson", False, _Terminal(), _Terminal())):

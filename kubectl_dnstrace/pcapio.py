@@ -54,7 +54,7 @@ class ReadPosition:
     """What a reader knows of its file as it goes: how far into it (bytes on disk,
     compressed or not; for a progress line; updated per chunk read for classic pcap, every
     POSITION_EVERY records otherwise) and, once the header is read (before the first
-    record), whether it holds one interface (see ``one_interface``)."""
+    record), whether it holds one interface (see ``_one_interface``)."""
 
     __slots__ = ("offset", "one_interface")
 
@@ -152,7 +152,8 @@ def read_records(path: str, position: ReadPosition | None = None,
                     position.offset = tell()
                 yield linktype, frame, meta.sec + meta.usec * scale
     except Scapy_Exception as exc:
-        raise BadInput(f"{path} is damaged: {exc}", "the records before the damage were read") from None
+        raise BadInput(f"{_name(path)} is damaged: {exc}",
+                       "the records before the damage were read") from None
     finally:
         position.offset = tell()
         with contextlib.suppress(Exception):

@@ -64,6 +64,7 @@ class NameStats:
     servers: tuple[str, ...] = ()
     latencies: list[float] = field(default_factory=list)
     served: dict[str, int] = field(default_factory=lambda: _NONE)  # "cache" / "forwarded"
+    folded: bool = False  # "*.parent": the names past MAX_NAMES under a domain
 
 
 @dataclass(slots=True)
@@ -212,7 +213,7 @@ class Aggregator:
                 return ns
             if cs.folded_names < MAX_FOLDED * (i + 1) or key == "*":
                 cs.folded_names += 1
-                ns = cs.names[key] = NameStats(key, first=ts, last=ts)
+                ns = cs.names[key] = NameStats(key, first=ts, last=ts, folded=True)
                 return ns
         raise AssertionError("fold_keys ends with '*'")
 

@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterator
 from itertools import chain
 from operator import attrgetter
 from typing import Any, TextIO
@@ -39,14 +39,11 @@ from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.attribution import Attributor, scope_label, scope_notice
 from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, UsageError
 from kubectl_dnstrace.fileevents import FileEvents
-from kubectl_dnstrace.kube.inventory import Inventory, OwnerResolver
+from kubectl_dnstrace.kube.inventory import Inventory
 from kubectl_dnstrace.model import AnalyzeRequest, DnsEvent
 from kubectl_dnstrace.pcapio import STDIN, read_records
 from kubectl_dnstrace.pipeline import Pipeline
 from kubectl_dnstrace.progress import Progress
-
-_OBJECT_KINDS = {"Pod": "pods", "Node": "nodes", "Service": "services",
-                 "ReplicaSet": "owners", "Job": "owners"}
 
 
 def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
@@ -257,7 +254,7 @@ def inventory_from_file(path: str) -> Inventory:
                          "save it with: kubectl get pods -A -o json > pods.json") from None
     since = os.path.getmtime(path)
     try:
-        return _inventory_of(_json_items(text), since)
+        return Inventory.from_items(_json_items(text), since)
     except ValueError:
         pass  # not a JSON object: YAML, or a fault to name below
     try:
@@ -273,84 +270,66 @@ def inventory_from_file(path: str) -> Inventory:
         raise UsageError(f"--pods: {path} is not a JSON or YAML Kubernetes object",
                          "save it with: kubectl get pods -A -o json > pods.json")
     items = doc.get("items") if "items" in doc else [doc]
-    return _inventory_of(items if isinstance(items, list) else [], since)
-
-
-def _inventory_of(items: Iterable[Any], since: float) -> Inventory:
-    """Pods go into the inventory as they come; nodes, Services and owners (few) are kept
-    and added after: a pod's entry does not depend on them."""
-    inv = Inventory(OwnerResolver(None))
-    inv.since = since
-    nodes, services = [], []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        group = _OBJECT_KINDS.get(item.get("kind") or "Pod")
-        if group == "pods":
-            inv.upsert_pod(item, observed=since)
-        elif group == "nodes":
-            nodes.append(item)
-        elif group == "services":
-            services.append(item)
-        elif group == "owners":
-            inv.owners.add(item)
-    for node in nodes:
-        inv.add_node(node)
-    for svc in services:
-        inv.add_service(svc)
-    return inv
+    return Inventory.from_items(items if isinstance(items, list) else [], since)
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")
+_scan = json.JSONDecoder().raw_decode
 
 
 def _json_items(text: str) -> Iterator[Any]:
     """The items of the JSON object in ``text`` (its ``items`` array, one parsed at a time),
     or the object itself when it has no ``items``. Raises ValueError, possibly after some
     items, when ``text`` is not one JSON object: the caller starts over with a whole parse."""
-    scan = json.JSONDecoder().raw_decode
-    space = _SPACE.match
-
-    def expect(i: int, char: str) -> int:
-        i = space(text, i).end()
-        if text[i:i + 1] != char:
-            raise ValueError(f"expected {char!r} at {i}")
-        return i + 1
-
-    i = expect(0, "{")
     members: dict[str, Any] = {}
     found = False
-    i = space(text, i).end()
-    if text[i:i + 1] == "}":
-        i += 1
+    i = _expect(text, 0, "{")
+    if text[_skip(text, i):_skip(text, i) + 1] == "}":
+        i = _skip(text, i) + 1
     else:
         while True:
-            key, i = scan(text, space(text, i).end())
+            key, i = _scan(text, _skip(text, i))
             if not isinstance(key, str):
                 raise ValueError("a member name is not a string")
-            i = space(text, expect(i, ":")).end()
+            i = _skip(text, _expect(text, i, ":"))
             if key == "items" and text[i:i + 1] == "[":
                 found = True
-                i = space(text, i + 1).end()
-                if text[i:i + 1] == "]":
-                    i += 1
-                else:
-                    while True:
-                        item, i = scan(text, space(text, i).end())
-                        yield item
-                        i = space(text, i).end()
-                        if text[i:i + 1] == "]":
-                            i += 1
-                            break
-                        i = expect(i, ",")
+                i = yield from _array(text, i + 1)
             else:
-                members[key], i = scan(text, i)
-            i = space(text, i).end()
+                members[key], i = _scan(text, i)
+            i = _skip(text, i)
             if text[i:i + 1] == "}":
                 i += 1
                 break
-            i = expect(i, ",")
-    if space(text, i).end() != len(text):
+            i = _expect(text, i, ",")
+    if _skip(text, i) != len(text):
         raise ValueError("extra data after the object")
     if not found and "items" not in members:
         yield members
+
+
+def _array(text: str, i: int) -> Generator[Any, None, int]:
+    """The values of the JSON array whose ``[`` ends just before ``i``, one at a time;
+    returns where the array ends."""
+    i = _skip(text, i)
+    if text[i:i + 1] == "]":
+        return i + 1
+    while True:
+        value, i = _scan(text, _skip(text, i))
+        yield value
+        i = _skip(text, i)
+        if text[i:i + 1] == "]":
+            return i + 1
+        i = _expect(text, i, ",")
+
+
+def _skip(text: str, i: int) -> int:
+    return _SPACE.match(text, i).end()
+
+
+def _expect(text: str, i: int, char: str) -> int:
+    """Past ``char`` after whitespace at ``i``; ValueError when it is not there."""
+    i = _skip(text, i)
+    if text[i:i + 1] != char:
+        raise ValueError(f"expected {char!r} at {i}")
+    return i + 1

@@ -42,16 +42,6 @@ def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT", time.gmtime(int(ts))) + clock_ms(ts) + "Z"
 
 
-def clock_for(times: list[float]) -> Callable[[float], str]:
-    """``clock`` (HH:MM:SS) while ``times`` fall on one UTC day, as a live trace's do; a
-    capture that spans midnight or days gets the date too, or its LAST could read as
-    earlier than its FIRST."""
-    days = {int(t // 86400) for t in times}
-    if len(days) <= 1:
-        return clock
-    return lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
-
-
 def latency(ms: float | None) -> str:
     if ms is None:
         return "-"
@@ -297,9 +287,14 @@ def _names_cell(cs: ClientStats) -> str:
 
 
 def report_clock(clients: list[ClientStats], links: list[Link]) -> Callable[[float], str]:
-    """One ``clock_for`` for the summary and the upstream lookups under it."""
-    return clock_for([t for cs in clients for t in (cs.first, cs.last)]
-                     + [lk.ts for lk in links if lk.upstream])
+    """How the summary and the upstream lookups under it print times: ``clock`` (HH:MM:SS)
+    while they fall on one UTC day, as a live trace's do; a capture that spans midnight or
+    days gets the date too, or a LAST could read as earlier than its FIRST."""
+    days = {int(t // 86400) for cs in clients for t in (cs.first, cs.last)}
+    days.update(int(lk.ts // 86400) for lk in links if lk.upstream)
+    if len(days) <= 1:
+        return clock
+    return lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
 def summary_table(clients: list[ClientStats], wide: bool = False,
@@ -335,7 +330,7 @@ def explanations(clients: list[ClientStats]) -> str:
             lines.append(f"  {describe_client(c)} [{ips}]: {c.reason}\n")
     for cs in clients:
         if cs.folded_names:
-            folded = sorted((n for n in cs.names.values() if n.name.startswith("*")),
+            folded = sorted((n for n in cs.names.values() if n.folded),
                             key=lambda n: (-n.count, n.name))
             shown = ", ".join(f"{n.name} ({n.count})" for n in folded[:3])
             more = f" and {len(folded) - 3} more" if len(folded) > 3 else ""
@@ -377,7 +372,7 @@ def summary_json(clients: list[ClientStats]) -> list[dict[str, Any]]:
                                "max": lat[-1] if lat else None},
                 "served": dict(sorted(n.served.items())),
             })
-            if cs.folded_names and n.name.startswith("*"):
+            if n.folded:
                 names[-1]["folded"] = True  # names past MAX_NAMES, under this parent
         lat = cs.latencies()
         out.append({

@@ -109,6 +109,7 @@ def test_a_client_asking_new_names_without_end_stays_bounded_and_keeps_every_cou
                       "*.other.example": 20,  # up to 2 x MAX_FOLDED entries;
                       "*": 10}  # then one entry for the rest
     assert web.folded_names == len(folded) <= 2 * 2 + 1
+    assert {k for k, n in web.names.items() if n.folded} == set(folded)
     assert sum(n.rcodes.get("NOERROR", 0) for n in web.names.values()) == len(names)
 
 

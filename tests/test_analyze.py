@@ -143,8 +143,8 @@ def _inventory_view(inv) -> tuple:
 
 def test_a_pods_file_is_read_an_item_at_a_time_with_the_same_result(tmp_path):
     """kubectl's List read item by item gives the inventory a whole parse gives — in any
-    order of kinds, as one object, as YAML; a damaged file is named; and 10,000 pods cost
-    about the file's size in memory, not ten times it."""
+    order of kinds, as one object, as YAML; a damaged file is named; and reading 10,000 pods
+    costs about the file's size in memory beyond the inventory, not five times it."""
     import tracemalloc
 
     import yaml
@@ -185,11 +185,13 @@ def test_a_pods_file_is_read_an_item_at_a_time_with_the_same_result(tmp_path):
     tracemalloc.start()
     try:
         inv = inventory_from_file(str(big))
-        _, peak = tracemalloc.get_traced_memory()
+        kept, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert len(inv.pods) == 10_000
-    assert peak < 3 * big.stat().st_size, (peak, big.stat().st_size)  # a whole parse: ~7x
+    # Beyond the inventory kept: the file's text (1x its size) and one item at a time. A
+    # whole parse held 5.5x the file's size beyond it.
+    assert peak - kept < 2 * big.stat().st_size, (peak, kept, big.stat().st_size)
 
 
 def _as_cooked(packets):

@@ -214,6 +214,26 @@ class Inventory:
         return inv
 
     @classmethod
+    def from_items(cls, items: Iterable[Any], since: float) -> Inventory:
+        """An inventory from a listing's items of any kind, in any order, taken one at a
+        time (a pod's entry depends on no node, Service or owner: those are used when asked)."""
+        inv = cls(OwnerResolver(None))
+        inv.since = since
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            kind = item.get("kind") or "Pod"
+            if kind == "Pod":
+                inv.upsert_pod(item, observed=since)
+            elif kind == "Node":
+                inv.add_node(item)
+            elif kind == "Service":
+                inv.add_service(item)
+            elif kind in ("ReplicaSet", "Job"):
+                inv.owners.add(item)
+        return inv
+
+    @classmethod
     def from_cluster(cls, kube: Any, namespaces: Iterable[str] = ()) -> Inventory:
         """List pods (all namespaces), nodes and services once; ``start_watch`` follows.
 

@@ -198,11 +198,14 @@ def _events(source: FileEvents, want_raw: bool) -> Iterator[list[DnsEvent]]:
     path = display_name(source.path)
     event = DnsEvent
     for batch in source.batches():
-        events = [event(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], "", f[10],
-                        f[11] or [], f[12], 0, path) for f in batch]
         if want_raw:
-            for ev, f in zip(events, batch, strict=True):
-                ev.raw = f[14]
+            events = [event(*f[:10], "", f[10], f[11] or [], f[12], 0, path, f[14])
+                      for f in batch]
+        else:  # unpacked into names: half the cost of indexing the tuple 13 times
+            events = [event(ts, qr, proto, src, sport, dst, dport, ident, qname, qtype, "",
+                            rcode, answers or [], latency, 0, path)
+                      for ts, qr, proto, src, sport, dst, dport, ident, qname, qtype, rcode,
+                      answers, latency, _tc in batch]
         yield events
 
 

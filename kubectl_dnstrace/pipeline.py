@@ -74,6 +74,11 @@ class Pipeline:
         self._nodelocal_said = False
         self.linker = self._linker()
         self._ndjson = render.NdjsonWriter()
+        self._lines: list[str] = []  # -o ndjson lines of the events fed so far, not yet written
+        # Where an attributed event goes after aggregation and pcap: chosen once, not per event.
+        self._show = (self._show_ndjson if fmt == "ndjson" else
+                      self.events.add if self.events is not None else
+                      self._live if self.live else _nowhere)
         # The inventory (10,000 pods are some hundred thousand objects) and everything else
         # built before the stream lives as long as the run: see gcpolicy.
         gcpolicy.for_streams()
@@ -124,8 +129,9 @@ class Pipeline:
                              and not self._known_unheld(client.ip, time.monotonic())):
             # Keep event order: once one waits, the ones behind it wait too.
             self._waiting.append((time.monotonic() + WATCH_WAIT, event))
-            return
-        self._process(event, client)
+        else:
+            self._process(event, client)
+        self._write_ndjson()
 
     def feed_batch(self, events: list[DnsEvent]) -> None:
         """``feed`` for each event, for a file's events in capture order: while no pod
@@ -139,6 +145,7 @@ class Pipeline:
         attribute, process = self.attributor.attribute, self._process
         for ev in events:
             process(ev, attribute(ev.src if ev.qr == "query" else ev.dst, ev.ts))
+        self._write_ndjson()
 
     def _client(self, event: DnsEvent) -> Client:
         return self.attributor.attribute(event.src if event.qr == "query" else event.dst,
@@ -188,23 +195,27 @@ class Pipeline:
             self.aggregator.add(a)
         if self.pcap is not None:
             self.pcap.write(event.raw, event.ts, _comment(a), event.observed_at)
-        fmt = self.output.format
-        if fmt == "ndjson":
-            if a.link is not None and not a.link.causes and self.streaming:
-                # Live, its cause may still be on its way in another capture's log stream
-                # (the linker adds late causes to the link): the line waits a little for it.
-                # A file is read in capture order, causes first: nothing to wait for.
-                self._held.append((time.monotonic() + LINK_WAIT, a))
-            else:
-                self.out.write(self._ndjson.line(a))
-                if self.streaming:
-                    self.out.flush()
-            if self._held:
-                self._release_held(event.ts, everything=False)
-        elif self.events is not None:
-            self.events.add(a)
-        elif self.live:
-            self._live(a)
+        self._show(a)
+
+    def _show_ndjson(self, a: Attributed) -> None:
+        """The event's line goes to ``_lines``, written by ``_write_ndjson`` once the events
+        fed together are through: one write per file batch, one per event when live."""
+        if a.link is not None and not a.link.causes and self.streaming:
+            # Live, its cause may still be on its way in another capture's log stream (the
+            # linker adds late causes to the link): the line waits a little for it. A file
+            # is read in capture order, causes first: nothing to wait for.
+            self._held.append((time.monotonic() + LINK_WAIT, a))
+        else:
+            self._lines.append(self._ndjson.line(a))
+        if self._held:
+            self._release_held(a.event.ts, everything=False)
+
+    def _write_ndjson(self) -> None:
+        if self._lines:
+            self.out.write("".join(self._lines))
+            self._lines.clear()
+            if self.streaming:
+                self.out.flush()
 
     def _release_held(self, now_ts: float, everything: bool) -> None:
         """Write the held forwards that found their cause (looked for only when the linker
@@ -212,7 +223,7 @@ class Pipeline:
         (in event time) than the linker's window: no cause can come for those. Cheap per
         event even with thousands held: no scan unless something changed."""
         held = self._held
-        lines = []
+        lines = self._lines
         if everything or self.linker.late_causes != self._late_seen:
             self._late_seen = self.linker.late_causes
             keep: deque[tuple[float, Attributed]] = deque()
@@ -226,10 +237,6 @@ class Pipeline:
         window = self.linker.window
         while held and (held[0][0] <= wall or now_ts - held[0][1].event.ts > window):
             lines.append(self._ndjson.line(held.popleft()[1]))
-        if lines:
-            self.out.write("".join(lines))
-            if self.streaming:
-                self.out.flush()
 
     def tick(self) -> None:
         """Nothing arrived for a while: let waiting events and held lines go when due."""
@@ -237,6 +244,7 @@ class Pipeline:
             self._release(everything=False)
         if self._held:
             self._release_held(float("-inf"), everything=False)
+        self._write_ndjson()
 
     def feed_aggregate(self, record: dict, observed_at: str = "") -> None:
         """An agent's ``agg`` record (per-second counts above its record rate): attributed
@@ -306,6 +314,7 @@ class Pipeline:
         self._release(everything=True)
         if self._held:
             self._release_held(float("-inf"), everything=True)
+        self._write_ndjson()
         if self.live:
             rest = [render.live_line(a, None, self.wide) for a in self._pending.values()]
             self._pending.clear()
@@ -345,6 +354,10 @@ class Pipeline:
                 self.notice("No DNS queries matched.")
         self.out.flush()
         return ExitCode.MATCHED if self.count else ExitCode.NO_MATCH
+
+
+def _nowhere(a: Attributed) -> None:
+    """The sink of ``-o table`` without live lines: the aggregator has the event."""
 
 
 def _comment(a: Attributed) -> str:

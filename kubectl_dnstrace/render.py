@@ -159,6 +159,9 @@ class NdjsonWriter:
         self._strings: dict[str, str] = {}  # JSON text of names, addresses, types, files
         self._questions: dict[tuple[str, str, str], str] = {}
         self._ends: dict[tuple[int, str], tuple[Client, str]] = {}
+        # Latencies are whole microseconds: a few thousand values, each written as text once
+        # (a float's repr is a third of a microsecond; a lookup a tenth).
+        self._latencies: dict[float, str] = {}
 
     def _str(self, text: str) -> str:
         hit = self._strings.get(text)
@@ -167,6 +170,14 @@ class NdjsonWriter:
                 self._strings.clear()
             hit = self._strings[text] = _enc(text)
         return hit
+
+    def _latency(self, ms: float) -> str:
+        text = repr(ms)
+        if ms > 0.0:  # (-0.0 and 0.0 are one key but two texts; nan is never found)
+            if len(self._latencies) >= self.LIMIT:
+                self._latencies.clear()
+            self._latencies[ms] = text
+        return text
 
     def _question(self, qname: str, qtype: str, iface: str) -> str:
         """``"qname":…,"qtype":…,"iface":…``: the same few texts, line after line."""
@@ -205,7 +216,8 @@ class NdjsonWriter:
             a.client, ev.observed_at)
         if ev.qr == "response":
             answers = ",".join([_enc(x) for x in ev.answers])
-            lat = "null" if ev.latency_ms is None else repr(ev.latency_ms)
+            lat = ev.latency_ms
+            lat = "null" if lat is None else (self._latencies.get(lat) or self._latency(lat))
             rcode = "null" if ev.rcode is None else (get(ev.rcode) or self._str(ev.rcode))
             return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"response","proto":"{ev.proto}",'
                     f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
 
@@ -171,3 +173,16 @@ def test_responses_outside_the_quick_shape_take_the_full_parse():
     pkt = bytes(IP(src=SERVER, dst=CLIENT) / UDP(sport=53, dport=41000) / dns)
     rec = b.build(seg(pkt, 1.0), "")
     assert rec["answers"] == ["web.example.com", "10.0.0.9"] and rec["rcode"] == "NOERROR"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1_600_000_000_000_000, 4_000_000_000_000_000), st.integers(0, 40_000_000))
+def test_latency_is_the_microseconds_between_query_and_response_in_ms(query_us, gap_us):
+    """What ``round(x, 3)`` of the milliseconds gives (the cheaper arithmetic must not
+    differ) for a capture's microsecond timestamps, seconds since the epoch."""
+    q_ts, r_ts = query_us / 1e6, (query_us + gap_us) / 1e6
+    b = EventBuilder(DnsFilter())
+    b.build(seg(q_packet("www.example.com"), q_ts), "eth0")
+    r = b.build(seg(r_packet("www.example.com"), r_ts), "eth0")
+    assert r["latency_ms"] == round(max(0.0, r_ts - q_ts) * 1000.0, 3)
+    assert r["latency_ms"] == gap_us / 1000

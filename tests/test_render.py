@@ -383,6 +383,11 @@ def test_the_fast_ndjson_writer_is_byte_identical_to_the_plain_one():
            DnsEvent(ts=T0 + 11, qr="response", proto="tcp", src="10.244.1.2", sport=53,
                     dst="fd00::5", dport=4, id=1, qname=".", qtype="NS", rcode=None,
                     observed_at="shop/web", iface="eth0", seq=42)]
+    # Latency texts are kept per value: 0.0 and -0.0 are one key but two texts.
+    evs += [DnsEvent(ts=T0 + 12 + i / 10, qr="response", proto="udp", src="10.244.1.2",
+                     sport=53, dst="10.244.0.5", dport=40010 + i, id=i, qname="a.example",
+                     qtype="A", rcode="NOERROR", latency_ms=ms, observed_at="shop/web")
+            for i, ms in enumerate([0.135, 0.0, -0.0, 0.135, 0.0, 1e-06, 1500.25, 0.135])]
     attributor = Attributor(inventory())
     writer = render.NdjsonWriter()
     from kubectl_dnstrace.attribution import Attributed

@@ -89,7 +89,9 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
             + (f", {stats['malformed']} malformed (skipped)" if stats["malformed"] else "")
             + (f", {stats['duplicates']} duplicates" if stats["duplicates"] else "")
             + (f", {stats['unsupported']} frames of an unsupported link type"
-               if stats["unsupported"] else ""))
+               if stats["unsupported"] else "")
+            + (f", {stats['bad_times']} with a timestamp past the year 10000 (skipped)"
+               if stats["bad_times"] else ""))
     return pipeline.finish()
 
 

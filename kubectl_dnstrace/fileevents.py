@@ -111,9 +111,11 @@ class FileEvents:
                     batch = []
         if batch:
             yield batch
-        self.stats = {"path": self.path, "packets": packets, "dns_messages": messages,
+        self.stats = {"path": self.path, "packets": packets + self.position.bad_times,
+                      "dns_messages": messages,
                       "matched": builder.matched, "malformed": builder.malformed,
-                      "duplicates": deduper.duplicates, "unsupported": decoder.skipped}
+                      "duplicates": deduper.duplicates, "unsupported": decoder.skipped,
+                      "bad_times": self.position.bad_times}
 
     # ---- the same, in a child process -----------------------------------------------------
 

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 from kubectl_dnstrace.agent.frames import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
 from kubectl_dnstrace.errors import BadInput, UsageError
+from kubectl_dnstrace.protocol import TS_MAX
 
 READ_SIZE = 262144  # a whole record, even a GRO super-segment or a jumbo frame
 CHUNK = 1 << 20  # bytes read at a time by the classic pcap reader
@@ -54,13 +55,16 @@ class ReadPosition:
     """What a reader knows of its file as it goes: how far into it (bytes on disk,
     compressed or not; for a progress line; updated per chunk read for classic pcap, every
     POSITION_EVERY records otherwise) and, once the header is read (before the first
-    record), whether it holds one interface (see ``_one_interface``)."""
+    record), whether it holds one interface (see ``_one_interface``); and how many records
+    it skipped for a time no clock can show (``bad_times``: pcapng, whose 64-bit timestamps
+    in a unit the file chooses can reach past the year 10000)."""
 
-    __slots__ = ("offset", "one_interface")
+    __slots__ = ("bad_times", "offset", "one_interface")
 
     def __init__(self) -> None:
         self.offset = 0
         self.one_interface = False
+        self.bad_times = 0
 
 
 POSITION_EVERY = 4096  # records between position updates of the scapy-read formats
@@ -137,7 +141,10 @@ def read_records(path: str, position: ReadPosition | None = None,
                 count += 1
                 if count % POSITION_EVERY == 0:
                     position.offset = tell()
-                yield meta.linktype, frame, ts
+                if ts < TS_MAX:
+                    yield meta.linktype, frame, ts
+                else:
+                    position.bad_times += 1
         else:
             linktype = reader.linktype
             scale = 1e-9 if getattr(reader, "nano", False) else 1e-6

@@ -48,6 +48,14 @@ REQUIRED_FIELDS = {
 }
 # Fields a dns response record must have on top of the above.
 RESPONSE_FIELDS = {"rcode": str, "answers": list, "latency_ms": _OPT_NUM}
+# Fields of each of an agg record's groups.
+AGG_GROUP_FIELDS = {"client": str, "qname": str, "qtype": str, "rcode": _OPT_STR, "count": int}
+
+# Record times are seconds since 1970 before the year 10000: every clock the kubectl side
+# prints can show them. A line with another time (NaN, 1e400, -5) is refused, not shown
+# as "nan" in a JSON line or left to stop the trace where a clock is drawn.
+TS_MAX = 253402300800.0  # 10000-01-01T00:00:00Z
+_INF = float("inf")
 
 
 class ProtocolError(ValueError):
@@ -75,10 +83,15 @@ _STR = frozenset((str,))
 # One encoder for every record: json.dumps with non-default separators builds a new
 # encoder per call, a cost the agent would pay per DNS message.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+def _not_json(name):
+    """NaN and Infinity: Python's json reads them, JSON has no such numbers."""
+    raise ValueError("%s is not a JSON number" % name)
+
+
 # json.loads(s) is this decoder's decode(s), which matches a whitespace regex on both ends of
 # the line; decode() strips the line first, so raw_decode plus an end check says the same
 # for about a microsecond less per line (a live trace decodes every line it receives).
-_raw_decode = json.JSONDecoder().raw_decode
+_raw_decode = json.JSONDecoder(parse_constant=_not_json).raw_decode
 
 
 def encode(record):
@@ -147,6 +160,9 @@ def _check_record(record):
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ProtocolError("%s record without a valid seq" % rtype)
     _check_fields(record, REQUIRED_FIELDS[rtype], rtype)
+    if rtype in ("dns", "agg") and not 0 <= record["ts"] < TS_MAX:
+        raise ProtocolError("%s record has a bad 'ts': %r (seconds since 1970, before the "
+                            "year 10000)" % (rtype, record["ts"]))
     if rtype == "dns":
         if record["qr"] not in QR_VALUES:
             raise ProtocolError("dns record with qr=%r" % (record["qr"],))
@@ -156,6 +172,9 @@ def _check_record(record):
             _check_raw(record["raw"])
         if record["qr"] == "response":
             _check_fields(record, RESPONSE_FIELDS, "dns response")
+            latency = record["latency_ms"]
+            if latency is not None and not 0 <= latency < _INF:
+                raise ProtocolError("dns response record has a bad 'latency_ms': %r" % latency)
             # Answers become keys and text on the kubectl side: anything else is hostile.
             for answer in record["answers"]:
                 if not isinstance(answer, str):
@@ -165,8 +184,27 @@ def _check_record(record):
             "agent speaks protocol %r, this plugin speaks %d: use matching versions"
             % (record["protocol"], PROTOCOL_VERSION)
         )
+    elif rtype == "agg":
+        _check_agg(record)
     elif rtype == "bye" and record["reason"] not in BYE_REASONS:
         raise ProtocolError("bye record with reason=%r" % (record["reason"],))
+
+
+def _check_agg(record):
+    """Groups become counts, keys and text on the kubectl side: each must be what the agent
+    writes (one a second, so a check of every field costs nothing)."""
+    if not 0 <= record["interval"] < _INF:
+        raise ProtocolError("agg record has a bad 'interval': %r" % (record["interval"],))
+    total = record.get("total", 0)
+    if type(total) is not int or total < 0:
+        raise ProtocolError("agg record has a bad 'total': %r" % (total,))
+    for group in record["groups"]:
+        if not isinstance(group, dict):
+            raise ProtocolError("agg record has a group that is not an object: %r"
+                                % (group,))
+        _check_fields(group, AGG_GROUP_FIELDS, "agg group")
+        if group["count"] < 0:
+            raise ProtocolError("agg group record has a bad 'count': %r" % group["count"])
 
 
 def _check_dns_fast(record):
@@ -184,7 +222,7 @@ def _check_dns_types(record):
         return False
     # values: seq, ts, qr, proto, ... in the order of _DNS_FAST_FIELDS
     if (tuple(map(type, values)) not in _DNS_TYPES or values[0] < 0
-            or values[3] not in PROTOS):
+            or not 0 <= values[1] < TS_MAX or values[3] not in PROTOS):
         return False
     qr = values[2]
     if qr == "query":
@@ -195,7 +233,8 @@ def _check_dns_types(record):
         values = _response_values(record)
     except KeyError:
         return False
-    return tuple(map(type, values)) in _RESPONSE_TYPES and set(map(type, values[1])) <= _STR
+    return (tuple(map(type, values)) in _RESPONSE_TYPES and set(map(type, values[1])) <= _STR
+            and (values[2] is None or 0 <= values[2] < _INF))
 
 
 

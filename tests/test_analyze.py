@@ -10,6 +10,7 @@ import io
 import json
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -95,6 +96,39 @@ def test_a_malformed_dns_packet_is_counted_and_skipped(tmp_path, capsys):
     assert code == 0
     assert [json.loads(line)["qname"] for line in out.splitlines()] == ["evil.example.com"] * 2
     assert f"{path}: 3 packets, 3 DNS messages, 2 matched, 1 malformed (skipped)" in err
+
+
+def _pcapng_in_seconds(path: Path, packets: list[tuple[int, bytes]]) -> None:
+    """A pcapng file whose interface counts time in whole seconds (if_tsresol 0), with
+    64-bit timestamps as given: what a damaged or hostile file can hold."""
+    def block(kind: int, body: bytes) -> bytes:
+        body += bytes(-len(body) % 4)
+        return struct.pack("<II", kind, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    data = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    data += block(1, struct.pack("<HHI", 1, 0, 65535) + struct.pack("<HHB3x", 9, 1, 0)
+                  + struct.pack("<HH", 0, 0))
+    for ts, frame in packets:
+        data += block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(frame),
+                                     len(frame)) + frame)
+    path.write_bytes(data)
+
+
+def test_a_packet_timed_past_the_year_10000_is_counted_and_skipped(tmp_path, capsys):
+    """pcapng timestamps are 64 bits in a unit the file picks: a damaged or hostile file
+    can date a packet where no clock goes (here 2**64 - 1 seconds). Such a packet is skipped
+    and said, the rest is read; it used to end the run with an internal error where the
+    table's times are drawn."""
+    good = [(1_764_165_600, bytes(p)) for p in _exchange("10.244.0.5", "evil.example.com", 7, 0)]
+    far = [(2**64 - 1, bytes(p)) for p in _exchange("10.244.0.9", "far.example.com", 8, 0)]
+    path = tmp_path / "far.pcapng"
+    _pcapng_in_seconds(path, [*good, *far, (1 << 40, bytes(far[0][1]))])
+    for fmt in ("table", "wide", "json", "ndjson"):
+        code, out, err = analyze(capsys, "--offline", "-o", fmt, str(path))
+        assert (code, "internal error" in err) == (0, False), err
+        assert (f"{path}: 5 packets, 2 DNS messages, 2 matched, 3 with a timestamp past the "
+                "year 10000 (skipped)") in err
+        assert "evil.example.com" in out and "far.example.com" not in out
 
 
 def test_a_truncated_file_yields_the_records_before_the_cut(tmp_path, capsys):

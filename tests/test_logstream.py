@@ -82,6 +82,44 @@ def test_line_reader_hands_over_each_read_s_records_at_once_and_the_rest_in_orde
     assert (reader.seq.duplicates, reader.seq.lost) == (1, 2)
 
 
+def test_hostile_agent_lines_are_notices_and_the_trace_s_table_still_draws() -> None:
+    """Lines a broken or hostile agent could write: a time no clock shows, NaN, an agg group
+    whose count is text. Each used to reach the back half and end the trace with an internal
+    error (or, in -o ndjson, write invalid JSON); now each is a notice naming the pod."""
+    import io
+
+    from kubectl_dnstrace.model import DnsEvent, OutputOptions
+    from kubectl_dnstrace.pipeline import Pipeline
+
+    out: queue.Queue = queue.Queue()
+    reader = LineReader(PodRef("kube-system", "coredns-1"), out)
+    good = {"type": "dns", "seq": 1, "ts": 1795704421.5, "qr": "query", "proto": "udp",
+            "src": "10.244.0.101", "sport": 49559, "dst": "10.244.0.53", "dport": 53,
+            "id": 1, "qname": "www.example.com", "qtype": "A", "iface": "eth0"}
+    agg = {"type": "agg", "seq": 5, "ts": 1795704422.0, "interval": 1.0,
+           "groups": [{"client": "10.244.0.101", "qname": "www.example.com", "qtype": "A",
+                       "rcode": None, "count": 7}]}
+    lines = [protocol.encode(good),
+             protocol.encode(dict(good, seq=2)).replace('"ts":1795704421.5', '"ts":1e400'),
+             protocol.encode(dict(good, seq=3)).replace('"ts":1795704421.5', '"ts":NaN'),
+             protocol.encode(dict(agg, seq=4, groups=[dict(agg["groups"][0], count="x")])),
+             protocol.encode(agg)]
+    reader.lines([f"2026-11-26T13:23:4{i}.5Z {line}".encode() for i, line in enumerate(lines)])
+    items = [out.get_nowait() for _ in range(out.qsize())]
+    notices = [i.text for i in items if i.kind == "notice"]
+    assert len(notices) == 3 and all(n.startswith("agent kube-system/coredns-1: {") for n in notices)
+    records = [r for i in items if i.kind == "records" for r in i.records]
+    assert [r["seq"] for r in records] == [1, 5]
+    for fmt in ("table", "json", "ndjson"):
+        text = io.StringIO()
+        pipeline = Pipeline(OutputOptions(format=fmt), text, io.StringIO())
+        pipeline.feed(DnsEvent.from_record(records[0], "kube-system/coredns-1"))
+        pipeline.feed_aggregate(records[1], "kube-system/coredns-1")
+        pipeline.finish()
+        assert "www.example.com" in text.getvalue()
+        assert "nan" not in text.getvalue().lower() and "inf" not in text.getvalue()
+
+
 # ---- against the simulated kubelet: real follow streams, really cut -------------------------------
 
 import time  # noqa: E402

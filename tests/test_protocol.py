@@ -94,6 +94,14 @@ BAD_DNS = [
     ("answers is a string", dict(RESPONSE, answers="10.0.0.7")),
     ("an answer is a number", dict(RESPONSE, answers=["10.0.0.7", 7])),
     ("an answer is an object", dict(RESPONSE, answers=[{"a": 1}])),
+    # Times every clock can show; a latency that is a length of time.
+    ("ts is NaN", dict(QUERY, ts=float("nan"))),
+    ("ts is infinite", dict(QUERY, ts=float("inf"))),
+    ("ts is before 1970", dict(QUERY, ts=-1.0)),
+    ("ts is past the year 10000", dict(QUERY, ts=253402300800.0)),
+    ("latency is NaN", dict(RESPONSE, latency_ms=float("nan"))),
+    ("latency is infinite", dict(RESPONSE, latency_ms=float("inf"))),
+    ("latency is negative", dict(RESPONSE, latency_ms=-0.5)),
 ]
 
 
@@ -116,6 +124,64 @@ def test_a_malformed_dns_record_is_refused_by_both_checks(record):
 def test_lines_that_are_not_records_raise_protocol_error(line):
     with pytest.raises(ProtocolError):
         protocol.decode(line)
+
+
+@pytest.mark.parametrize(("line", "fault"), [
+    (json.dumps(QUERY).replace('"ts": 1795704421.9726098', '"ts": 1e400'),
+     "dns record has a bad 'ts': inf (seconds since 1970, before the year 10000)"),
+    (json.dumps(QUERY).replace('"ts": 1795704421.9726098', '"ts": NaN'),
+     "not JSON: NaN is not a JSON number"),
+    (json.dumps(dict(QUERY, tc=True)).replace("true", "-Infinity"),
+     "not JSON: -Infinity is not a JSON number"),
+    (json.dumps(RESPONSE).replace('"latency_ms": 0.252', '"latency_ms": -1e400'),
+     "dns response record has a bad 'latency_ms': -inf"),
+], ids=["ts 1e400", "ts NaN", "Infinity elsewhere", "latency -1e400"])
+def test_numbers_json_has_not_and_times_no_clock_shows_are_named(line, fault):
+    """A hostile or broken agent line; once let through, "ts": NaN made an ndjson line of
+    invalid JSON, and 1e400 ended a table trace where its clock is drawn."""
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(line)
+    assert str(err.value) == fault
+
+
+AGG = {"type": "agg", "seq": 8, "ts": 1795704500.001, "interval": 1.0,
+       "groups": [{"client": "10.244.0.101", "qname": "www.example.com", "qtype": "A",
+                   "rcode": None, "count": 20311}]}
+BAD_GROUPS = [
+    ("count is text", {"count": "x"}, "agg group record has a bad 'count': 'x'"),
+    ("count is a list", {"count": [1]}, "agg group record has a bad 'count': [1]"),
+    ("count is a float", {"count": 1e300}, "agg group record has a bad 'count': 1e+300"),
+    ("count is negative", {"count": -5}, "agg group record has a bad 'count': -5"),
+    ("client is a list", {"client": ["x"]}, "agg group record has a bad 'client': ['x']"),
+    ("qname is a list", {"qname": ["a"]}, "agg group record has a bad 'qname': ['a']"),
+    ("rcode is a list", {"rcode": ["x"]}, "agg group record has a bad 'rcode': ['x']"),
+    ("qtype is missing", {"qtype": None}, "agg group record has a bad 'qtype': None"),
+]
+
+
+@pytest.mark.parametrize(("change", "fault"), [(c, f) for _, c, f in BAD_GROUPS],
+                         ids=[w for w, _, _ in BAD_GROUPS])
+def test_an_agg_group_is_checked_field_by_field(change, fault):
+    """Groups become counts, keys and text: each of these ended a live trace with an
+    internal error (int("x"), an unhashable client) before the check."""
+    protocol.decode(json.dumps(AGG))  # the agent's own shape passes
+    bad = dict(AGG, groups=[dict(AGG["groups"][0], **change)])
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(json.dumps(bad))
+    assert str(err.value) == fault
+
+
+@pytest.mark.parametrize(("record", "fault"), [
+    (dict(AGG, groups=["10.244.0.101"]), "agg record has a group that is not an object"),
+    (dict(AGG, interval=-1.0), "agg record has a bad 'interval': -1.0"),
+    (dict(AGG, total="x"), "agg record has a bad 'total': 'x'"),
+    (dict(AGG, total=1e400), "agg record has a bad 'total': inf"),
+    (dict(AGG, ts=float("inf")), "agg record has a bad 'ts': inf"),
+])
+def test_an_agg_record_s_groups_interval_and_time_are_checked(record, fault):
+    with pytest.raises(ProtocolError) as err:
+        protocol._check_record(record)
+    assert str(err.value).startswith(fault)
 
 
 # ---- the fast check against the full check, on mutations -------------------------------------
@@ -149,7 +215,12 @@ def test_validate_refuses_exactly_what_the_full_check_refuses(record):
     assert validate_refuses(record) == full_check_refuses(record)
     # And through the wire: the line json would carry.
     line = json.dumps(record)
-    refused = full_check_refuses(json.loads(line))
+    try:
+        json.dumps(record, allow_nan=False)
+    except ValueError:  # an infinity: Python writes it, and it is not JSON
+        refused = True
+    else:
+        refused = full_check_refuses(json.loads(line))
     try:
         protocol.decode(line)
     except ProtocolError:

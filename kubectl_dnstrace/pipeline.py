@@ -218,10 +218,11 @@ class Pipeline:
                 self.out.flush()
 
     def _release_held(self, now_ts: float, everything: bool) -> None:
-        """Write the held forwards that found their cause (looked for only when the linker
-        added a late one), then, from the oldest, those that waited LINK_WAIT or are older
-        (in event time) than the linker's window: no cause can come for those. Cheap per
-        event even with thousands held: no scan unless something changed."""
+        """Let go (into ``_lines``) the held forwards that found their cause (looked for
+        only when the linker added a late one), then, from the oldest, those that waited
+        LINK_WAIT or are older (in event time) than the linker's window: no cause can come
+        for those. Cheap per event even with thousands held: no scan unless something
+        changed."""
         held = self._held
         lines = self._lines
         if everything or self.linker.late_causes != self._late_seen:

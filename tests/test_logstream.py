@@ -317,3 +317,83 @@ def test_an_agent_of_another_protocol_version_fails_the_stream(cluster, tmp_path
     [fail] = [i for i in items if i.kind == "fail"]
     assert "agent protocol mismatch" in fail.error.message
     assert fail.error.exit_code == ExitCode.AGENT_FAILED
+
+
+# ---- any line an agent could write: refused, or handled without an internal error ----------
+
+import contextlib  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kubectl_dnstrace.errors import DnstraceError  # noqa: E402
+
+_AGENT_RECORDS = [
+    protocol.hello(1, "0.1.0", ["eth0"], {"domains": []}),
+    _dns(2),
+    dict(_dns(3), qr="response", src="10.96.0.10", sport=53, dst="10.244.0.10", dport=40002,
+         id=2, qname="q2.example.com", rcode="NOERROR", answers=["10.0.0.7"], latency_ms=0.3),
+    {"type": "agg", "seq": 4, "ts": 1795699424.0, "interval": 1.0, "threshold": 2000,
+     "total": 5, "groups": [{"client": "10.244.0.3", "qname": "evil.example.com",
+                             "qtype": "A", "rcode": None, "count": 5}]},
+    protocol.stats(5, 10, 2, 2, 0),
+    protocol.error(6, "no CAP_NET_RAW"),
+    protocol.bye(7, "deadline"),
+]
+_ANY = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+              st.floats(allow_nan=False), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6)
+
+
+@st.composite
+def _agent_record(draw):
+    rec = json.loads(json.dumps(draw(st.sampled_from(_AGENT_RECORDS))))
+    for _ in range(draw(st.integers(1, 3))):
+        groups = rec.get("groups")
+        group = (isinstance(groups, list) and groups and isinstance(groups[0], dict)
+                 and draw(st.booleans()))
+        target = rec["groups"][0] if group else rec
+        name = draw(st.sampled_from([*sorted(target), "raw", "tc", "elapsed", "mode"]))
+        if draw(st.integers(0, 4)) == 0:
+            target.pop(name, None)
+        else:
+            target[name] = draw(_ANY)
+    return rec
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_agent_record(), min_size=1, max_size=4), st.sampled_from(
+    ["table", "wide", "json", "ndjson"]))
+def test_whatever_an_agent_writes_is_refused_or_handled_never_an_internal_error(records, fmt):
+    """The kubectl side trusts nothing in a log line: each mutated record is either refused
+    by the protocol check (the stream shows it as a notice) or handled through the whole
+    back half — the live lines, the status line, the summary, the exit."""
+    req = TraceRequest(targets=["pod/web-1"], cluster=ClusterOptions(), filters=Filters(),
+                       output=OutputOptions(format=fmt))
+    out, err = io.StringIO(), io.StringIO()
+    tr = TraceRun(req, out, err)
+    tr.pipeline = Pipeline(req.output, out, err)
+    pod = PodRef("shop", "web-1")
+    tr.runs[pod.key] = PodRun(pod, "dnstrace-abcdef")
+    for rec in records:
+        try:
+            accepted = protocol.decode(json.dumps(rec))
+        except protocol.ProtocolError:
+            continue
+        tr._handle(_read(pod, accepted))
+    tr._show_stats()
+    tr._handle(StreamItem(pod, "end", text="bye"))
+    with contextlib.suppress(DnstraceError):  # an agent's error record fails the run so
+        tr._outcome()  # (the summary, the notices, the exit code)
+
+    def not_json(name: str) -> None:
+        pytest.fail(f"{name} in the output")
+
+    if fmt == "ndjson":
+        for line in out.getvalue().splitlines():
+            json.loads(line, parse_constant=not_json)
+    elif fmt == "json" and out.getvalue():
+        json.loads(out.getvalue(), parse_constant=not_json)

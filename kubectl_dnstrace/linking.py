@@ -78,6 +78,7 @@ class Annotation:
 
 
 _NOTHING = Annotation()  # the common answer, shared (never mutated)
+_RESOLVER_KINDS = ("pod", "node")  # the clients that may be a resolver by who they are
 
 
 class Linker:
@@ -126,7 +127,10 @@ class Linker:
 
         key = (ev.qname.lower(), ev.qtype)
         link = None
-        if self._is_forward(ev, client):
+        # A forward: from an address that received queries, or from a resolver pod or node
+        # (asked only of those kinds: most clients are neither, and a call is not free).
+        if ev.src in self._servers or (client.kind in _RESOLVER_KINDS
+                                       and self._is_resolver(client)):
             link = Link(ev.ts, ev.qname, ev.qtype, client, self.server_of(ev.dst, ev.ts),
                         ev.observed_at)
             self._link(link, key, ev.src, client)
@@ -149,14 +153,11 @@ class Linker:
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _is_forward(self, ev: DnsEvent, client: Client) -> bool:
-        if ev.src in self._servers:
-            return True
+    def _is_resolver(self, client: Client) -> bool:
         if client.kind == "pod":
-            return f"{client.namespace}/{client.name}" in self.resolver_pods
-        if client.kind == "node":
-            return client.node in self.resolver_nodes
-        return False
+            return bool(self.resolver_pods) and (
+                f"{client.namespace}/{client.name}" in self.resolver_pods)
+        return client.node in self.resolver_nodes
 
     def _link(self, link: Link, key: tuple[str, str], src: str, forwarder: Client) -> None:
         recent = self._recent.get(key)

@@ -80,14 +80,15 @@ _DNS_TYPES = _exact_type_tuples([int, *REQUIRED_FIELDS["dns"].values()])
 _RESPONSE_TYPES = _exact_type_tuples(RESPONSE_FIELDS.values())
 _STR = frozenset((str,))
 
-# One encoder for every record: json.dumps with non-default separators builds a new
-# encoder per call, a cost the agent would pay per DNS message.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
 def _not_json(name):
     """NaN and Infinity: Python's json reads them, JSON has no such numbers."""
     raise ValueError("%s is not a JSON number" % name)
 
 
+# One encoder for every record: json.dumps with non-default separators builds a new
+# encoder per call, a cost the agent would pay per DNS message.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 # json.loads(s) is this decoder's decode(s), which matches a whitespace regex on both ends of
 # the line; decode() strips the line first, so raw_decode plus an end check says the same
 # for about a microsecond less per line (a live trace decodes every line it receives).

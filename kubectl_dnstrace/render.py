@@ -217,7 +217,12 @@ class NdjsonWriter:
         if ev.qr == "response":
             answers = ",".join([_enc(x) for x in ev.answers])
             lat = ev.latency_ms
-            lat = "null" if lat is None else (self._latencies.get(lat) or self._latency(lat))
+            if lat is None:
+                lat = "null"
+            elif type(lat) is float:  # (an int's text is not its float's: 12 is not 12.0)
+                lat = self._latencies.get(lat) or self._latency(lat)
+            else:
+                lat = repr(lat)
             rcode = "null" if ev.rcode is None else (get(ev.rcode) or self._str(ev.rcode))
             return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"response","proto":"{ev.proto}",'
                     f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'

@@ -387,7 +387,8 @@ def test_the_fast_ndjson_writer_is_byte_identical_to_the_plain_one():
     evs += [DnsEvent(ts=T0 + 12 + i / 10, qr="response", proto="udp", src="10.244.1.2",
                      sport=53, dst="10.244.0.5", dport=40010 + i, id=i, qname="a.example",
                      qtype="A", rcode="NOERROR", latency_ms=ms, observed_at="shop/web")
-            for i, ms in enumerate([0.135, 0.0, -0.0, 0.135, 0.0, 1e-06, 1500.25, 0.135])]
+            for i, ms in enumerate([0.135, 0.0, -0.0, 0.135, 0.0, 1e-06, 1500.25, 0.135,
+                                    12.0, 12, 12.0])]
     attributor = Attributor(inventory())
     writer = render.NdjsonWriter()
     from kubectl_dnstrace.attribution import Attributed

@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from itertools import chain
 from operator import attrgetter
 from typing import Any, TextIO
@@ -39,7 +39,7 @@ from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.attribution import Attributor, scope_label, scope_notice
 from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, UsageError
 from kubectl_dnstrace.fileevents import FileEvents
-from kubectl_dnstrace.kube.inventory import Inventory
+from kubectl_dnstrace.kube.inventory import Inventory, ObjectMisfit
 from kubectl_dnstrace.model import AnalyzeRequest, DnsEvent
 from kubectl_dnstrace.pcapio import STDIN, read_records
 from kubectl_dnstrace.pipeline import Pipeline
@@ -259,7 +259,7 @@ def inventory_from_file(path: str) -> Inventory:
                          "save it with: kubectl get pods -A -o json > pods.json") from None
     since = os.path.getmtime(path)
     try:
-        return Inventory.from_items(_json_items(text), since)
+        return _from_items(path, _json_items(text), since)
     except ValueError:
         pass  # not a JSON object: YAML, or a fault to name below
     try:
@@ -275,7 +275,16 @@ def inventory_from_file(path: str) -> Inventory:
         raise UsageError(f"--pods: {path} is not a JSON or YAML Kubernetes object",
                          "save it with: kubectl get pods -A -o json > pods.json")
     items = doc.get("items") if "items" in doc else [doc]
-    return Inventory.from_items(items if isinstance(items, list) else [], since)
+    return _from_items(path, items if isinstance(items, list) else [], since)
+
+
+def _from_items(path: str, items: Iterable[Any], since: float) -> Inventory:
+    try:
+        return Inventory.from_items(items, since)
+    except ObjectMisfit as exc:
+        raise UsageError(f"--pods: {path}: {exc}",
+                         "save it again with: kubectl get pods -A -o json > pods.json"
+                         ) from None
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")

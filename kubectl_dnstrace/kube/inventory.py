@@ -51,6 +51,54 @@ DNS_ROLE_LABELS = {"kube-dns": "coredns", "node-local-dns": "node-local-dns"}
 _TERMINAL_PHASES = ("Succeeded", "Failed")
 _OWNER_KINDS = {"ReplicaSet": "replicasets", "Job": "jobs"}
 
+# Every field this module reads from an API object, with the JSON type it must have (a
+# dict: an object with these fields; a one-item list: a list of such). The API server's
+# objects always match; a saved file (``analyze --pods``) may not — edited, damaged, or
+# hostile — and is checked against this before anything is read from it (``misfit``).
+_OWNER_REFS = [{"kind": str, "name": str}]
+_READ: dict[str, Any] = {
+    "kind": str,
+    "metadata": {"name": str, "namespace": str, "uid": str, "resourceVersion": str,
+                 "creationTimestamp": str, "ownerReferences": _OWNER_REFS,
+                 "labels": {"pod-template-hash": str, "k8s-app": str}},
+    "spec": {"nodeName": str, "podCIDR": str, "podCIDRs": [str], "clusterIP": str,
+             "clusterIPs": [str]},
+    "status": {"podIP": str, "podIPs": [{"ip": str}], "phase": str, "startTime": str,
+               "addresses": [{"type": str, "address": str}],
+               "containerStatuses": [{"state": {"terminated": {"finishedAt": str}}}]},
+}
+
+
+class ObjectMisfit(Exception):
+    """An object of a saved listing has a field this module reads in another type."""
+
+    def __init__(self, index: int, obj: dict, field: str) -> None:
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        name = "/".join(str(meta.get(k)) for k in ("namespace", "name") if meta.get(k))
+        kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "object"
+        super().__init__(f"item {index} ({kind} {name or 'without a name'}): {field}")
+
+
+def misfit(value: Any, spec: Any = _READ, path: str = "") -> str | None:
+    """What is wrong with the first field of ``value`` read by this module whose JSON type
+    is not the API's ("status.podIPs[0].ip is not a string"), or None. Absent fields and
+    nulls are fine: the reads default them."""
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return f"{path or 'it'} is not an object"
+        for key, sub in spec.items():
+            field = value.get(key)
+            found = None if field is None else misfit(field, sub, f"{path}.{key}".lstrip("."))
+            if found:
+                return found
+        return None
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return f"{path} is not a list"
+        return next((found for i, item in enumerate(value)
+                     if (found := misfit(item, spec[0], f"{path}[{i}]"))), None)
+    return None if isinstance(value, spec) else f"{path} is not a string"
+
 
 def parse_time(text: str | None) -> float | None:
     """Seconds since the epoch from an RFC 3339 API timestamp, or None."""
@@ -216,12 +264,17 @@ class Inventory:
     @classmethod
     def from_items(cls, items: Iterable[Any], since: float) -> Inventory:
         """An inventory from a listing's items of any kind, in any order, taken one at a
-        time (a pod's entry depends on no node, Service or owner: those are used when asked)."""
+        time (a pod's entry depends on no node, Service or owner: those are used when asked).
+        Raises ObjectMisfit for an item whose fields are not the API's types (a saved file
+        can be anything)."""
         inv = cls(OwnerResolver(None))
         inv.since = since
-        for item in items:
+        for index, item in enumerate(items):
             if not isinstance(item, dict):
                 continue
+            field = misfit(item)
+            if field is not None:
+                raise ObjectMisfit(index, item, field)
             kind = item.get("kind") or "Pod"
             if kind == "Pod":
                 inv.upsert_pod(item, observed=since)

@@ -26,7 +26,7 @@ from kubectl_dnstrace.model import (
     OutputOptions,
     TraceRequest,
 )
-from kubectl_dnstrace.options import load_domain_file, parse_duration
+from kubectl_dnstrace.options import check_names, load_domain_file, parse_duration
 
 OUTPUT_FORMATS = ("table", "wide", "json", "ndjson")
 
@@ -225,6 +225,7 @@ RequestTimeoutOpt = Annotated[
 def _filters(domain: list[str] | None, domain_file: str | None, qtype: list[str] | None,
              rcode: list[str] | None) -> Filters:
     domains = list(domain or [])
+    check_names(domains, "--domain")
     if domain_file:
         domains.extend(load_domain_file(domain_file))
     return Filters(

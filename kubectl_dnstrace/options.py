@@ -32,8 +32,45 @@ def parse_duration(text: str, flag: str = "duration") -> float:
     return value
 
 
+def name_fault(name: str) -> str | None:
+    """Why ``name`` (as typed: any case, a trailing dot or not, ``.`` for every name) can be
+    no DNS name, or None. A filter on such a name would match nothing, and the run would
+    end "No DNS queries matched." as if the name had not been asked — the worst answer an
+    incident gives. Presentation-format escapes (``a\\.b``, ``\\032``) are left to the
+    matcher."""
+    text = name.strip()
+    if text in ("", "."):
+        return None
+    if text.endswith(".") and not text.endswith("\\."):
+        text = text[:-1]
+    if any(c.isspace() for c in text):
+        return "it contains a space"
+    if "\\" in text:
+        return None
+    labels = text.split(".")
+    if not all(labels):
+        return "it has an empty label (two dots in a row, or a leading dot)"
+    if any(len(label.encode()) > 63 for label in labels):
+        return "a label is longer than 63 bytes"
+    if len(text.encode()) > 253:
+        return "it is longer than 253 bytes"
+    return None
+
+
+def check_names(names: list[str], where: str) -> None:
+    """UsageError for the first of ``names`` that can be no DNS name; ``where`` says where
+    they came from ("--domain", "--domain-file FILE line 3")."""
+    for name in names:
+        fault = name_fault(name)
+        if fault:
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise UsageError(f"{where}: {shown!r} is not a DNS name: {fault}",
+                             "write names like evil.example.com (a trailing dot is fine)")
+
+
 def load_domain_file(path: str) -> list[str]:
-    """Names from a file: one per line, ``#`` starts a comment, blank lines ignored."""
+    """Names from a file: one per line, ``#`` starts a comment, blank lines ignored; a line
+    that can be no DNS name is a UsageError naming the file and the line."""
     try:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
@@ -45,8 +82,9 @@ def load_domain_file(path: str) -> list[str]:
     except UnicodeDecodeError:
         raise UsageError(f"--domain-file: {path} is not UTF-8 text", "one name per line") from None
     names = []
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         name = line.split("#", 1)[0].strip().rstrip(".")
         if name:
+            check_names([name], f"--domain-file: {path} line {number}")
             names.append(name)
     return names

@@ -108,6 +108,14 @@ def test_no_arguments_prints_usage_and_fails(capsys):
         (["coredns", "--domain-file", "/nonexistent/names.txt"], "cannot read"),
         (["analyze"], "Missing argument"),
         (["analyze", "x.pcap", "-o", "xml"], "unknown output format"),
+        # A name that can be no DNS name would match nothing and end "No DNS queries
+        # matched." as if the name had not been asked.
+        (["coredns", "--domain", "evil..example.com"],
+         "--domain: 'evil..example.com' is not a DNS name: it has an empty label"),
+        (["analyze", "x.pcap", "-d", "a" * 64 + ".example.com"],
+         "is not a DNS name: a label is longer than 63 bytes"),
+        (["analyze", "x.pcap", "-d", "evil example.com"], "is not a DNS name: it contains a space"),
+        (["analyze", "x.pcap", "-d", "a." * 127 + "b"], "is not a DNS name: it is longer than 253"),
     ],
 )
 def test_usage_errors_name_the_problem_and_exit_2(capsys, args, message):
@@ -200,3 +208,22 @@ def test_readme_commands_are_what_make_and_ci_run():
     assert re.search(r"^make test\b", ci, re.M)
     assert "tests/scenarios/incident.yaml" in makefile
     assert "kubectl dnstrace coredns --domain $(DEMO_DOMAIN)" in makefile
+
+
+def test_a_domain_file_line_that_is_no_dns_name_is_named(capsys, tmp_path):
+    names = tmp_path / "iocs.txt"
+    names.write_text("# IOCs from the alert\nevil.example.com.\n\n.c2.example.net  # typo\n")
+    code, out, err = run(capsys, "analyze", "x.pcap", "--domain-file", str(names))
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert err == (f"error: --domain-file: {names} line 4: '.c2.example.net' is not a DNS name: "
+                   "it has an empty label (two dots in a row, or a leading dot)\n"
+                   "write names like evil.example.com (a trailing dot is fine)\n")
+
+
+@pytest.mark.parametrize("name", [".", "EVIL.example.com.", "a\\.b.example", "bücher.example",
+                                  "_sip._tcp.example.com", "*.example.com", "a" * 63 + ".com",
+                                  "a." * 126 + "b"])
+def test_names_that_can_be_dns_names_pass(name):
+    from kubectl_dnstrace.options import name_fault
+
+    assert name_fault(name) is None

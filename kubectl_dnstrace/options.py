@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from kubectl_dnstrace.agent.filters import name_fault
 from kubectl_dnstrace.errors import UsageError
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$")
@@ -32,34 +33,12 @@ def parse_duration(text: str, flag: str = "duration") -> float:
     return value
 
 
-def name_fault(name: str) -> str | None:
-    """Why ``name`` (as typed: any case, a trailing dot or not, ``.`` for every name) can be
-    no DNS name, or None. A filter on such a name would match nothing, and the run would
-    end "No DNS queries matched." as if the name had not been asked — the worst answer an
-    incident gives. Presentation-format escapes (``a\\.b``, ``\\032``) are left to the
-    matcher."""
-    text = name.strip()
-    if text in ("", "."):
-        return None
-    if text.endswith(".") and not text.endswith("\\."):
-        text = text[:-1]
-    if any(c.isspace() for c in text):
-        return "it contains a space"
-    if "\\" in text:
-        return None
-    labels = text.split(".")
-    if not all(labels):
-        return "it has an empty label (two dots in a row, or a leading dot)"
-    if any(len(label.encode()) > 63 for label in labels):
-        return "a label is longer than 63 bytes"
-    if len(text.encode()) > 253:
-        return "it is longer than 253 bytes"
-    return None
-
-
 def check_names(names: list[str], where: str) -> None:
-    """UsageError for the first of ``names`` that can be no DNS name; ``where`` says where
-    they came from ("--domain", "--domain-file FILE line 3")."""
+    """UsageError for the first of ``names`` that can be no DNS name (``name_fault``, beside
+    the matcher's own normalisation); ``where`` says where they came from ("--domain",
+    "--domain-file FILE line 3"). Such a filter would match nothing, and the run would end
+    "No DNS queries matched." as if the name had not been asked — the worst answer an
+    incident gives."""
     for name in names:
         fault = name_fault(name)
         if fault:

@@ -249,16 +249,16 @@ class Pipeline:
 
     def feed_aggregate(self, record: dict, observed_at: str = "") -> None:
         """An agent's ``agg`` record (per-second counts above its record rate): attributed
-        and counted like events; ``-o ndjson`` gets one line per group."""
-        ts = float(record.get("ts") or 0.0)
-        for group in record.get("groups") or []:
-            if not isinstance(group, dict) or not group.get("client"):
+        and counted like events; ``-o ndjson`` gets one line per group. The record is as
+        ``protocol`` checked it: each group's fields are there, with their types."""
+        ts = record["ts"]
+        for group in record["groups"]:
+            if not group["client"]:
                 continue
-            count = int(group.get("count") or 0)
+            count = group["count"]
             self.count += count
             client = self.attributor.attribute(group["client"], ts)
-            qname, qtype = str(group.get("qname", "")), str(group.get("qtype", ""))
-            rcode = group.get("rcode")
+            qname, qtype, rcode = group["qname"], group["qtype"], group["rcode"]
             if self.aggregator is not None:
                 self.aggregator.add_group(client, group["client"], qname, qtype, rcode, count,
                                           ts, observed_at)

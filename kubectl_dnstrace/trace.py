@@ -408,8 +408,7 @@ class TraceRun:
         carry client, name, type and rcode with a count, not single messages, so the user is
         told once per pod that live lines stop while the counts go on.
         """
-        groups = [g for g in rec.get("groups") or [] if isinstance(g, dict)]
-        run.events += int(rec.get("total") or sum(int(g.get("count", 0)) for g in groups))
+        run.events += rec.get("total") or sum(g["count"] for g in rec["groups"])
         if not run.aggregated:
             run.aggregated = True
             self.pipeline.notice(

@@ -224,6 +224,6 @@ def test_a_domain_file_line_that_is_no_dns_name_is_named(capsys, tmp_path):
                                   "_sip._tcp.example.com", "*.example.com", "a" * 63 + ".com",
                                   "a." * 126 + "b"])
 def test_names_that_can_be_dns_names_pass(name):
-    from kubectl_dnstrace.options import name_fault
+    from kubectl_dnstrace.agent.filters import name_fault
 
     assert name_fault(name) is None

@@ -18,6 +18,25 @@ def normalize_domain(name):
     return name
 
 
+def name_fault(name):
+    """Why ``name`` (as typed: any case, a trailing dot or not, ``.`` for every name) can be
+    no DNS name, or None: such a filter would match nothing. Presentation-format escapes
+    (``a\\.b``, ``\\032``) are left to the matcher."""
+    text = normalize_domain(name)
+    if any(c.isspace() for c in text):
+        return "it contains a space"
+    if not text or "\\" in text:
+        return None
+    labels = text.split(".")
+    if not all(labels):
+        return "it has an empty label (two dots in a row, or a leading dot)"
+    if any(len(label.encode()) > 63 for label in labels):
+        return "a label is longer than 63 bytes"
+    if len(text.encode()) > 253:
+        return "it is longer than 253 bytes"
+    return None
+
+
 def _code(value, lookup, what):
     """A type/rcode given as a name ("AAAA"), a number ("28") or an int."""
     if isinstance(value, int):

@@ -97,7 +97,10 @@ def misfit(value: Any, spec: Any = _READ, path: str = "") -> str | None:
             return f"{path} is not a list"
         return next((found for i, item in enumerate(value)
                      if (found := misfit(item, spec[0], f"{path}[{i}]"))), None)
-    return None if isinstance(value, spec) else f"{path} is not a string"
+    return None if isinstance(value, spec) else f"{path} is not {_JSON_NAMES[spec]}"
+
+
+_JSON_NAMES = {str: "a string"}  # the leaf types of _READ, as the message names them
 
 
 def parse_time(text: str | None) -> float | None:

@@ -78,7 +78,6 @@ class Annotation:
 
 
 _NOTHING = Annotation()  # the common answer, shared (never mutated)
-_RESOLVER_KINDS = ("pod", "node")  # the clients that may be a resolver by who they are
 
 
 class Linker:
@@ -96,6 +95,12 @@ class Linker:
         self.resolver_pods = set(resolver_pods or ())
         self.resolver_nodes = set(resolver_nodes or ())
         self.resolver_captures = set(resolver_captures or ())  # observed_at of resolver pods
+        # The kinds of client that may be a resolver by who they are: pods when DNS pods
+        # are known, nodes when nodes run node-local-dns (most clients are pods, and most
+        # runs know no node-local-dns: the question is not asked at all then).
+        self._resolver_kinds = tuple(kind for kind, known in (("pod", self.resolver_pods),
+                                                              ("node", self.resolver_nodes))
+                                     if known)
         self.window = window
         self.server_of = server_of or (lambda ip, ts: Client(kind="unknown", ip=ip))
         self.links: list[Link] = []
@@ -127,9 +132,8 @@ class Linker:
 
         key = (ev.qname.lower(), ev.qtype)
         link = None
-        # A forward: from an address that received queries, or from a resolver pod or node
-        # (asked only of those kinds: most clients are neither, and a call is not free).
-        if ev.src in self._servers or (client.kind in _RESOLVER_KINDS
+        # A forward: from an address that received queries, or from a resolver pod or node.
+        if ev.src in self._servers or (client.kind in self._resolver_kinds
                                        and self._is_resolver(client)):
             link = Link(ev.ts, ev.qname, ev.qtype, client, self.server_of(ev.dst, ev.ts),
                         ev.observed_at)
@@ -155,8 +159,7 @@ class Linker:
 
     def _is_resolver(self, client: Client) -> bool:
         if client.kind == "pod":
-            return bool(self.resolver_pods) and (
-                f"{client.namespace}/{client.name}" in self.resolver_pods)
+            return f"{client.namespace}/{client.name}" in self.resolver_pods
         return client.node in self.resolver_nodes
 
     def _link(self, link: Link, key: tuple[str, str], src: str, forwarder: Client) -> None:

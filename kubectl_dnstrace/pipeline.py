@@ -75,10 +75,11 @@ class Pipeline:
         self.linker = self._linker()
         self._ndjson = render.NdjsonWriter()
         self._lines: list[str] = []  # -o ndjson lines of the events fed so far, not yet written
-        # Where an attributed event goes after aggregation and pcap: chosen once, not per event.
+        # Where an attributed event goes after aggregation and pcap: chosen once, not per event
+        # (None: -o table without live lines, where the aggregator has it).
         self._show = (self._show_ndjson if fmt == "ndjson" else
                       self.events.add if self.events is not None else
-                      self._live if self.live else _nowhere)
+                      self._live if self.live else None)
         # The inventory (10,000 pods are some hundred thousand objects) and everything else
         # built before the stream lives as long as the run: see gcpolicy.
         gcpolicy.for_streams()
@@ -195,7 +196,8 @@ class Pipeline:
             self.aggregator.add(a)
         if self.pcap is not None:
             self.pcap.write(event.raw, event.ts, _comment(a), event.observed_at)
-        self._show(a)
+        if self._show is not None:
+            self._show(a)
 
     def _show_ndjson(self, a: Attributed) -> None:
         """The event's line goes to ``_lines``, written by ``_write_ndjson`` once the events
@@ -355,10 +357,6 @@ class Pipeline:
                 self.notice("No DNS queries matched.")
         self.out.flush()
         return ExitCode.MATCHED if self.count else ExitCode.NO_MATCH
-
-
-def _nowhere(a: Attributed) -> None:
-    """The sink of ``-o table`` without live lines: the aggregator has the event."""
 
 
 def _comment(a: Attributed) -> str:

@@ -71,3 +71,17 @@ def test_a_longer_memory_keeps_a_late_copy_but_not_a_retry():
     assert d.seen(seg(1.0001, "10.244.0.5", 4000, "10.244.1.9", 53, QUERY))
     assert not d.seen(seg(3.5, "10.244.0.5", 4000, "10.96.0.10", 53, QUERY))
     assert Deduper(window=0.2).within == 0.2
+
+
+def test_last_gives_the_previous_sighting_and_peek_notes_nothing():
+    d = Deduper(window=30.0, max_entries=100)
+    assert d.peek(7) is None
+    assert d.last(7, 1.0) is None
+    assert d.last(7, 1.5) == 1.0
+    assert d.peek(7) == 1.5 and d.peek(8) is None
+    assert d.last(7, 40.0) == 1.5  # the previous generation still answers
+    assert d.last(7, 100.0) == 40.0
+    assert d.peek(7) == 100.0
+    d.last(9, 200.0)  # two windows later: everything before is forgotten
+    d.last(10, 231.0)
+    assert d.peek(7) is None and d.last(7, 231.5) is None

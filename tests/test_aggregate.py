@@ -168,7 +168,6 @@ def reference(items: list[Attributed]) -> tuple[dict, int]:
     every message in plain dicts (no table generations: fine for a stream in time order), a
     client found by its key on every event, sets for sets."""
     last_seen: dict[tuple, float] = {}  # (qr, client ip, port, id, name, type) -> ts
-    asked: dict[tuple, float] = {}  # (client ip, port, id, name, type) -> ts of the query
     out: dict[tuple, dict] = {}
     duplicates = 0
     for a in items:
@@ -194,13 +193,11 @@ def reference(items: list[Attributed]) -> tuple[dict, int]:
         n["observed_at"].add(ev.observed_at)
         n["servers"].add(ev.dst if query else ev.src)
         c["ips"].add(cip)
-        asked_at = asked.get(tx)
         if query:
-            asked[tx] = ev.ts
             counted = True
-        else:
-            counted = asked_at is None or abs(ev.ts - asked_at) > QUERY_WINDOW
-            asked[tx] = ev.ts
+        else:  # neither its query nor an earlier response seen (copies too) within the window
+            asked_at = last_seen.get(("query", *tx))
+            counted = all(t is None or abs(ev.ts - t) > QUERY_WINDOW for t in (prev, asked_at))
             if ev.rcode:
                 n["rcodes"][ev.rcode] += 1
             for ans in ev.answers:

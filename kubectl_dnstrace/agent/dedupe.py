@@ -60,3 +60,23 @@ class Deduper(object):
             self.duplicates += 1
             return True
         return False
+
+    def last(self, key, ts):
+        """When ``key`` was noted last within the window (None: not), noting it at ``ts``:
+        for a caller that judges the interval itself."""
+        start = self._start
+        cur = self._cur
+        if start is None or ts - start > self.window or len(cur) >= self.max_entries:
+            self._old = cur
+            cur = self._cur = {}
+            self._start = ts
+        prev = cur.get(key)
+        if prev is None:
+            prev = self._old.get(key)
+        cur[key] = ts
+        return prev
+
+    def peek(self, key):
+        """When ``key`` was noted last within the window, or None; notes nothing."""
+        prev = self._cur.get(key)
+        return self._old.get(key) if prev is None else prev

@@ -9,7 +9,8 @@ extra place it was seen. The captures' log streams reach the trace seconds apart
 message is remembered for longer (QUERY_WINDOW) than the second that makes a copy. A
 response counts only when neither its query nor an earlier response of the exchange was
 seen in the QUERY_WINDOW around it (the capture started mid-exchange, or ``--rcode`` hid
-queries).
+queries); responses are remembered for less on a busy capture (RESPONSE_MAX), still
+seconds, far longer than the second that makes a copy.
 
 Names are kept one by one up to MAX_NAMES a client (and MAX_NAMES_TOTAL in all); past that,
 a new name is counted under its parent domain as ``*.parent`` (and further up, see
@@ -31,6 +32,7 @@ from kubectl_dnstrace.model import Client
 DUPLICATE_WINDOW = 1.0
 QUERY_WINDOW = 30.0  # how long a response may follow its query (the agent's pending window)
 QUERY_MAX = 200_000  # queries remembered per generation: memory stays flat on busy captures
+RESPONSE_MAX = 65_536  # responses remembered per generation (a copy comes within a second)
 MAX_ANSWERS = 20  # distinct answers kept per name: enough to recognise, bounded in memory
 MAX_LATENCIES = 100_000  # per name; beyond that, every other sample (percentiles stay fair)
 IDENTITY_MAX = 100_000  # Client objects remembered by identity (a cache: cleared when full)
@@ -125,7 +127,7 @@ class Aggregator:
         self.by_client: dict[tuple, ClientStats] = {}
         # Each message's last sighting, per direction: key -> event time.
         self._queries = Deduper(window=QUERY_WINDOW, max_entries=QUERY_MAX)
-        self._responses = Deduper(window=QUERY_WINDOW, max_entries=QUERY_MAX)
+        self._responses = Deduper(window=QUERY_WINDOW, max_entries=RESPONSE_MAX)
         # id(Client) -> (the Client, its stats); the Client is kept so the id stays its own.
         self._by_identity: dict[int, tuple[Client, ClientStats]] = {}
         self.duplicates = 0

@@ -46,16 +46,7 @@ class Deduper(object):
         """``key``: the hash of (transport, client address, client port, message). A hash,
         not the tuple, so the table holds no message bytes (64-bit SipHash: a collision
         within a 0.2 s window is not a practical concern)."""
-        start = self._start
-        cur = self._cur
-        if start is None or ts - start > self.window or len(cur) >= self.max_entries:
-            self._old = cur
-            cur = self._cur = {}
-            self._start = ts
-        prev = cur.get(key)
-        if prev is None:
-            prev = self._old.get(key)
-        cur[key] = ts
+        prev = self.last(key, ts)
         if prev is not None and -self.within <= ts - prev <= self.within:
             self.duplicates += 1
             return True

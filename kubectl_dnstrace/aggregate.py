@@ -115,8 +115,9 @@ class Aggregator:
     hash of the message's client address and port, DNS id, name and type (as the agent's
     own deduplication does: a 64-bit hash, no collision in practice), and notes it in one
     table per direction, which answers both questions: a copy within DUPLICATE_WINDOW?
-    the exchange seen within QUERY_WINDOW? (One table for both, not one each: a table
-    access on hundreds of thousands of entries was a sixth of the back half's work.) A hash, not the tuple: a table of ints and floats is not tracked by the
+    the exchange seen within QUERY_WINDOW? (One table for both, not one each: the
+    three tables there were, two written per event, were a sixth of the back half's
+    work.) A hash, not the tuple: a table of ints and floats is not tracked by the
     cyclic garbage collector, while the 30-second table of tuples (some hundred thousand
     on a busy trace) was walked entry by entry on each full collection — a third of the
     cost of ``add``. The client's statistics are found by the identity of its ``Client``

@@ -175,6 +175,42 @@ def test_responses_outside_the_quick_shape_take_the_full_parse():
     assert rec["answers"] == ["web.example.com", "10.0.0.9"] and rec["rcode"] == "NOERROR"
 
 
+def test_a_response_read_once_serves_its_repeats_only(monkeypatch):
+    """The answers of a response are read once for the bytes after its id: the same
+    response to other clients is not read again, and one that differs anywhere (another
+    answer, a TTL that ticked down, another rcode) is."""
+    from kubectl_dnstrace import dnswire
+
+    reads = []
+    read = dnswire.quick_response
+    monkeypatch.setattr(dnswire, "quick_response", lambda p, qend: reads.append(p) or read(p, qend))
+
+    def response(ident, answer="10.0.0.1", ttl=60, rcode=0, client=CLIENT):
+        dns = DNS(id=ident, qr=1, rd=1, ra=1, rcode=rcode, qd=DNSQR(qname="www.example.com"),
+                  an=[DNSRR(rrname="www.example.com", type="A", rdata=answer, ttl=ttl)])
+        return bytes(IP(src=SERVER, dst=client) / UDP(sport=53, dport=41000) / dns.compress())
+
+    b = EventBuilder(DnsFilter())
+    first = b.build(seg(response(1), 1.0), "")
+    again = b.build(seg(response(2, client="10.244.0.6"), 1.1), "")
+    assert len(reads) == 1
+    assert (first["answers"], again["answers"]) == (["10.0.0.1"], ["10.0.0.1"])
+    assert (again["id"], again["dst"], again["rcode"]) == (2, "10.244.0.6", "NOERROR")
+    other = b.build(seg(response(3, answer="10.0.0.2"), 1.2), "")
+    older = b.build(seg(response(4, ttl=59), 1.3), "")
+    refused = b.build(seg(response(5, rcode=5), 1.4), "")
+    assert len(reads) == 4
+    assert other["answers"] == ["10.0.0.2"] and older["answers"] == ["10.0.0.1"]
+    assert refused["rcode"] == "REFUSED"
+    fresh = EventBuilder(DnsFilter())
+    for ident, rec in ((2, again), (3, other), (5, refused)):  # the same as a first reading
+        want = fresh.build(seg(response(ident, **({"client": "10.244.0.6"} if ident == 2 else
+                                                  {"answer": "10.0.0.2"} if ident == 3 else
+                                                  {"rcode": 5})), 9.0), "")
+        assert {k: rec[k] for k in ("rcode", "answers", "qname", "qtype")} == \
+            {k: want[k] for k in ("rcode", "answers", "qname", "qtype")}
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1_600_000_000_000_000, 4_000_000_000_000_000), st.integers(0, 40_000_000))
 def test_latency_is_the_microseconds_between_query_and_response_in_ms(query_us, gap_us):

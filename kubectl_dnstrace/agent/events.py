@@ -5,10 +5,12 @@ Stdlib only, python3 >= 3.8. The per-packet cost matters (a busy cluster DNS pod
 of thousands of messages a second), so every message first goes through
 ``dnswire.parse_question`` (header and first question only); the full parse runs only for a
 response that is going to be reported, and steps over its authority section (the SOA of a
-negative answer is not reported and costs about as much to decode as the rest). A response is reported when its question matches —
-the question a server echoes is the question its query asked — and its latency is measured
-from the matching query (same client address, port, transport and DNS id) when the capture
-saw it.
+negative answer is not reported and costs about as much to decode as the rest), and once
+per distinct response: a resolver gives everyone who asks a name the same bytes but for the
+id, so the answers of the rest are a lookup. A response is reported when its question
+matches — the question a server echoes is the question its query asked — and its latency
+is measured from the matching query (same client address, port, transport and DNS id)
+when the capture saw it.
 """
 
 import base64
@@ -19,6 +21,7 @@ from kubectl_dnstrace import dnswire
 PENDING_SECONDS = 30.0
 PENDING_MAX = 100000
 QUESTIONS_MAX = 20000  # distinct questions remembered (a cluster asks a few thousand)
+ANSWERS_MAX = 10000  # distinct responses remembered (see fields): a few MB at most
 
 _unpack_hhh = struct.Struct("!HHH").unpack_from
 
@@ -44,6 +47,7 @@ class EventBuilder(object):
         self._type_names = {}
         self._rcode_names = {}
         self._questions = {}
+        self._answers = {}
         self._rcodes = dns_filter.rcodes
 
     # -- shared by build() and tally() ------------------------------------------------
@@ -137,7 +141,21 @@ class EventBuilder(object):
         is_response, ident, latency, (qname, _qtype, _wanted, qend, tname) = m
         if is_response:
             p = seg.payload
-            quick = dnswire.quick_response(p, qend) if qend else None
+            if qend:
+                # A resolver gives every client that asks a name the same response, byte for
+                # byte but for the id (until its cached TTLs tick down, each second): one read
+                # of the answers serves the rest, found by the bytes after the id, of which
+                # ``quick_response`` is a function. A lookup is a tenth of a read.
+                body = p[2:]
+                quick = self._answers.get(body)
+                if quick is None:
+                    quick = dnswire.quick_response(p, qend)
+                    if quick is not None:
+                        if len(self._answers) >= ANSWERS_MAX:
+                            self._answers.clear()
+                        self._answers[body] = quick
+            else:
+                quick = None
             if quick is not None:
                 rcode, answers = quick
             else:

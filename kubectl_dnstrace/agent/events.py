@@ -145,7 +145,8 @@ class EventBuilder(object):
                 # A resolver gives every client that asks a name the same response, byte for
                 # byte but for the id (until its cached TTLs tick down, each second): one read
                 # of the answers serves the rest, found by the bytes after the id, of which
-                # ``quick_response`` is a function. A lookup is a tenth of a read.
+                # ``quick_response`` is a function. A lookup is a tenth of a read. (Those
+                # records share one answers list: nothing downstream changes a record.)
                 body = p[2:]
                 quick = self._answers.get(body)
                 if quick is None:

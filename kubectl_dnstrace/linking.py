@@ -84,16 +84,17 @@ class Linker:
     """``observe(event, client)`` in event order; ``links`` collects every forward.
 
     ``resolver_pods`` ("ns/name") and ``resolver_nodes`` (node names running node-local-dns)
-    come from the inventory and the capture targets; more resolvers are learnt from the
-    traffic itself (an address that received queries and then sends some).
+    come from the inventory and the capture targets, and are fixed once the linker is built
+    (which kinds of client are asked about follows from them); more resolvers are learnt
+    from the traffic itself (an address that received queries and then sends some).
     """
 
     def __init__(self, resolver_pods: set[str] | None = None,
                  resolver_nodes: set[str] | None = None,
                  resolver_captures: set[str] | None = None, window: float = WINDOW,
                  server_of: Callable[[str, float], Client] | None = None) -> None:
-        self.resolver_pods = set(resolver_pods or ())
-        self.resolver_nodes = set(resolver_nodes or ())
+        self.resolver_pods = frozenset(resolver_pods or ())
+        self.resolver_nodes = frozenset(resolver_nodes or ())
         self.resolver_captures = set(resolver_captures or ())  # observed_at of resolver pods
         # The kinds of client that may be a resolver by who they are: pods when DNS pods
         # are known, nodes when nodes run node-local-dns (most clients are pods, and most

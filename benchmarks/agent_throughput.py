@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import machine
 from kubectl_dnstrace import protocol
 from tests.lab import dnslab
 from tests.lab.netns import Lab
@@ -248,6 +249,7 @@ def main() -> int:
                             tuple(args.captures.split(",")))
             steps.append(step)
             print(json.dumps(step), file=sys.stderr, flush=True)
+    print(f"Machine: {machine.describe()}\n")
     print(table(steps))
     if args.json:
         Path(args.json).write_text(json.dumps(steps, indent=1))

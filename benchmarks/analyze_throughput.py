@@ -49,6 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import machine
 from tests.lab import dnslab
 from tests.lab.netns import Lab
 
@@ -222,6 +223,7 @@ def main() -> int:
             print(f"{name} on {packets} packets: {best['wall_s']:.1f} s, "
                   f"{best['pps_wall']:.0f} packets/s", file=sys.stderr)
     floor = measure(["true"])["max_rss_mb"]
+    print(f"Machine: {machine.describe()}")
     print(f"Load average before the runs: {load:.2f} ({os.cpu_count()} CPUs); "
           f"{args.repeat} run(s) per tool and size, taking turns; peak RSS of `true` started "
           f"the same way: {floor:.0f} MB (a forked child's peak starts from this process's)\n")

@@ -50,6 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import machine
 from kubectl_dnstrace import gcpolicy, protocol
 from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
@@ -318,6 +319,7 @@ def main() -> int:
         results["stages"].append({"stage": name, "cpu_s": seconds, "events_per_s": n / seconds})
         print(f"{name}: {n / seconds:,.0f} events/s", file=sys.stderr)
 
+    print(f"Machine: {machine.describe()}")
     print(f"Load average before the run: {load:.2f} ({os.cpu_count()} CPUs)\n")
     print(f"| stage ({n:,} events, {args.pods:,} pods) | events/s | µs/event |")
     print("|---|---:|---:|")

@@ -21,7 +21,7 @@ from kubectl_dnstrace import aggregate
 from kubectl_dnstrace.aggregate import ClientStats, percentile
 from kubectl_dnstrace.attribution import Attributed, clock
 from kubectl_dnstrace.linking import Link, describe_client, describe_link
-from kubectl_dnstrace.model import Client
+from kubectl_dnstrace.model import Client, DnsEvent
 
 NAMES_SHOWN = 5  # names listed per client in the table; JSON has them all
 
@@ -106,7 +106,22 @@ def link_json(link: Link) -> dict[str, Any]:
 
 def event_json(a: Attributed) -> dict[str, Any]:
     """One enriched event: the ``dns`` record's fields plus ``client`` (and link data)."""
-    ev = a.event
+    out = record_json(a.event)
+    out["client"] = client_json(a.client)
+    if a.served:
+        out["served"] = a.served
+    if a.link is not None:
+        out["forward"] = {
+            "upstream": a.link.upstream,
+            "caused_by": [dict(client_json(c), ip=c.ip) for c in a.link.causes],
+            "via": [dict(client_json(c), ip=c.ip) for c in a.link.via],
+        }
+    return out
+
+
+def record_json(ev: DnsEvent) -> dict[str, Any]:
+    """The ``dns`` record's fields of an event, ``observed_at`` last: ``event_json``'s first
+    part (what follows is the client, then how it was served and linked)."""
     out: dict[str, Any] = {
         "type": "dns",
         "ts": ev.ts,
@@ -127,15 +142,6 @@ def event_json(a: Attributed) -> dict[str, Any]:
         out["latency_ms"] = ev.latency_ms
     out["seq"] = ev.seq
     out["observed_at"] = ev.observed_at
-    out["client"] = client_json(a.client)
-    if a.served:
-        out["served"] = a.served
-    if a.link is not None:
-        out["forward"] = {
-            "upstream": a.link.upstream,
-            "caused_by": [dict(client_json(c), ip=c.ip) for c in a.link.causes],
-            "via": [dict(client_json(c), ip=c.ip) for c in a.link.via],
-        }
     return out
 
 
@@ -417,10 +423,12 @@ class EventSpool:
     """
 
     READ = 1 << 20  # characters read back at a time
+    LIMIT = 100_000  # clients whose text is kept (a cache: cleared when full)
 
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by close)
         self._held: dict[int, Attributed] = {}
+        self._clients: dict[int, tuple[Client, str]] = {}
         self.count = 0
 
     def add(self, a: Attributed) -> None:
@@ -428,9 +436,23 @@ class EventSpool:
         if a.link is not None and not a.link.causes:
             self._held[self.count] = a
             self._file.write(f"{sep}\0{self.count}\0")
-        else:
+        elif a.served or a.link is not None:
             self._file.write(sep + _element(event_json(a)))
+        else:
+            # Most events: the record's fields, then the client, whose text is the same for
+            # every event of that client (the attributor hands out one object per address).
+            hit = self._clients.get(id(a.client))
+            client = hit[1] if hit is not None and hit[0] is a.client else self._client(a.client)
+            self._file.write(f'{sep}    {{\n{_members(record_json(a.event), "      ")},\n'
+                             f'      "client": {client}\n    }}')
         self.count += 1
+
+    def _client(self, c: Client) -> str:
+        if len(self._clients) >= self.LIMIT:
+            self._clients.clear()
+        text = _indented(client_json(c), "      ")
+        self._clients[id(c)] = (c, text)  # holding ``c`` keeps its id unique
+        return text
 
     def write_array(self, out: TextIO) -> None:
         """The events as the body of a JSON array at depth 1 of an indent-2 document."""
@@ -451,7 +473,27 @@ class EventSpool:
         self._file.close()
 
 
-_SCALAR = json.JSONEncoder(ensure_ascii=False).encode  # compact, the C encoder
+_SCALAR = json.JSONEncoder(ensure_ascii=False).encode  # compact: any value, slowly
+
+
+def _float_text(x: float) -> str:
+    """A finite float as json writes it (its repr); NaN and the infinities by json itself."""
+    return float.__repr__(x) if x - x == 0.0 else _SCALAR(x)
+
+
+# The text json gives each scalar of exactly these types, by C functions where there are
+# some: ``_SCALAR`` per value goes through ``JSONEncoder.encode`` and, for a number, builds
+# a C encoder per call — it was three quarters of -o json's time on a long capture.
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: _enc, int: int.__repr__, float: _float_text,
+    bool: lambda b: "true" if b else "false", type(None): lambda _: "null",
+}
+
+
+def _key(k: Any) -> str:
+    """A member name as json writes it: a string as is; a number, bool or None as its
+    text, quoted."""
+    return _enc(k if type(k) is str else _SCALAR(k))
 
 
 def _element(obj: Any) -> str:
@@ -459,21 +501,50 @@ def _element(obj: Any) -> str:
     return "    " + _indented(obj, "    ")
 
 
+# Indentation -> member name -> the member's start ('      "qname": '): an event has the
+# same twenty names at the same depth, each written millions of times on a long capture.
+_HEADS: dict[str, dict[str, str]] = {}
+_HEADS_MAX = 1_000  # names kept per indentation (a cache: cleared when full)
+
+
+def _members(obj: dict, inner: str) -> str:
+    """The members of a non-empty dict at indentation ``inner``, as ``_indented`` lays
+    them out between its braces."""
+    scalars = _SCALARS
+    heads = _HEADS.get(inner)
+    if heads is None:
+        heads = _HEADS[inner] = {}
+    return ",\n".join([
+        f"{heads.get(k) or _head(heads, inner, k)}{scalar(v)}"
+        if (scalar := scalars.get(type(v))) is not None
+        else f"{heads.get(k) or _head(heads, inner, k)}{_indented(v, inner)}"
+        for k, v in obj.items()])
+
+
+def _head(heads: dict[str, str], inner: str, k: Any) -> str:
+    text = f"{inner}{_key(k)}: "
+    if type(k) is str:  # (1, 1.0 and True are one dict key but three texts)
+        if len(heads) >= _HEADS_MAX:
+            heads.clear()
+        heads[k] = text
+    return text
+
+
 def _indented(obj: Any, pad: str) -> str:
     """``json.dumps(obj, indent=2)``'s text at indentation ``pad``, byte for byte: its
-    layout by hand, every scalar by the C encoder. The stdlib's indenting encoder is pure
-    Python and builds its closures anew per call: three times slower per event."""
+    layout by hand, every scalar's text as json's C functions give it. The stdlib's
+    indenting encoder is pure Python and builds its closures anew per call: three times
+    slower per event."""
+    scalar = _SCALARS.get(type(obj))
+    if scalar is not None:
+        return scalar(obj)
     if isinstance(obj, dict):
-        if not obj:
-            return "{}"
-        inner = pad + "  "
-        return ("{\n" + ",\n".join(f"{inner}{_SCALAR(k)}: {_indented(v, inner)}"
-                                    for k, v in obj.items()) + "\n" + pad + "}")
+        return "{\n" + _members(obj, pad + "  ") + "\n" + pad + "}" if obj else "{}"
     if isinstance(obj, (list, tuple)):
         if not obj:
             return "[]"
         inner = pad + "  "
-        return "[\n" + ",\n".join(inner + _indented(v, inner) for v in obj) + "\n" + pad + "]"
+        return "[\n" + ",\n".join([inner + _indented(v, inner) for v in obj]) + "\n" + pad + "]"
     return _SCALAR(obj)
 
 

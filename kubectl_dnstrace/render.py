@@ -563,7 +563,9 @@ def write_json_document(out: TextIO, meta: dict[str, Any], targets: list[dict[st
         "notices": notices,
         "events": [],
     }
-    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    # json.dumps(doc, indent=2) byte for byte (a test holds the two together), in half its
+    # time: the summary of 10,000 clients is tens of MB of text.
+    text = _indented(doc, "") + "\n"
     tail = "[]\n}\n"
     assert text.endswith('"events": ' + tail)
     out.write(text[:-len(tail)])

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
-from kubectl_dnstrace import aggregate
+from kubectl_dnstrace import aggregate, jsontext
 from kubectl_dnstrace.aggregate import ClientStats, percentile
 from kubectl_dnstrace.attribution import Attributed, clock
 from kubectl_dnstrace.linking import Link, describe_client, describe_link
@@ -437,20 +437,20 @@ class EventSpool:
             self._held[self.count] = a
             self._file.write(f"{sep}\0{self.count}\0")
         elif a.served or a.link is not None:
-            self._file.write(sep + _element(event_json(a)))
+            self._file.write(sep + jsontext.element(event_json(a)))
         else:
             # Most events: the record's fields, then the client, whose text is the same for
             # every event of that client (the attributor hands out one object per address).
             hit = self._clients.get(id(a.client))
             client = hit[1] if hit is not None and hit[0] is a.client else self._client(a.client)
-            self._file.write(f'{sep}    {{\n{_members(record_json(a.event), "      ")},\n'
+            self._file.write(f'{sep}    {{\n{jsontext.members(record_json(a.event), "      ")},\n'
                              f'      "client": {client}\n    }}')
         self.count += 1
 
     def _client(self, c: Client) -> str:
         if len(self._clients) >= self.LIMIT:
             self._clients.clear()
-        text = _indented(client_json(c), "      ")
+        text = jsontext.indented(client_json(c), "      ")
         self._clients[id(c)] = (c, text)  # holding ``c`` keeps its id unique
         return text
 
@@ -463,7 +463,7 @@ class EventSpool:
             parts = (rest + chunk).split("\0")
             rest = parts.pop()  # unfinished: text goes out now, a number waits for its end
             for part in parts:
-                out.write(_element(event_json(self._held[int(part)])) if marker else part)
+                out.write(jsontext.element(event_json(self._held[int(part)])) if marker else part)
                 marker = not marker
             if not marker:
                 out.write(rest)
@@ -471,81 +471,6 @@ class EventSpool:
 
     def close(self) -> None:
         self._file.close()
-
-
-_SCALAR = json.JSONEncoder(ensure_ascii=False).encode  # compact: any value, slowly
-
-
-def _float_text(x: float) -> str:
-    """A finite float as json writes it (its repr); NaN and the infinities by json itself."""
-    return float.__repr__(x) if x - x == 0.0 else _SCALAR(x)
-
-
-# The text json gives each scalar of exactly these types, by C functions where there are
-# some: ``_SCALAR`` per value goes through ``JSONEncoder.encode`` and, for a number, builds
-# a C encoder per call — it was three quarters of -o json's time on a long capture.
-_SCALARS: dict[type, Callable[[Any], str]] = {
-    str: _enc, int: int.__repr__, float: _float_text,
-    bool: lambda b: "true" if b else "false", type(None): lambda _: "null",
-}
-
-
-def _key(k: Any) -> str:
-    """A member name as json writes it: a string as is; a number, bool or None as its
-    text, quoted."""
-    return _enc(k if type(k) is str else _SCALAR(k))
-
-
-def _element(obj: Any) -> str:
-    """``obj`` as ``json.dumps(doc, indent=2)`` writes an element of a list at depth 1."""
-    return "    " + _indented(obj, "    ")
-
-
-# Indentation -> member name -> the member's start ('      "qname": '): an event has the
-# same twenty names at the same depth, each written millions of times on a long capture.
-_HEADS: dict[str, dict[str, str]] = {}
-_HEADS_MAX = 1_000  # names kept per indentation (a cache: cleared when full)
-
-
-def _members(obj: dict, inner: str) -> str:
-    """The members of a non-empty dict at indentation ``inner``, as ``_indented`` lays
-    them out between its braces."""
-    scalars = _SCALARS
-    heads = _HEADS.get(inner)
-    if heads is None:
-        heads = _HEADS[inner] = {}
-    return ",\n".join([
-        f"{heads.get(k) or _head(heads, inner, k)}{scalar(v)}"
-        if (scalar := scalars.get(type(v))) is not None
-        else f"{heads.get(k) or _head(heads, inner, k)}{_indented(v, inner)}"
-        for k, v in obj.items()])
-
-
-def _head(heads: dict[str, str], inner: str, k: Any) -> str:
-    text = f"{inner}{_key(k)}: "
-    if type(k) is str:  # (1, 1.0 and True are one dict key but three texts)
-        if len(heads) >= _HEADS_MAX:
-            heads.clear()
-        heads[k] = text
-    return text
-
-
-def _indented(obj: Any, pad: str) -> str:
-    """``json.dumps(obj, indent=2)``'s text at indentation ``pad``, byte for byte: its
-    layout by hand, every scalar's text as json's C functions give it. The stdlib's
-    indenting encoder is pure Python and builds its closures anew per call: three times
-    slower per event."""
-    scalar = _SCALARS.get(type(obj))
-    if scalar is not None:
-        return scalar(obj)
-    if isinstance(obj, dict):
-        return "{\n" + _members(obj, pad + "  ") + "\n" + pad + "}" if obj else "{}"
-    if isinstance(obj, (list, tuple)):
-        if not obj:
-            return "[]"
-        inner = pad + "  "
-        return "[\n" + ",\n".join([inner + _indented(v, inner) for v in obj]) + "\n" + pad + "]"
-    return _SCALAR(obj)
 
 
 def write_json_document(out: TextIO, meta: dict[str, Any], targets: list[dict[str, Any]],
@@ -565,7 +490,7 @@ def write_json_document(out: TextIO, meta: dict[str, Any], targets: list[dict[st
     }
     # json.dumps(doc, indent=2) byte for byte (a test holds the two together), in half its
     # time: the summary of 10,000 clients is tens of MB of text.
-    text = _indented(doc, "") + "\n"
+    text = jsontext.indented(doc, "") + "\n"
     tail = "[]\n}\n"
     assert text.endswith('"events": ' + tail)
     out.write(text[:-len(tail)])

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from kubectl_dnstrace import render
+from kubectl_dnstrace import jsontext, render
 from kubectl_dnstrace.attribution import Attributor
 from kubectl_dnstrace.errors import ExitCode
 from kubectl_dnstrace.kube.inventory import Inventory
@@ -282,7 +282,7 @@ _JSON_VALUES = st.recursive(
 @given(_JSON_VALUES)
 def test_the_hand_made_indentation_is_json_s_own(value):
     doc = json.dumps({"events": [value]}, indent=2, ensure_ascii=False)
-    assert doc == '{\n  "events": [\n' + render._element(value) + "\n  ]\n}"
+    assert doc == '{\n  "events": [\n' + jsontext.element(value) + "\n  ]\n}"
 
 
 def test_json_upstream_links_name_the_causing_pod():

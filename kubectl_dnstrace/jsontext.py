@@ -38,9 +38,20 @@ def _key(k: Any) -> str:
     return _enc(k if type(k) is str else _SCALAR(k))
 
 
+MEMBER_PAD = "      "  # the indentation of the members of an element (``element``'s dict)
+
+
 def element(obj: Any) -> str:
     """``obj`` as ``json.dumps(doc, indent=2)`` writes an element of a list at depth 1."""
     return "    " + indented(obj, "    ")
+
+
+def element_ending(obj: dict, name: str, laid: str) -> str:
+    """``element`` of the non-empty dict ``obj`` with one more member last, ``name``, whose
+    value's text is ``laid``, already laid out at its depth (``indented(value,
+    MEMBER_PAD)``): a value that recurs in many elements (an event's client) is laid out
+    once."""
+    return f"    {{\n{members(obj, MEMBER_PAD)},\n{MEMBER_PAD}{_enc(name)}: {laid}\n    }}"
 
 
 # Indentation -> member name -> the member's start ('      "qname": '): an event has the
@@ -81,7 +92,7 @@ def indented(obj: Any, pad: str) -> str:
     if scalar is not None:
         return scalar(obj)
     if isinstance(obj, dict):
-        return "{\n" + members(obj, pad + "  ") + "\n" + pad + "}" if obj else "{}"
+        return f"{{\n{members(obj, pad + '  ')}\n{pad}}}" if obj else "{}"
     if isinstance(obj, (list, tuple)):
         if not obj:
             return "[]"

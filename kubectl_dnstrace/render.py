@@ -443,14 +443,14 @@ class EventSpool:
             # every event of that client (the attributor hands out one object per address).
             hit = self._clients.get(id(a.client))
             client = hit[1] if hit is not None and hit[0] is a.client else self._client(a.client)
-            self._file.write(f'{sep}    {{\n{jsontext.members(record_json(a.event), "      ")},\n'
-                             f'      "client": {client}\n    }}')
+            self._file.write(sep + jsontext.element_ending(record_json(a.event), "client",
+                                                           client))
         self.count += 1
 
     def _client(self, c: Client) -> str:
         if len(self._clients) >= self.LIMIT:
             self._clients.clear()
-        text = jsontext.indented(client_json(c), "      ")
+        text = jsontext.indented(client_json(c), jsontext.MEMBER_PAD)
         self._clients[id(c)] = (c, text)  # holding ``c`` keeps its id unique
         return text
 

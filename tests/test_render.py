@@ -267,7 +267,7 @@ def test_json_events_wait_on_disk_and_come_out_exactly_as_one_document(monkeypat
     assert doc["events"][1]["qname"] == "bücher.example"
 
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _JSON_VALUES = st.recursive(
@@ -283,6 +283,17 @@ _JSON_VALUES = st.recursive(
 def test_the_hand_made_indentation_is_json_s_own(value):
     doc = json.dumps({"events": [value]}, indent=2, ensure_ascii=False)
     assert doc == '{\n  "events": [\n' + jsontext.element(value) + "\n  ]\n}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _JSON_VALUES, min_size=1, max_size=4),
+       st.text(max_size=8), _JSON_VALUES)
+def test_an_element_ending_in_a_value_laid_out_once_is_the_same_text(obj, name, value):
+    """-o json lays each client out once and ends its events with that text."""
+    obj.pop(name, None)
+    assume(obj)
+    laid = jsontext.indented(value, jsontext.MEMBER_PAD)
+    assert jsontext.element_ending(obj, name, laid) == jsontext.element({**obj, name: value})
 
 
 def test_json_upstream_links_name_the_causing_pod():

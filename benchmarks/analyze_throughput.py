@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import struct
@@ -192,6 +193,14 @@ def main() -> int:
     ap.add_argument("--pcap", help="use this capture instead of making one")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool and size (best kept)")
     args = ap.parse_args()
+    missing = [tool for tool in ("tshark", "capinfos", "editcap") if not shutil.which(tool)]
+    if missing:
+        ap.error(f"{', '.join(missing)} not found: install tshark (apt-get install tshark)")
+    if args.pcap and not os.path.isfile(args.pcap):
+        ap.error(f"--pcap {args.pcap}: no such file")
+    if not args.pcap and os.geteuid() != 0:
+        ap.error("making a capture needs root (it builds network namespaces); "
+                 "or reuse one with --pcap FILE")
     tmp = Path(tempfile.mkdtemp(prefix="dnstrace-bench-"))
     big = Path(args.pcap) if args.pcap else capture(tmp, args.packets, args.rate)
     total = count_packets(big)

@@ -21,8 +21,12 @@ one, goes at least every PROGRESS_PACKETS packets), a dict the final counters, a
 error to raise.
 
 A record is the tuple of ``EventBuilder.fields`` — ``(ts, qr, proto, src, sport, dst,
-dport, id, qname, qtype, rcode, answers, latency_ms, tc)`` — with the IP packet appended
-when evidence output wants it.
+dport, id, qname, qtype, rcode, answers, latency_ms, tc, truncated)`` — with the IP packet
+appended when evidence output wants it.
+
+Frames of the link types that wrap another (NFLOG, PKTAP: ``linklayers``) are unwrapped
+before the decoder sees them; frames of link types nothing here reads are counted by link
+type, for the summary to name.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import Any
 
-from kubectl_dnstrace import errors, gcpolicy
+from kubectl_dnstrace import errors, gcpolicy, linklayers
 from kubectl_dnstrace.agent.dedupe import Deduper
 from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
@@ -92,12 +96,20 @@ class FileEvents:
         # at once rather than waiting for 511 more.
         size = 1 if self.path == STDIN else BATCH
         packets = messages = 0
+        skipped: dict[int, int] = {}  # link type -> frames of it not read (none of them IP)
+        direct, unwrap = linklayers.DIRECT, linklayers.unwrap
         batch: list[tuple] = []
         for linktype, frame, ts in chain((first,), records) if first is not None else ():
             packets += 1
             if not packets % PROGRESS_PACKETS:  # a filter may match nothing for a long while
                 yield batch
                 batch = []
+            if linktype not in direct:
+                inner = unwrap(linktype, frame)
+                if inner is None:
+                    skipped[linktype] = skipped.get(linktype, 0) + 1
+                    continue
+                linktype, frame = inner
             for seg in decode(linktype, frame, ts):
                 messages += 1
                 if dedupe and seen(seg):
@@ -111,11 +123,15 @@ class FileEvents:
                     batch = []
         if batch:
             yield batch
-        self.stats = {"path": self.path, "packets": packets + self.position.bad_times,
+        position = self.position
+        self.stats = {"path": self.path, "packets": packets + position.bad_times,
                       "dns_messages": messages,
                       "matched": builder.matched, "malformed": builder.malformed,
-                      "duplicates": deduper.duplicates, "unsupported": decoder.skipped,
-                      "bad_times": self.position.bad_times}
+                      "cut": builder.cut, "truncated": builder.truncated,
+                      "duplicates": deduper.duplicates,
+                      "unsupported": sum(skipped.values()), "unsupported_types": skipped,
+                      "bad_times": position.bad_times,
+                      "damaged_at": position.damaged_at, "damage": position.damage}
 
     # ---- the same, in a child process -----------------------------------------------------
 

@@ -36,6 +36,9 @@ class DnsEvent:
     observed_at: str = ""  # where it was captured: "ns/pod" or the file name
     raw: bytes | None = None
     linktype: int = 101  # pcap LINKTYPE of ``raw`` (101 = raw IP)
+    # A response a capture file's snap length cut short: rcode and question are whole,
+    # ``answers`` are those that fit.
+    truncated: bool = False
 
     @classmethod
     def from_record(cls, record: dict, observed_at: str = "") -> DnsEvent:

@@ -140,6 +140,8 @@ def record_json(ev: DnsEvent) -> dict[str, Any]:
         out["rcode"] = ev.rcode
         out["answers"] = list(ev.answers)
         out["latency_ms"] = ev.latency_ms
+        if ev.truncated:
+            out["truncated"] = True
     out["seq"] = ev.seq
     out["observed_at"] = ev.observed_at
     return out
@@ -209,7 +211,7 @@ class NdjsonWriter:
         return text
 
     def line(self, a: Attributed) -> str:
-        if a.served or a.link is not None:
+        if a.served or a.link is not None or a.event.truncated:
             return ndjson_line(a)
         ev = a.event
         get = self._strings.get
@@ -296,6 +298,8 @@ def _note(query: Attributed | None, response: Attributed | None) -> str:
         return response.served
     if response is None:
         return "no response"
+    if response.event.truncated:
+        return "cut by the snap length"
     return ""
 
 

@@ -77,7 +77,7 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
                         else scope_label(inventory)),
     }
     pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
-                        meta=meta, streaming=STDIN in request.files)
+                        meta=meta, streaming=STDIN in request.files, in_order=True)
     if inventory.scope:
         pipeline.notice(scope_notice(inventory))
     want_raw = bool(request.output.pcap_path)

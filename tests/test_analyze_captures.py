@@ -439,3 +439,24 @@ def test_a_loopback_capture_links_nothing_and_stdin_keeps_time_order(lab_capture
                            input=path.read_bytes(), capture_output=True, check=True)
     times = [e["ts"] for e in _events(piped.stdout.decode())]
     assert times == sorted(times) and len(times) == 12
+
+
+def test_a_forward_without_a_cause_keeps_its_place_on_standard_input(tmp_path):
+    """A resolver's lookup whose cause is outside the capture: live, its line waits a little
+    for a cause from another capture's stream; from a file or standard input (one capture,
+    in time order) nothing can come later, so it is written in its place, not after the
+    lines that follow it."""
+    from tests.test_analyze import DNS4, _write_pcap
+
+    packets = [*_exchange("10.244.0.5", "a.example.com", 1, T0, 40001),  # DNS4 is a resolver
+               *_exchange(DNS4, "b.example.com", 2, T0 + 1, 5301, server="198.51.100.53"),
+               *_exchange("10.244.0.6", "c.example.com", 3, T0 + 1.5, 40002)]
+    _write_pcap(tmp_path / "c.pcap", packets)
+    for source, stdin in ((tmp_path / "c.pcap", None), ("-", (tmp_path / "c.pcap").read_bytes())):
+        proc = subprocess.run([PLUGIN, "analyze", "--offline", "-o", "ndjson", source],
+                              input=stdin, capture_output=True, check=True)
+        events = _events(proc.stdout.decode())
+        assert [e["qname"] for e in events] == [p.qd[0].qname.decode().rstrip(".")
+                                                for p in packets], source
+        assert [bool(e.get("forward")) for e in events] == [False, False, True, False, False,
+                                                            False], source

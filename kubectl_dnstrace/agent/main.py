@@ -32,12 +32,17 @@ from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import LINKTYPE_RAW, DnsSegment, FrameDecoder
 from kubectl_dnstrace.agent.output import Output
+from kubectl_dnstrace.agent.shedding import Shedder
 from kubectl_dnstrace.agent.volume import VolumeGate
 
 _PORTS = struct.Struct("!HH")
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _QUESTION_HEADER = b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+
+TEXT_CACHE_MAX = 10000  # names and addresses kept as text (an interval has at most MAX_KEYS)
+BLOCKS_PER_TURN = 1  # ring blocks read between two looks at the clock, signals, stop file
+FINAL_READ_SECONDS = 0.3  # at the end, what the ring holds is read for this long at most
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -136,6 +141,7 @@ class Agent(object):
         self.deduper = Deduper()
         self.builder = EventBuilder(dns_filter, with_raw=opts.pcap)
         self.volume = VolumeGate(opts.max_rate)
+        self.shedder = Shedder(self.capture, self.volume)
         self.seen = 0
         self.stop_reason = None
         self._only_ifindex = 0  # the one interface seen so far (0: none yet, -1: several)
@@ -197,6 +203,8 @@ class Agent(object):
         qtypes = flt.qtypes
         raw_tally_ok = not flt.rcodes and not text_only
         tallies = volume.raw
+        max_keys = volume.max_keys
+        ungrouped = 0
         ntop = socket.inet_ntop
         matched = 0
         # Duplicates need two interfaces (loopback's second copy is dropped below): until a
@@ -273,7 +281,13 @@ class Agent(object):
                     if name is None:
                         name = p[12:i + 1].lower()
                     tkey = (client, name, qtype, (p[3] & 0x0F) if is_response else -1)
-                    tallies[tkey] = tallies.get(tkey, 0) + 1
+                    c = tallies.get(tkey)
+                    if c is not None:
+                        tallies[tkey] = c + 1
+                    elif len(tallies) < max_keys:
+                        tallies[tkey] = 1
+                    else:
+                        ungrouped += 1  # the interval's table is full: counted, not kept
                     matched += 1
                     continue
             except (IndexError, struct.error):
@@ -282,6 +296,7 @@ class Agent(object):
                               ntop(fam, pkt[a + alen:a + alen + alen]), dport, p, pkt), ifindex)
         self.seen += num
         self.builder.matched += matched
+        volume.ungrouped += ungrouped
 
     def text_key(self, key):
         """A raw tally key (address bytes, lower-case wire name, type, rcode or -1) as the
@@ -295,14 +310,14 @@ class Agent(object):
                 qname = dnswire.parse_question(_QUESTION_HEADER + wire + b"\x00\x01\x00\x01")[2]
             except dnswire.DnsParseError:
                 qname = "?"
-            if len(names) >= 100000:
+            if len(names) >= TEXT_CACHE_MAX:
                 names.clear()
             names[wire] = qname
         addrs = self._addr_texts
         addr = addrs.get(client)
         if addr is None:
             addr = socket.inet_ntop(_AF_INET if len(client) == 4 else _AF_INET6, client)
-            if len(addrs) >= 100000:
+            if len(addrs) >= TEXT_CACHE_MAX:
                 addrs.clear()
             addrs[client] = addr
         return (addr, qname, self.builder.type_name(qtype),
@@ -330,6 +345,9 @@ class Agent(object):
             duplicates=self.deduper.duplicates, malformed=self.builder.malformed,
             mode="aggregate" if self.volume.aggregating else "records",
             tcp_flows=len(self.decoder.flows),
+            shed_records=self.volume.shed_records,
+            shed_packets=self.shedder.shed_packets,
+            ungrouped=self.volume.ungrouped_total + self.volume.ungrouped,
         )
 
     def _on_signal(self, signum, frame):
@@ -370,9 +388,10 @@ class Agent(object):
         run_block = self.run_block
 
         def read():
-            capture.read(count_handle, run_block)
+            return capture.read(count_handle, run_block, BLOCKS_PER_TURN)
 
         volume = self.volume
+        shedder = self.shedder
         next_stats = start + opts.stats_interval
         stop_file = opts.stop_file
         next_stop_check = start
@@ -380,7 +399,9 @@ class Agent(object):
         mode_aggregating = False
         try:
             while True:
-                read()
+                # One turn: at most one ring block, then the clock, signals and stop file,
+                # so they take effect at any packet rate (docs/performance.md, "Flood").
+                got = read()
                 out.flush()
                 now = time.monotonic()
                 if self.stop_reason is not None:
@@ -393,8 +414,10 @@ class Agent(object):
                     if os.path.exists(stop_file):
                         reason = "stop-file"
                         break
+                if got:
+                    shedder.check(time.time())
                 if volume.aggregating and volume.due(time.time()):
-                    rec = volume.take(time.time(), self.text_key)
+                    rec = volume.take(time.time(), self.text_key, shedder.caught_up)
                     if rec is not None:
                         out.add(rec)
                 if volume.aggregating != mode_aggregating:
@@ -409,6 +432,8 @@ class Agent(object):
                         self._only_ifindex = -1  # a second interface appeared: dedupe from now
                     out.add(self.stats_record())
                     out.flush()
+                if got:
+                    continue  # the next block may be ready: no need to ask the kernel
                 timeout = min(deadline, next_stats) - now
                 if stop_file:
                     timeout = min(timeout, 0.2)
@@ -417,7 +442,14 @@ class Agent(object):
                 poller.poll(max(0, int(timeout * 1000)) + 1)
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     os.read(wake_r, 512)
-            read()  # what the kernel already holds is part of the capture
+            # What the kernel already holds is part of the capture, as far as a short
+            # while allows; the rest is counted as shed, never left to delay the end.
+            end_read = time.monotonic() + FINAL_READ_SECONDS
+            for _ in range(max(1, capture.ring_blocks)):
+                if not read() or time.monotonic() >= end_read:
+                    break
+                out.flush()
+            shedder.leave()
             if volume.aggregating:
                 rec = volume.take(time.time(), self.text_key)
                 if rec is not None:

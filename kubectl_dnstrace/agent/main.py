@@ -40,6 +40,9 @@ _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _QUESTION_HEADER = b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"
 
+PENDING_MAX = 20000  # queries awaiting their response, per generation (events.py)
+DEDUPE_MAX = 32768  # messages remembered for duplicate suppression, per generation
+TCP_BUDGET = 4 * 1024 * 1024  # bytes of DNS-over-TCP held for reassembly, all flows
 TEXT_CACHE_MAX = 10000  # names and addresses kept as text (an interval has at most MAX_KEYS)
 BLOCKS_PER_TURN = 1  # ring blocks read between two looks at the clock, signals, stop file
 FINAL_READ_SECONDS = 0.3  # at the end, what the ring holds is read for this long at most
@@ -137,9 +140,11 @@ class Agent(object):
         self.filter = dns_filter
         self.capture = Capture(interface=opts.interface, ring_mb=opts.ring_mb,
                                use_ring=not opts.no_ring)
-        self.decoder = FrameDecoder()
-        self.deduper = Deduper()
-        self.builder = EventBuilder(dns_filter, with_raw=opts.pcap)
+        # Tables sized for the agent's memory budget (docs/performance.md, "Flood"); the
+        # kubectl side's readers of capture files keep the larger defaults.
+        self.decoder = FrameDecoder(tcp_budget=TCP_BUDGET)
+        self.deduper = Deduper(max_entries=DEDUPE_MAX)
+        self.builder = EventBuilder(dns_filter, with_raw=opts.pcap, pending_max=PENDING_MAX)
         self.volume = VolumeGate(opts.max_rate)
         self.shedder = Shedder(self.capture, self.volume)
         self.seen = 0

@@ -153,7 +153,7 @@ class Capture(object):
     for everything ready, where ``ifkey`` is an interface index (ring) or name (fallback);
     ``iface_name(ifkey)`` turns it into a name."""
 
-    def __init__(self, interface=None, ring_mb=16, use_ring=True, block_kb=256):
+    def __init__(self, interface=None, ring_mb=8, use_ring=True, block_kb=256):
         self.interface = interface
         self.ring_mb = ring_mb
         self.use_ring = use_ring

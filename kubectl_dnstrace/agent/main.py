@@ -40,6 +40,7 @@ _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _QUESTION_HEADER = b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"
 
+RING_MB_MAX = 32  # the ring is resident memory of the pod traced (budget: docs/performance.md)
 PENDING_MAX = 20000  # queries awaiting their response, per generation (events.py)
 DEDUPE_MAX = 32768  # messages remembered for duplicate suppression, per generation
 TCP_BUDGET = 4 * 1024 * 1024  # bytes of DNS-over-TCP held for reassembly, all flows
@@ -86,7 +87,8 @@ def build_parser():
     p.add_argument("--max-rate", type=int, default=2000,
                    help="records per second before switching to per-second aggregates "
                         "(default 2000; 0 never aggregates)")
-    p.add_argument("--ring-mb", type=int, default=16, help="capture ring size in MiB")
+    p.add_argument("--ring-mb", type=int, default=8,
+                   help="capture ring size in MiB (default 8; see docs/performance.md)")
     p.add_argument("--no-ring", action="store_true", help="read with recvfrom, no ring")
     return p
 
@@ -99,6 +101,9 @@ def parse_args(argv):
         raise UsageError("--stats-interval must be more than 0 seconds")
     if opts.max_rate < 0:
         raise UsageError("--max-rate must be 0 or more")
+    if not 1 <= opts.ring_mb <= RING_MB_MAX:
+        raise UsageError("--ring-mb must be 1 to %d (MiB): the ring counts against the "
+                         "pod's memory" % RING_MB_MAX)
     return opts
 
 
@@ -131,6 +136,22 @@ def _name_lines(text):
 def encode_domains(names):
     """The --domains-z value for ``names`` (the kubectl side uses this to build args)."""
     return base64.b64encode(zlib.compress("\n".join(names).encode("utf-8"), 9)).decode("ascii")
+
+
+def peak_rss_kb():
+    """The process's peak resident set in KiB (VmHWM), the capture ring included, or None.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that over ``exec`` from the process
+    that started us (a container runtime's init, a test runner forked), so it can report
+    someone else's size."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class Agent(object):
@@ -345,6 +366,10 @@ class Agent(object):
 
     def stats_record(self):
         _packets, drops = self.capture.stats()
+        extra = {}
+        peak = peak_rss_kb()
+        if peak is not None:
+            extra["peak_rss_kb"] = peak
         return protocol.stats(
             0, self.seen, self.builder.matched, self.out.emitted, drops,
             duplicates=self.deduper.duplicates, malformed=self.builder.malformed,
@@ -353,6 +378,7 @@ class Agent(object):
             shed_records=self.volume.shed_records,
             shed_packets=self.shedder.shed_packets,
             ungrouped=self.volume.ungrouped_total + self.volume.ungrouped,
+            **extra,
         )
 
     def _on_signal(self, signum, frame):

@@ -161,7 +161,7 @@ class Capture(object):
         self.sock = None
         self.mode = None
         self._ring = None
-        self._block_nr = 0
+        self.ring_blocks = 0
         self._block = 0
         self._names = {}
         self._recv_capped = False
@@ -232,7 +232,7 @@ class Capture(object):
         sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         self._ring = mmap.mmap(sock.fileno(), block_size * block_nr, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE)
-        self._block_nr = block_nr
+        self.ring_blocks = block_nr
 
     def _drain(self):
         self.sock.setblocking(False)
@@ -290,15 +290,10 @@ class Capture(object):
             blocks += 1
         return count
 
-    @property
-    def ring_blocks(self):
-        """Blocks in the ring (0 without one)."""
-        return self._block_nr if self._ring is not None else 0
-
     def _release_block(self, base):
         """Give the block back to the kernel (block_status = TP_STATUS_KERNEL)."""
         self._ring[base + 8:base + 12] = b"\x00\x00\x00\x00"
-        self._block = (self._block + 1) % self._block_nr
+        self._block = (self._block + 1) % self.ring_blocks
 
     def backlog(self):
         """How full the kernel's queue is, from 0 (nothing waiting) to 1 (full: the kernel
@@ -308,7 +303,7 @@ class Capture(object):
             return 1.0 if self._recv_capped else 0.0
         ring = self._ring
         bsize = self.block_size
-        nr = self._block_nr
+        nr = self.ring_blocks
         block = self._block
         unpack_block = _BLOCK_HDR.unpack_from
         ready = 0

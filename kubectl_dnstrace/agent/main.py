@@ -32,8 +32,7 @@ from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import LINKTYPE_RAW, DnsSegment, FrameDecoder
 from kubectl_dnstrace.agent.output import Output
-from kubectl_dnstrace.agent.shedding import Shedder
-from kubectl_dnstrace.agent.volume import VolumeGate
+from kubectl_dnstrace.agent.volume import Shedder, VolumeGate
 
 _PORTS = struct.Struct("!HH")
 _AF_INET = socket.AF_INET
@@ -102,8 +101,7 @@ def parse_args(argv):
     if opts.max_rate < 0:
         raise UsageError("--max-rate must be 0 or more")
     if not 1 <= opts.ring_mb <= RING_MB_MAX:
-        raise UsageError("--ring-mb must be 1 to %d (MiB): the ring counts against the "
-                         "pod's memory" % RING_MB_MAX)
+        raise UsageError("--ring-mb must be 1 to %d" % RING_MB_MAX)
     return opts
 
 
@@ -145,13 +143,10 @@ def peak_rss_kb():
     that started us (a container runtime's init, a test runner forked), so it can report
     someone else's size."""
     try:
-        with open("/proc/self/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
+        with open("/proc/self/status") as fh:
+            return int(fh.read().split("VmHWM:")[1].split()[0])
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None
 
 
 class Agent(object):
@@ -366,10 +361,6 @@ class Agent(object):
 
     def stats_record(self):
         _packets, drops = self.capture.stats()
-        extra = {}
-        peak = peak_rss_kb()
-        if peak is not None:
-            extra["peak_rss_kb"] = peak
         return protocol.stats(
             0, self.seen, self.builder.matched, self.out.emitted, drops,
             duplicates=self.deduper.duplicates, malformed=self.builder.malformed,
@@ -378,7 +369,7 @@ class Agent(object):
             shed_records=self.volume.shed_records,
             shed_packets=self.shedder.shed_packets,
             ungrouped=self.volume.ungrouped_total + self.volume.ungrouped,
-            **extra,
+            peak_rss_kb=peak_rss_kb(),
         )
 
     def _on_signal(self, signum, frame):

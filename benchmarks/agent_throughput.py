@@ -23,8 +23,8 @@ and after ``--seconds`` it is asked to stop by its deadline, SIGTERM and its sto
 turn. Each row gives the time from the ask to the agent's exit, its peak RSS (VmHWM, the
 ring included), kernel drops and what it shed:
 
-    .venv/bin/python benchmarks/agent_throughput.py --flood [--seconds 5] [--ring-mb 16]
-        [--agent-args '--max-rate 0;']
+    .venv/bin/python benchmarks/agent_throughput.py --flood [--seconds 5] [--ring-mb 8]
+        [--agent-args '--max-rate 0;'] [--capture-in dns|node]
 """
 
 from __future__ import annotations
@@ -231,8 +231,11 @@ def hot_loop_cost(repeat: int = 10) -> dict:
     return out
 
 
-def flood_rows(seconds: float, ring_mbs: list[int], agent_args: list[list[str]]) -> list[dict]:
-    """The agent under the flood, for each ring size, argument set and way to stop it."""
+def flood_rows(seconds: float, ring_mbs: list[int], agent_args: list[list[str]],
+               where: str = "dns") -> list[dict]:
+    """The agent under the flood, for each ring size, argument set and way to stop it;
+    ``where``: in the DNS pod's namespace, or the node's (every veth: each message twice,
+    the duplicate table in use)."""
     from tests.lab.flood import STOPS, run_flooded_agent
 
     rows = []
@@ -245,10 +248,13 @@ def flood_rows(seconds: float, ring_mbs: list[int], agent_args: list[list[str]])
             for args in agent_args:
                 for stop in STOPS:
                     argv = [*args, "--ring-mb", str(ring_mb)]
-                    run = run_flooded_agent(d.dns, client, d.server.ip4, work, stop, argv,
+                    ns = d.node if where == "node" else d.dns
+                    run = run_flooded_agent(ns, client, d.server.ip4, work, stop, argv,
                                             flood_seconds=seconds, env=dnslab.agent_env())
                     stats = run.stats
-                    row = {"args": " ".join(args) or "(defaults)", "ring_mb": ring_mb,
+                    row = {"args": (" ".join(args) or "(defaults)")
+                           + (", node namespace" if where == "node" else ""),
+                           "ring_mb": ring_mb,
                            "stop": stop, "bye": run.records[-1]["reason"],
                            "time_to_stop_s": run.time_to_stop,
                            "peak_rss_mb": run.peak_rss_kb / 1024.0,
@@ -293,10 +299,12 @@ def main() -> int:
     ap.add_argument("--agent-args", default="--max-rate 0",
                     help="with --flood: agent argument sets, separated by ';' (an empty set "
                          "is the defaults)")
+    ap.add_argument("--capture-in", choices=("dns", "node"), default="dns",
+                    help="with --flood: the namespace the agent captures in")
     args = ap.parse_args()
     if args.flood:
         rows = flood_rows(args.seconds, [int(x) for x in args.ring_mb.split(",")],
-                          [a.split() for a in args.agent_args.split(";")])
+                          [a.split() for a in args.agent_args.split(";")], args.capture_in)
         print(f"Machine: {machine.describe()}\n")
         print(flood_table(rows))
         if args.json:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kubectl_dnstrace import protocol
+from kubectl_dnstrace.agent import main as agent_main
 from kubectl_dnstrace.agent.main import UsageError, encode_domains, parse_args, read_domains
 from kubectl_dnstrace.agent.volume import VolumeGate
 
@@ -91,3 +93,19 @@ def test_a_full_group_table_counts_the_rest_in_the_total():
     assert rec["total"] == 6 and rec["ungrouped"] == 2
     assert rec["other_count"] == 2 and rec["other_groups"] == 0
     assert gate.ungrouped_total == 2 and "behind" not in rec
+
+
+def test_an_agent_bug_still_ends_with_error_stats_and_bye(monkeypatch, capfd):
+    """Every run ends with stats and bye: a bug in the capture loop too (simulated here,
+    since a real one cannot be made to order)."""
+    def broken_run(self):
+        self.seen = 7
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(agent_main.Agent, "run", broken_run)
+    assert agent_main.main(["--duration", "1"]) == agent_main.EXIT_FAILED
+    records = [protocol.decode(line) for line in capfd.readouterr().out.splitlines()]
+    assert [r["type"] for r in records] == ["error", "stats", "bye"]
+    assert records[0]["message"] == "capture agent failed: RuntimeError: boom"
+    assert records[1]["seen"] == 7 and records[1]["shed_packets"] == 0
+    assert records[2]["reason"] == "error"

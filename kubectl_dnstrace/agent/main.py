@@ -504,5 +504,7 @@ def main(argv=None):
         return agent.run()
     except Exception as exc:  # an agent bug must still end the stream properly
         out.emit(protocol.error(0, "capture agent failed: %s: %s" % (type(exc).__name__, exc)))
+        with contextlib.suppress(Exception):  # what it counted, drops and sheds, if it can
+            out.emit(agent.stats_record())
         out.emit(protocol.bye(0, "error"))
         return EXIT_FAILED

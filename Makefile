@@ -1,7 +1,9 @@
 # kubectl-dnstrace: the commands a newcomer and a release need.
 #
 #   make demo    install into .venv and replay the incident on the simulated cluster
-#   make test    run the test suite (CI runs this, with CI=true)
+#   make test    run the test suite (CI runs this, with CI=true); as root it includes the
+#                real-cluster tier (tests/real, on ../shared/realk8s)
+#   make test-real   only the real-cluster tier
 #   make dist    build dist/kubectl-dnstrace_<version>.tar.gz and dist/dnstrace.yaml
 #   make lint    ruff, plus vermin for the parts that must run on python3 >= 3.8
 #   make krew-manifest   copy dist/dnstrace.yaml to krew-manifest.yaml (release step)
@@ -13,7 +15,7 @@ PYTEST_ARGS ?= -q
 DEMO_DOMAIN ?= evil.example.com
 DEMO_DURATION ?= 20s
 
-.PHONY: demo test dist lint krew-manifest clean lab-deps
+.PHONY: demo test test-real dist lint krew-manifest clean lab-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +42,11 @@ demo: lab-deps $(BIN)/kubectl-dnstrace
 test: $(BIN)/pytest
 	@bash packaging/debian-deps.sh || echo "(without them the lab tests skip, or fail under CI=true)"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+# The real single-node Kubernetes (../shared/realk8s): up at the start, down at the end.
+test-real: $(BIN)/pytest
+	@bash packaging/debian-deps.sh || echo "(without them the lab tests skip, or fail under CI=true)"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS) -m real tests/real
 
 dist: $(BIN)/pytest
 	$(BIN)/python packaging/build_dist.py --out dist

@@ -60,6 +60,18 @@ class CaptureSpec:
         return CONTAINER_PREFIX + self.run_id
 
 
+def kubelet_literal(text: str) -> str:
+    """``text`` written so that the kubelet passes it to the runtime unchanged.
+
+    The kubelet expands ``$(NAME)`` in a container's command and args from the container's
+    environment and turns ``$$`` into ``$`` (``expansion.Expand``); a ``$`` before any
+    other character is kept, but which characters follow is luck (the inline agent's
+    base85 text has ``$``, ``(`` and ``)`` in its alphabet). Doubling every ``$`` makes the
+    whole string literal, whatever follows.
+    """
+    return text.replace("$", "$$")
+
+
 def build_container(spec: CaptureSpec, pod: PodRef, capabilities: list[str]) -> dict:
     """The ephemeral container for one pod. Never privileged; NET_RAW only when allowed."""
     env = [
@@ -79,7 +91,7 @@ def build_container(spec: CaptureSpec, pod: PodRef, capabilities: list[str]) -> 
     container: dict = {
         "name": spec.container_name,
         "image": spec.image,
-        "command": list(spec.command),
+        "command": [kubelet_literal(part) for part in spec.command],
         "env": env,
         "securityContext": security,
         "stdin": False,

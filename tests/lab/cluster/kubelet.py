@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import podexec, podlog, security
+from . import expansion, podexec, podlog, security
 from . import status as st
 from .defaults import now_rfc3339
 from .faults import Faults
@@ -317,19 +317,25 @@ class Kubelet:
         self._publish(run)
 
     def _prepare(self, run: ContainerRun, ec: dict, pod: dict, kind: str) -> None:
-        argv = list(ec.get("command") or []) + list(ec.get("args") or [])
-        if not ec.get("command"):
-            entry = ["python3", "-m", "kubectl_dnstrace.agent"] if kind == "project" else ["python3"]
-            argv = entry + list(ec.get("args") or [])
-        if argv and argv[0] in PYTHON_NAMES:
-            argv[0] = self.python3
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                "HOSTNAME": pod["metadata"]["name"]}
         if kind == "project":
             env["PYTHONPATH"] = str(REPO_ROOT)
+        declared: dict[str, str] = {}
         for item in ec.get("env") or []:
             if "value" in item:
-                env[item["name"]] = str(item["value"])
+                declared[item["name"]] = str(item["value"])
+        env.update(declared)
+        # Like the kubelet: $(VAR) in command and args expands from the container's declared
+        # variables, $$ becomes $, anything else stays as written.
+        command = expansion.expand_all(ec.get("command"), declared)
+        args = expansion.expand_all(ec.get("args"), declared)
+        argv = command + args
+        if not command:
+            entry = ["python3", "-m", "kubectl_dnstrace.agent"] if kind == "project" else ["python3"]
+            argv = entry + args
+        if argv and argv[0] in PYTHON_NAMES:
+            argv[0] = self.python3
         run.argv, run.env, run.cwd = argv, env, ec.get("workingDir") or "/"
         run.netns = self.netns_for(run.namespace, run.pod)
         run.identity = security.wrapper(pod, ec)

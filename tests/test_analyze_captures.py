@@ -25,6 +25,7 @@ from kubectl_dnstrace import dnswire
 from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import FrameDecoder
+from kubectl_dnstrace.fileevents import FileEventBuilder
 from kubectl_dnstrace.linklayers import nflog_payload, pktap_packet
 from tests.conftest import IN_CI
 from tests.lab import dnslab
@@ -265,20 +266,21 @@ def test_a_response_cut_after_its_question_is_reported_and_one_cut_inside_it_is_
     """What the snap length leaves is all the builder gets: a response with its question
     whole is reported (rcode, the answers that fit, truncated); one cut inside its question
     is counted as cut, not malformed; a whole packet whose message is broken stays
-    malformed (a whole packet cannot be "cut")."""
+    malformed (a whole packet cannot be "cut"). The agent's own builder, live, takes whole
+    packets: a cut one is malformed there."""
     from scapy.layers.dns import DNS, DNSQR, DNSRR
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
 
     name = "many.example.com"
     answers = [DNSRR(rrname=name, rdata=f"203.0.113.{k}") for k in range(8)]
-    response = bytes(Ether() / IP(src="10.96.0.10", dst="10.244.0.5") / UDP(sport=53, dport=4000)
+    response = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.96.0.10", dst="10.244.0.5") / UDP(sport=53, dport=4000)
                      / DNS(id=9, qr=1, rd=1, ra=1, rcode=0, qd=DNSQR(qname=name), an=answers))
     whole = dnswire.parse_message(response[42:])
     assert len(whole.answers) == 8
     question_end = 42 + 12 + len(name) + 2 + 4
     for snap in range(question_end, len(response)):
-        builder = EventBuilder(DnsFilter())
+        builder = FileEventBuilder(DnsFilter())
         f = builder.fields(_segments([(T0, response[:snap])])[0])
         fitting = (snap - question_end) // (len(name) + 2 + 14)  # uncompressed owners
         assert f is not None, snap
@@ -286,14 +288,17 @@ def test_a_response_cut_after_its_question_is_reported_and_one_cut_inside_it_is_
         assert f[11] == [a.rdata for a in answers[:fitting]], snap
         assert (builder.truncated, builder.cut, builder.malformed) == (1, 0, 0)
     for snap in range(42 + 12, question_end):
-        builder = EventBuilder(DnsFilter())
+        builder = FileEventBuilder(DnsFilter())
         segs = _segments([(T0, response[:snap])])
         assert all(builder.fields(s) is None for s in segs)
         assert (builder.cut, builder.malformed) == (len(segs), 0), snap
+    live = EventBuilder(DnsFilter())
+    assert live.fields(_segments([(T0, response[:question_end + 20])])[0]) is None
+    assert live.malformed == 1
     # The same bytes, but the IP and UDP lengths say that is all there is: malformed.
-    broken = bytes(Ether() / IP(src="10.96.0.10", dst="10.244.0.5") / UDP(sport=53, dport=4000)
+    broken = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.96.0.10", dst="10.244.0.5") / UDP(sport=53, dport=4000)
                    / response[42:question_end + 20])
-    builder = EventBuilder(DnsFilter())
+    builder = FileEventBuilder(DnsFilter())
     assert builder.fields(_segments([(T0, broken)])[0]) is None
     assert (builder.truncated, builder.malformed) == (0, 1)
 

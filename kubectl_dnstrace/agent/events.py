@@ -30,11 +30,9 @@ class EventBuilder(object):
     """``build(seg, iface)`` returns a ``dns`` record dict (without ``seq``) or None.
 
     Counters: ``matched`` (messages that passed the filters), ``malformed`` (messages the
-    parser rejected; they are counted, never raised), ``cut`` (messages the capture cut
-    short inside their header or question: skipped, like the malformed) and ``truncated``
-    (responses the capture cut short after their question: reported as far as they go).
-    A live capture takes whole packets; a capture file's snap length (``tcpdump -s``) may
-    not have, which the IP header's length tells (see ``captured_short``).
+    parser rejected; they are counted, never raised). A live capture takes whole
+    packets; a capture file's snap length may not have: ``fileevents.FileEventBuilder``
+    reads such messages as far as they go (``_unparsed``, ``_cut_response``).
     """
 
     def __init__(self, dns_filter, with_raw=False, pending_seconds=PENDING_SECONDS,
@@ -48,8 +46,6 @@ class EventBuilder(object):
         self._pending_start = None
         self.matched = 0
         self.malformed = 0
-        self.cut = 0
-        self.truncated = 0
         self._type_names = {}
         self._rcode_names = {}
         self._questions = {}
@@ -106,10 +102,7 @@ class EventBuilder(object):
             key = p[12:p.find(b"\x00", 12) + 5]
             q = self._questions.get(key) or self._first_question(p, key)
         except dnswire.DnsParseError:
-            if captured_short(seg):
-                self.cut += 1
-            else:
-                self.malformed += 1
+            self._unparsed(seg)
             return None
         if q is None or not q[2]:
             return None
@@ -183,15 +176,13 @@ class EventBuilder(object):
                 except dnswire.DnsParseError:
                     msg = self._cut_response(seg)
                     if msg is None:
-                        self.malformed += 1
+                        self._unparsed(seg)
                         return None
                     truncated = True
                 rcode, answers = msg.rcode, dnswire.answer_texts(msg)
             if self._rcodes and rcode not in self._rcodes:
                 return None
             self.matched += 1
-            if truncated:
-                self.truncated += 1
             return (seg.ts, "response", seg.proto, seg.src, seg.sport, seg.dst, seg.dport,
                     ident, qname, tname, self._rcode_names.get(rcode) or self.rcode_name(rcode),
                     answers, latency, bool(p[2] & 0x02), truncated)
@@ -201,17 +192,14 @@ class EventBuilder(object):
         return (seg.ts, "query", seg.proto, seg.src, seg.sport, seg.dst, seg.dport, ident,
                 qname, tname, None, None, None, None, False)
 
-    @staticmethod
-    def _cut_response(seg):
-        """The response in ``seg`` read as far as the capture kept it (a Message whose
-        ``cut`` may be True), or None when the packet is whole (the message is malformed,
-        not cut) or even its question is not."""
-        if not captured_short(seg):
-            return None
-        try:
-            return dnswire.parse_message(seg.payload, authority=False, partial=True)
-        except dnswire.DnsParseError:
-            return None
+    def _unparsed(self, seg):
+        """A message the parser rejected."""
+        self.malformed += 1
+
+    def _cut_response(self, seg):
+        """A response that did not parse, read as far as a capture cut it, or None: live,
+        always None (the agent takes whole packets)."""
+        return None
 
     def build(self, seg, iface):
         f = self.fields(seg)
@@ -263,18 +251,3 @@ class EventBuilder(object):
         self.matched += 1
         return seg.src, qname.lower(), tname, None
 
-
-def captured_short(seg):
-    """True when ``seg`` is a UDP message the capture holds less of than was sent: its IP
-    header counts more octets than the captured packet has (a snap length cut it). Asked
-    only of messages that do not parse, so it costs nothing on the way of the rest."""
-    pkt = seg.packet
-    if seg.proto != "udp" or not pkt or len(pkt) < 20:
-        return False
-    version = pkt[0] >> 4
-    if version == 4:
-        return ((pkt[2] << 8) | pkt[3]) > len(pkt)
-    if version == 6 and len(pkt) >= 40:
-        plen = (pkt[4] << 8) | pkt[5]
-        return plen != 0 and 40 + plen > len(pkt)
-    return False

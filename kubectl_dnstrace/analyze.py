@@ -115,6 +115,8 @@ def file_summary(path: str, stats: dict[str, Any]) -> str:
         text += (f", {stats['unsupported']} frames of link types analyze does not read "
                  "(skipped: " + ", ".join(f"{n} {linklayers.name(int(lt))}"
                                           for lt, n in kinds) + ")")
+    if stats.get("no_packet"):
+        text += f", {stats['no_packet']} NFLOG or PKTAP frames without a packet (skipped)"
     if stats["bad_times"]:
         text += f", {stats['bad_times']} with a timestamp past the year 10000 (skipped)"
     if stats.get("damaged_at") is not None:
@@ -130,14 +132,21 @@ def file_problem(path: str, stats: dict[str, Any]) -> BadInput | None:
             f"{path} is damaged at byte {stats['damaged_at']}: {stats['damage']}",
             "the packets before the damage were read and are reported above; nothing "
             "after it was (tcpdump and tshark stop there too)")
-    read = stats["packets"] - stats["bad_times"] - stats["unsupported"]
-    if stats["unsupported"] and read <= 0:
-        kinds = ", ".join(linklayers.name(int(lt)) for lt in stats["unsupported_types"])
+    empty = stats.get("no_packet", 0)
+    read = stats["packets"] - stats["bad_times"] - stats["unsupported"] - empty
+    if (stats["unsupported"] or empty) and read <= 0:
+        why = []
+        if stats["unsupported"]:
+            kinds = ", ".join(linklayers.name(int(lt)) for lt in stats["unsupported_types"])
+            why.append(f"{stats['unsupported']} are of link type {kinds}, which analyze does "
+                       "not read")
+        if empty:
+            why.append(f"{empty} are NFLOG or PKTAP records without a packet")
         return BadInput(
-            f"{path}: no frame could be read as IP: all {stats['unsupported']} are of link "
-            f"type {kinds}, which analyze does not read",
+            f"{path}: no frame could be read as IP: " + "; ".join(why),
             "analyze reads Ethernet, Linux cooked (SLL, SLL2: tcpdump -i any), raw IP, BSD "
-            "loopback, NFLOG and PKTAP captures")
+            "loopback, NFLOG and PKTAP captures; an NFLOG rule with --nflog-size 0 logs no "
+            "packet")
     return None
 
 

@@ -143,7 +143,8 @@ class FileEvents:
         size = 1 if self.path == STDIN else BATCH
         packets = messages = 0
         skipped: dict[int, int] = {}  # link type -> frames of it not read (none of them IP)
-        direct, unwrap = linklayers.DIRECT, linklayers.unwrap
+        empty = 0  # NFLOG / PKTAP frames that hold no packet
+        direct, unwrap, wrapping = linklayers.DIRECT, linklayers.unwrap, linklayers.WRAPPING
         batch: list[tuple] = []
         for linktype, frame, ts in chain((first,), records) if first is not None else ():
             packets += 1
@@ -153,7 +154,10 @@ class FileEvents:
             if linktype not in direct:
                 inner = unwrap(linktype, frame)
                 if inner is None:
-                    skipped[linktype] = skipped.get(linktype, 0) + 1
+                    if linktype in wrapping:
+                        empty += 1
+                    else:
+                        skipped[linktype] = skipped.get(linktype, 0) + 1
                     continue
                 linktype, frame = inner
             for seg in decode(linktype, frame, ts):
@@ -176,6 +180,7 @@ class FileEvents:
                       "cut": builder.cut, "truncated": builder.truncated,
                       "duplicates": deduper.duplicates,
                       "unsupported": sum(skipped.values()), "unsupported_types": skipped,
+                      "no_packet": empty,
                       "bad_times": position.bad_times,
                       "damaged_at": position.damaged_at, "damage": position.damage}
 

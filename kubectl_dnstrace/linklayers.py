@@ -38,6 +38,9 @@ LINKTYPE_PKTAP = 258
 LINKTYPE_USER2 = 149  # Apple's libpcap writes PKTAP with this number
 LINKTYPE_LOOP = 108
 
+# Link types read here whose frames may still hold no packet (an NFLOG record of a rule
+# with --nflog-size 0, a PKTAP record of another kind): counted apart from the ones not read.
+WRAPPING = frozenset((LINKTYPE_NFLOG, LINKTYPE_PKTAP))
 # What FrameDecoder.decode_link reads as it is.
 DIRECT = frozenset((LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LINUX_SLL,
                     LINKTYPE_LINUX_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6))

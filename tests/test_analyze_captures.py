@@ -154,8 +154,16 @@ def test_frames_of_link_types_it_does_not_read_are_named_and_alone_are_bad_input
     assert code == 10 and out == ""
     assert (f"{radiotap}: 6 packets, 0 DNS messages, 0 matched, 6 frames of link types "
             "analyze does not read (skipped: 6 IEEE802_11_RADIOTAP (127))") in err
-    assert (f"error: {radiotap}: no frame could be read as IP: all 6 are of link type "
+    assert (f"error: {radiotap}: no frame could be read as IP: 6 are of link type "
             "IEEE802_11_RADIOTAP (127), which analyze does not read\n") in err
+    # NFLOG records without a packet (a rule with --nflog-size 0): read, but no IP in them.
+    headers_only = tmp_path / "nflog-headers.pcap"
+    _pcap(headers_only, 239, [(ts, b"\x02\x00\x00\x05" + struct.pack("<HH", 8, 1) + bytes(4))
+                              for ts, _ in frames])
+    code, out, err = analyze(capsys, "--offline", str(headers_only))
+    assert code == 10 and out == ""
+    assert "6 NFLOG or PKTAP frames without a packet (skipped)" in err
+    assert "no frame could be read as IP: 6 are NFLOG or PKTAP records without a packet" in err
 
     # In pcapng each interface has its own link type: one of them is read.
     def block(kind: int, body: bytes) -> bytes:

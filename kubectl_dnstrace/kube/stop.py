@@ -54,11 +54,18 @@ def request_stop(kube: Kube, pods: list[PodRef], container: str, path: str,
     return failed
 
 
-def leftovers_message(added: list[tuple[PodRef, str]]) -> str:
-    """What the user must know after a run: containers stay in the pod spec."""
+def leftovers_message(added: list[tuple[PodRef, str]],
+                      sizes: dict[str, tuple[int, int]] | None = None) -> str:
+    """What the user must know after a run: containers stay in the pod spec, and what each
+    costs the pod object (``sizes``: pod key -> (bytes added, pod bytes now))."""
     if not added:
         return ""
-    lines = [f"Added ephemeral container {name} to pod {pod.key}" for pod, name in added]
+    lines = []
+    for pod, name in added:
+        added_bytes, pod_bytes = (sizes or {}).get(pod.key, (0, 0))
+        size = (f" (+{added_bytes / 1024:.1f} KB to the pod object, now "
+                f"{pod_bytes / 1024:.0f} KB of etcd's 1.5 MiB limit)" if added_bytes else "")
+        lines.append(f"Added ephemeral container {name} to pod {pod.key}{size}")
     lines.append(
         "Kubernetes keeps ephemeral containers in the pod spec (stopped) until the pod is "
         "recreated; they cannot be removed through the API. Packet-socket alerts (e.g. "

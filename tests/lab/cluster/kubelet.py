@@ -12,8 +12,9 @@ What it mirrors (recorded with a real kubelet + containerd, live/*.json):
   repository; anything else never starts (ErrImagePull, then ImagePullBackOff "Back-off
   pulling image ..."; ErrImageNeverPull with imagePullPolicy Never); a command that is not
   found ends as terminated/StartError with exit code 128 and runc's message;
-- pods/log and pods/exec are served from the processes' output and environment (see
-  ``podlog`` and ``podexec``); a node without a kubelet gives the 500 "dial tcp ...:10250";
+- pods/log, pods/exec and pods/attach are served from the processes' output, environment
+  and stdin (see ``podlog``, ``podexec``, ``podattach``); a node without a kubelet gives the
+  500 "dial tcp ...:10250";
 - pods/exec runs in the same netns, environment and identity as the container;
 - the process gets the container's uid and capabilities (see ``security``), so a
   restricted-profile capture container fails to open its packet socket like on containerd.
@@ -35,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import expansion, podexec, podlog, security
+from . import expansion, podattach, podexec, podlog, security
 from . import status as st
 from .defaults import now_rfc3339
 from .faults import Faults
@@ -89,6 +90,7 @@ class ContainerRun:
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     exited_at: float | None = None
     cut_mark: int = 0  # log position of the last simulated connection break
+    stdin_once: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def status(self) -> dict:
@@ -274,7 +276,12 @@ class Kubelet:
             self._start_error(run)
             return
         try:
-            run.proc = subprocess.Popen(self._wrap(run, run.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            # stdin: true gives the process a pipe that attach writes to; stdinOnce closes it
+            # after the first attach session (podattach).
+            run.stdin_once = bool(ec.get("stdinOnce"))
+            run.proc = subprocess.Popen(self._wrap(run, run.argv),
+                                        stdin=subprocess.PIPE if ec.get("stdin") else subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, env=run.env, cwd=run.cwd, start_new_session=True)
         except OSError as exc:
             run.state, run.reason = "waiting", "CreateContainerError"
@@ -433,3 +440,6 @@ class Kubelet:
 
     def serve_exec(self, ex, pod: dict) -> None:
         podexec.serve_exec(self, ex, pod)
+
+    def serve_attach(self, ex, pod: dict) -> None:
+        podattach.serve_attach(self, ex, pod)

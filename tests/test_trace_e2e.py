@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kubectl_dnstrace.agent_program import PROGRAM_WAIT
 from tests.conftest import require_lab
 from tests.lab.cluster import SimCluster
 
@@ -162,7 +163,8 @@ def start_and_wait_capturing(sl, *args: str) -> tuple[subprocess.Popen, list[str
     return proc, err_lines
 
 
-def test_ctrl_c_stops_every_agent(scenario) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_sigterm_and_sighup_stop_every_agent(scenario, sig) -> None:
     proc, err_lines = start_and_wait_capturing(scenario, "coredns", "deploy/web", "-n", "shop",
                                                "-o", "ndjson", "--duration", "120s")
     assert any(line.startswith("capturing in 2 pod(s)") for line in err_lines), "".join(err_lines)
@@ -170,13 +172,14 @@ def test_ctrl_c_stops_every_agent(scenario) -> None:
     assert agents_left(scenario, rid)  # they run
     time.sleep(1.5)
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)  # to the kubectl process itself
+    proc.send_signal(sig)  # to the kubectl process itself
     out, err = proc.communicate(timeout=30)
     took = time.monotonic() - t0
     err = "".join(err_lines) + err
     assert proc.returncode == 0, err
     assert took < 15
-    assert "Interrupted: stopping the capture agents" in err
+    said = "Interrupted" if sig == signal.SIGINT else f"{signal.Signals(sig).name} received"
+    assert f"{said}: stopping the capture agents" in err
     assert "Traceback" not in err
     assert events(out)
     assert wait_no_agents(scenario, rid) == []
@@ -294,11 +297,15 @@ def test_ctrl_c_while_containers_start_exits_130_and_says_what_stays(scenario) -
     _out, err = proc.communicate(timeout=30)
     err = "".join(err_lines) + err
     assert proc.returncode == 130, err
-    assert f"not started yet: shop/{WEB}; if they start later their agents stop at the deadline" in err
+    assert (f"not started: shop/{WEB} (ContainerCreating); if one starts later it gets no agent "
+            f"program and ends by itself within {PROGRAM_WAIT}s, without capturing") in err
     assert "Added ephemeral container dnstrace-" in err and "Traceback" not in err
     rid = re.search(r"dnstrace-([0-9a-f]{6}) to pod", err).group(1)
-    time.sleep(5)  # it starts late, runs its 3 s, and ends by itself
-    assert wait_no_agents(scenario, rid, within=10.0) == []
+    # It starts late, gets no program, and ends by itself, having captured nothing.
+    time.sleep(4)
+    assert wait_no_agents(scenario, rid, within=PROGRAM_WAIT + 5.0) == []
+    run = scenario.cluster.kubelet.run("shop", WEB, f"dnstrace-{rid}")
+    assert run.exit_code == 128 + signal.SIGALRM and run.lines == []
 
 
 def test_namespace_only_grants_name_their_namespaces_pods_and_no_one_else(tmp_path) -> None:

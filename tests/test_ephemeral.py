@@ -227,7 +227,7 @@ def test_thousands_of_domains_travel_with_the_program_not_in_the_pod_spec() -> N
     filters = Filters(domains=names)
     args = agent_args(60, filters, "/tmp/x.stop", pcap=False)
     assert "--domain" not in args and "--domains-z" not in args
-    launch = agent_launch(args + ["--qtype", "BOGUS"], preinstalled=False,
+    launch = agent_launch([*args, "--qtype", "BOGUS"], preinstalled=False,
                           stdin_args=long_domain_args(filters))
     assert sum(len(a) for a in launch.command) < 1_000  # the command stays a bootstrap
     # The agent reads them back from the program on stdin: its hello counts them (the bogus
@@ -236,7 +236,7 @@ def test_thousands_of_domains_travel_with_the_program_not_in_the_pod_spec() -> N
                          capture_output=True, timeout=60)
     records = [protocol.decode(line) for line in res.stdout.decode().splitlines()]
     assert records[1]["type"] == "error" and "BOGUS" in records[1]["message"]
-    big = agent_launch(args + ["--duration", "0.1"], preinstalled=False,
+    big = agent_launch([*args, "--duration", "0.1"], preinstalled=False,
                        stdin_args=long_domain_args(filters))
     res = subprocess.run([sys.executable, "-I", "-S", *big.command[1:]], input=big.program,
                          capture_output=True, timeout=60)

@@ -45,8 +45,9 @@ def fresh_pod(real: RealCluster, ns: str, name: str) -> str:
 
 
 def pod_bytes(real: RealCluster, ns: str, name: str) -> int:
-    """The pod as the API serves it, compact JSON (what etcd's limit is about)."""
-    obj = real.get_json("pod", name, "-n", ns)
+    """The pod as the API serves it (managedFields included: etcd stores them too), compact
+    JSON: what etcd's limit is about."""
+    obj = real.get_json("pod", name, "-n", ns, "--show-managed-fields")
     return len(json.dumps(obj, separators=(",", ":")))
 
 
@@ -73,7 +74,7 @@ def test_one_trace_adds_under_3_kb_to_the_pod_object(real, ns):
     assert 0 < added <= 3 * 1024, added
     # The user is told the figure, and it is the real one within the status estimate.
     told = float(done.stderr.split(f"to pod {ns}/{name} (+")[1].split(" KB")[0]) * 1024
-    assert abs(told - added) < 600, (told, added)
+    assert abs(told - added) < 700, (told, added)
     spec = real.get_json("pod", name, "-n", ns)["spec"]["ephemeralContainers"][-1]
     assert spec["stdin"] and spec["stdinOnce"] and len(spec["command"][2]) < 400
 

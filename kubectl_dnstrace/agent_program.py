@@ -14,8 +14,8 @@ which the plugin writes through ``pods/attach`` once the container runs
 (``stdin: true, stdinOnce: true``). The bootstrap checks the program's length and SHA-256
 (both in the command, so the pod spec records exactly what ran) and arms an alarm first:
 a container whose program never arrives — the plugin died, or the image was pulled long
-after the plugin gave up — ends by itself after :data:`PROGRAM_WAIT` seconds; the agent
-then replaces that alarm with its own deadline.
+after the plugin gave up — ends by itself after :data:`PROGRAM_WAIT` seconds (exit
+:data:`ALARM_EXIT`); the agent then replaces that alarm with its own deadline.
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ AGENT_MODULES = (
 
 # How long a started capture container waits for its program before it ends itself.
 PROGRAM_WAIT = 20
+# Its exit code then (and when the agent's own backstop alarm fires). The alarm has a
+# handler: a process that is PID 1 of its PID namespace (an ephemeral container that does
+# not share the target's) ignores a signal whose action is the default, SIGALRM included.
+ALARM_EXIT = 124
 
 # The loader: b85 blob -> {module: [is_package, source]}; runs on python3 >= 3.8.
 _BOOT = """import sys,zlib,json,base64,importlib.machinery as M
@@ -279,7 +283,8 @@ def inline_program() -> str:
 
 # What the bootstrap runs: the stdin program's bytes, after its length and hash are checked.
 # Exit 125 with a line on stderr (the pod log) when the program came incomplete.
-_BOOTSTRAP = ("import signal,sys,zlib,hashlib;signal.alarm(%d);d=sys.stdin.buffer.read(%d);"
+_BOOTSTRAP = ("import os,signal,sys,zlib,hashlib;signal.signal(14,lambda*a:os._exit(%d));"
+              "signal.alarm(%d);d=sys.stdin.buffer.read(%d);"
               "hashlib.sha256(d).hexdigest()[:%d]==%r or sys.exit('dnstrace: the agent program "
               "did not arrive complete');exec(zlib.decompress(d))")
 HASH_CHARS = 16
@@ -306,7 +311,8 @@ def bootstrap_command(program: bytes, agent_args: list[str],
                       wait: int = PROGRAM_WAIT) -> list[str]:
     """``python3 -c BOOTSTRAP ARGS``: a few hundred bytes, whatever the program's size."""
     digest = hashlib.sha256(program).hexdigest()[:HASH_CHARS]
-    return ["python3", "-c", _BOOTSTRAP % (wait, len(program), HASH_CHARS, digest), *agent_args]
+    return ["python3", "-c", _BOOTSTRAP % (ALARM_EXIT, wait, len(program), HASH_CHARS, digest),
+            *agent_args]
 
 
 def agent_launch(agent_args: list[str], preinstalled: bool,

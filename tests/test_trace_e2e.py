@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_dnstrace.agent_program import PROGRAM_WAIT
+from kubectl_dnstrace.agent_program import ALARM_EXIT, PROGRAM_WAIT
 from tests.conftest import require_lab
 from tests.lab.cluster import SimCluster
 
@@ -306,7 +306,7 @@ def test_ctrl_c_while_containers_start_exits_130_and_says_what_stays(scenario) -
     end = time.monotonic() + 10 + PROGRAM_WAIT + 5
     while run.exit_code is None and time.monotonic() < end:
         time.sleep(0.2)
-    assert run.started and run.exit_code == 128 + signal.SIGALRM and run.lines == []
+    assert run.started and run.exit_code == ALARM_EXIT and run.lines == []
     assert wait_no_agents(scenario, rid, within=2.0) == []
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from kubectl_dnstrace.agent_program import PROGRAM_WAIT
+from kubectl_dnstrace.agent_program import ALARM_EXIT, PROGRAM_WAIT
 from kubectl_dnstrace.errors import ExitCode
 from tests.real.cluster import BackgroundTrace, RealCluster
 
@@ -102,12 +102,12 @@ def test_a_pod_near_etcds_limit_is_refused_and_etcds_own_refusal_is_named(real, 
                   "command": ["true", *["x" * 50_000] * (chunk // 50_000), "x" * (chunk % 50_000)]}
         kube.patch_ephemeral_containers(ns, name, {"spec": {"ephemeralContainers": [filler]}})
         i += 1
-    before = pod_bytes(real, ns, name)
+    before = real.get_json("pod", name, "-n", ns)["spec"]["ephemeralContainers"]
     done = real.plugin(f"pod/{name}", "-n", ns, "--duration", "5s")
     assert done.returncode == ExitCode.POD_TOO_LARGE, done.stderr
     assert f"pod {ns}/{name} is" in done.stderr and "etcd" in done.stderr
     assert "nothing was changed" in done.stderr and "Traceback" not in done.stderr
-    assert pod_bytes(real, ns, name) == before
+    assert real.get_json("pod", name, "-n", ns)["spec"]["ephemeralContainers"] == before
     real.kubectl("delete", "pod", name, "-n", ns, "--wait=false")
 
 
@@ -135,7 +135,7 @@ def test_timeout_s_term_on_a_trace(real, ns):
     import subprocess
 
     name = fresh_pod(real, ns, "timeout")
-    proc = subprocess.run(["timeout", "-s", "TERM", "20", "kubectl", "dnstrace", f"pod/{name}",
+    proc = subprocess.run(["timeout", "--preserve-status", "-s", "TERM", "20", "kubectl", "dnstrace", f"pod/{name}",
                            "-n", ns, "--domain", "evil.example.test", "--duration", "300s"],
                           capture_output=True, text=True, env=real.env(), timeout=90,
                           stdin=subprocess.DEVNULL)
@@ -177,7 +177,7 @@ def test_a_late_start_ends_by_itself_without_capturing(real, ns):
     kube.patch_ephemeral_containers(ns, name, {"spec": {"ephemeralContainers": [container]}})
     ended = wait_terminated(real, ns, name, timeout=PROGRAM_WAIT + 40)
     assert time.monotonic() - t0 < PROGRAM_WAIT + 30
-    assert ended["dnstrace-1a7e00"]["exitCode"] == 128 + signal.SIGALRM, ended
+    assert ended["dnstrace-1a7e00"]["exitCode"] == ALARM_EXIT, ended
     assert real.kubectl("logs", name, "-n", ns, "-c", "dnstrace-1a7e00").stdout == ""
 
 

@@ -287,6 +287,7 @@ class TraceRun:
             home = self.req.cluster.namespace or self.kube.namespace or "default"
             inv = self.inventory = Inventory.from_cluster(
                 self.kube, namespaces=[*res.namespaces, home])
+            inv.on_notice = self.say
             inv.start_watch(self.kube)
             attributor = Attributor(inv)
             attribution = scope_label(inv)

@@ -205,8 +205,11 @@ class TraceRun:
                 self.say(f"no final record from {', '.join(late)} {DEADLINE_GRACE:.0f}s after "
                          "the deadline: stopping")
         except KeyboardInterrupt as exc:
-            self.say(f"{_why_interrupted(exc)}: stopping the capture agents (Ctrl-C again to "
-                     "stop waiting)")
+            if self.runs:
+                self.say(f"{_why_interrupted(exc)}: stopping the capture agents (Ctrl-C again "
+                         "to stop waiting)")
+            else:
+                self.say(f"{_why_interrupted(exc)} before the first container was added")
             interrupted = exc
         except BaseException:
             # Refusals and bugs alike: stop what we started and say what stays behind.
@@ -574,7 +577,8 @@ class TraceRun:
                 r.state = self._current_state(r)
             with r.lock:  # no program is handed over from now on (the waits are cancelled)
                 pass
-        ended = [r for r in live if r.state is not None and r.state.phase == "terminated"]
+        ended = [r for r in live if r.state is not None
+                 and (r.state.phase == "terminated" or r.state.never_starts)]
         bootstrap = bool(self.spec and self.spec.program)
         idle = [r for r in live if r not in ended and bootstrap and not r.program_sent]
         if idle:
@@ -593,10 +597,7 @@ class TraceRun:
         waiting = [r for r in live if r not in ended and r not in idle
                    and (r.state is None or r.state.phase != "running")]
         if waiting:
-            self.say("not started yet: " + ", ".join(r.pod.key for r in waiting)
-                     + "; the project image's agent starts capturing if the container starts "
-                     f"later, and stops at its deadline (--duration {_num(self.req.duration)}s "
-                     "after it starts)")
+            self._stop_as_they_start(waiting, pre)
         live = [r for r in live if r not in ended and r not in idle and r not in waiting]
         can = [r for r in live if pre.plan(r.pod.namespace).can_exec]
         cannot = [r for r in live if not pre.plan(r.pod.namespace).can_exec]
@@ -625,6 +626,40 @@ class TraceRun:
         late = self._drain(deadline=time.monotonic() + wait)
         if late:
             self.say(f"not waiting for the final records of {', '.join(late)}")
+
+    def _stop_as_they_start(self, waiting: list[PodRun], pre: Preflight) -> None:
+        """The project image's agent captures as soon as its container starts (it needs no
+        program): wait for those still starting and stop each as it comes up, for as long
+        as --timeout allowed them to start. Ctrl-C again stops waiting."""
+        can = [r for r in waiting if pre.plan(r.pod.namespace).can_exec]
+        later = (f"its agent captures until --duration ({_num(self.req.duration)}s) after "
+                 "it starts")
+        for r in waiting:
+            if r not in can:
+                self.say(f"not started yet: {r.pod.key}, and no pods/exec permission to stop "
+                         f"it: if it starts, {later}")
+        if not can:
+            return
+        limit = min(self.req.wait_timeout, 60.0)
+        self.say("not started yet: " + ", ".join(r.pod.key for r in can)
+                 + f"; waiting up to {limit:.0f}s to stop each as it starts (Ctrl-C again to "
+                 f"stop waiting: then, if it starts, {later})")
+        deadline = time.monotonic() + limit
+        started: list[PodRun] = []
+        for r in can:
+            try:
+                r.state = wait_running(self.kube, r.pod, r.container, deadline)
+            except DnstraceError as exc:
+                self.say(f"{r.pod.key}: {exc.message}; if it starts later, {later}")
+                continue
+            if r.state.phase == "running":
+                started.append(r)
+        if started:
+            failed = request_stop(self.kube, [r.pod for r in started], started[0].container,
+                                  stop_file_path(self.run_id), notice=self.say)
+            if len(failed) < len(started):
+                self.say(f"stopped {len(started) - len(failed)} agent(s) as they started "
+                         "(pods/exec)")
 
     def _current_state(self, run: PodRun) -> ContainerState | None:
         try:

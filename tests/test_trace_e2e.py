@@ -310,6 +310,32 @@ def test_ctrl_c_while_containers_start_exits_130_and_says_what_stays(scenario) -
     assert wait_no_agents(scenario, rid, within=2.0) == []
 
 
+def test_ctrl_c_while_the_project_images_agent_starts_stops_it_as_it_comes_up(scenario) -> None:
+    """The project image needs no program, so its agent captures as soon as it starts: an
+    interrupted trace waits for it and stops it then, instead of leaving it for --duration."""
+    scenario.cluster.faults.slow_start(4)
+    proc = subprocess.Popen([KUBECTL, "dnstrace", f"pod/{WEB}", "-n", "shop", "-o", "ndjson",
+                             "--image", "ghcr.io/kubectl-dnstrace/agent:0.1.0",
+                             "--duration", "300s"], env=scenario.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines: list[str] = []
+    while True:
+        line = proc.stderr.readline()
+        err_lines.append(line)
+        if not line or "waiting (ContainerCreating)" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    err = "".join(err_lines) + err
+    assert proc.returncode == 130, err
+    assert f"not started yet: shop/{WEB}; waiting up to 60s to stop each as it starts" in err
+    assert "stopped 1 agent(s) as they started (pods/exec)" in err
+    rid = re.search(r"dnstrace-([0-9a-f]{6}) to pod", err).group(1)
+    assert wait_no_agents(scenario, rid, within=5.0) == []
+    run = scenario.cluster.kubelet.run("shop", WEB, f"dnstrace-{rid}")
+    assert b'"reason":"stop-file"' in b"".join(line for _, line in run.lines)
+
+
 def test_namespace_only_grants_name_their_namespaces_pods_and_no_one_else(tmp_path) -> None:
     """`kubectl dnstrace rbac -n kube-system` and `-n shop` applied for a user who may list
     pods in no other namespace: a CoreDNS trace names shop's pods, and a pod of another

@@ -189,6 +189,13 @@ class ContainerState:
     message: str = ""
     exit_code: int | None = None
     started_at: str = ""
+    last_reason: str = ""  # lastState.terminated.reason: "StartError" when runc could not start it
+
+    @property
+    def never_starts(self) -> bool:
+        """Ended for good without running: ephemeral containers are never restarted. The
+        real kubelet shows ``waiting: RunContainerError`` with the StartError in lastState."""
+        return self.reason == "StartError" or self.last_reason == "StartError"
 
 
 def container_state(pod_obj: dict, name: str) -> ContainerState:
@@ -196,6 +203,11 @@ def container_state(pod_obj: dict, name: str) -> ContainerState:
         if st.get("name") != name:
             continue
         state = st.get("state") or {}
+        last = ((st.get("lastState") or {}).get("terminated") or {}).get("reason", "")
+        if "waiting" in state and last:
+            w = state["waiting"] or {}
+            return ContainerState("waiting", w.get("reason", ""), w.get("message", ""),
+                                  last_reason=last)
         if "running" in state:
             return ContainerState("running", started_at=(state["running"] or {}).get("startedAt", ""))
         if "terminated" in state:
@@ -266,6 +278,8 @@ def _check(pod: PodRef, name: str, state: ContainerState,
            last: ContainerState) -> ContainerState:
     if (state.phase, state.reason) != (last.phase, last.reason):
         on_state(pod, state)
+    if state.never_starts:
+        raise start_error(pod, name, state)
     if state.phase == "waiting" and state.reason in FATAL_WAITING:
         raise ContainerFailed(
             f"the capture container {name} in {pod.key} cannot start: {state.reason} "
@@ -273,6 +287,16 @@ def _check(pod: PodRef, name: str, state: ContainerState,
             image_hint(state.reason),
         )
     return state
+
+
+def start_error(pod: PodRef, name: str, state: ContainerState) -> ContainerFailed:
+    """runc could not start the command (no python3 on the image's PATH, say)."""
+    return ContainerFailed(
+        f"the capture container {name} in {pod.key} could not start (StartError"
+        + (f": {state.message}" if state.message else "")
+        + "); it has ended and will never start again (ephemeral containers are not restarted)",
+        "use an image with python3 (>= 3.8) on its PATH: pass --image",
+    )
 
 
 def image_hint(reason: str) -> str:
@@ -291,6 +315,8 @@ def early_exit_error(kube: Kube, pod: PodRef, name: str, state: ContainerState,
         text = kube.read_log_text(pod.namespace, pod.name, name)
     except DnstraceError:
         text = ""
+    if state.never_starts:
+        return start_error(pod, name, state)
     agent_message = decode_error(text)
     if agent_message:
         return AgentFailed(

@@ -18,6 +18,7 @@ from kubectl_dnstrace.errors import ExitCode
 from tests.real.cluster import BackgroundTrace, RealCluster
 
 NS = "i15-kube-rt"
+UNPULLABLE = "127.0.0.1:9/dnstrace/unpullable:1"  # refused on loopback: no traffic leaves
 POD = """
 apiVersion: v1
 kind: Pod
@@ -87,7 +88,7 @@ def test_a_pod_near_etcds_limit_is_refused_and_etcds_own_refusal_is_named(real, 
     name = fresh_pod(real, ns, "full")
     kube = Kube.connect(ClusterOptions(kubeconfig=real.kubeconfig))
     # etcd itself refuses a write over 1.5 MiB: the API server says "request is too large".
-    huge = {"name": "huge", "image": "docker.io/library/nope:1", "imagePullPolicy": "Never",
+    huge = {"name": "huge", "image": UNPULLABLE, "imagePullPolicy": "Never",
             "command": ["true", *["x" * 100_000] * 16]}
     with pytest.raises(PodTooLarge) as info:
         kube.patch_ephemeral_containers(ns, name, {"spec": {"ephemeralContainers": [huge]}})
@@ -98,7 +99,7 @@ def test_a_pod_near_etcds_limit_is_refused_and_etcds_own_refusal_is_named(real, 
     while pod_bytes(real, ns, name) < target - 1_000:
         room = target - pod_bytes(real, ns, name) - 400
         chunk = min(room, 500_000)
-        filler = {"name": f"fill{i}", "image": "docker.io/library/nope:1", "imagePullPolicy": "Never",
+        filler = {"name": f"fill{i}", "image": UNPULLABLE, "imagePullPolicy": "Never",
                   "command": ["true", *["x" * 50_000] * (chunk // 50_000), "x" * (chunk % 50_000)]}
         kube.patch_ephemeral_containers(ns, name, {"spec": {"ephemeralContainers": [filler]}})
         i += 1
@@ -148,7 +149,7 @@ def test_timeout_s_term_on_a_trace(real, ns):
 
 def test_an_unpullable_image_is_never_left_able_to_capture(real, ns):
     name = fresh_pod(real, ns, "nopull")
-    done = real.plugin(f"pod/{name}", "-n", ns, "--image", "docker.io/library/nope:1",
+    done = real.plugin(f"pod/{name}", "-n", ns, "--image", UNPULLABLE,
                        "--image-pull-policy", "IfNotPresent", "--timeout", "30s",
                        "--duration", "300s")
     assert done.returncode == ExitCode.CONTAINER_FAILED, done.stderr
@@ -192,3 +193,53 @@ def test_a_second_trace_of_a_pod_says_so_before_adding_anything(real, ns):
     assert real.get_json("pod", name, "-n", ns)["spec"]["ephemeralContainers"] == spec_before
     first.proc.send_signal(signal.SIGINT)
     assert first.finish(timeout=60).returncode in (0, 1)
+
+
+@pytest.mark.parametrize("bad", [["--qtype", "BOGUS"], ["--rcode", "BOGUS"],
+                                 ["--qtype", "BOGUS", "--dry-run"]])
+def test_a_usage_error_changes_nothing(real, ns, bad):
+    name = fresh_pod(real, ns, "usage")
+    done = real.plugin(f"pod/{name}", "-n", ns, *bad)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "BOGUS" in done.stderr and "report it" not in done.stderr
+    assert not real.get_json("pod", name, "-n", ns)["spec"].get("ephemeralContainers")
+
+
+def test_start_error_says_the_container_ended_for_good(real, ns):
+    """An image without python3 (the CoreDNS image): runc cannot start the bootstrap."""
+    name = fresh_pod(real, ns, "noshell")
+    done = real.plugin(f"pod/{name}", "-n", ns, "--image", "docker.io/realk8s/coredns:1",
+                       "--image-pull-policy", "IfNotPresent", "--duration", "300s")
+    assert done.returncode == ExitCode.CONTAINER_FAILED, done.stderr
+    assert "could not start (StartError" in done.stderr
+    assert "will never start again" in done.stderr
+    assert "start later" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_printed_rbac_grant_is_enough_and_attach_is_named_when_missing(real, ns):
+    import subprocess
+
+    name = fresh_pod(real, ns, "rbac")
+    user = "i15-kube-tracer"
+    kubeconfig = real.user(user)
+    grant = subprocess.run(["kubectl-dnstrace", "rbac", "-n", ns, "--user", user],
+                           capture_output=True, text=True, check=True, env=real.env()).stdout
+    real.kubectl("apply", "-f", "-", input=grant)
+    try:
+        done = real.plugin(f"pod/{name}", "-n", ns, "--domain", "evil.example.test",
+                           "--duration", "6s", "-o", "json", kubeconfig=kubeconfig)
+        assert done.returncode == 0, done.stderr
+        assert any(e.get("client", {}).get("name") == name
+                   for e in json.loads(done.stdout)["events"])
+        # Without pods/attach (the program's way in) the trace refuses before any change.
+        role = real.get_json("role", "kubectl-dnstrace", "-n", ns)
+        role["rules"] = [r for r in role["rules"] if r["resources"] != ["pods/attach"]]
+        real.kubectl("apply", "-f", "-", input=json.dumps(role))
+        before = real.get_json("pod", name, "-n", ns)["spec"]["ephemeralContainers"]
+        refused = real.plugin(f"pod/{name}", "-n", ns, "--duration", "5s", kubeconfig=kubeconfig)
+        assert refused.returncode == ExitCode.FORBIDDEN, refused.stderr
+        assert "get pods/attach" in refused.stderr and "needs no attach" in refused.stderr
+        assert real.get_json("pod", name, "-n", ns)["spec"]["ephemeralContainers"] == before
+    finally:
+        real.kubectl("delete", "clusterrole,clusterrolebinding", f"kubectl-dnstrace-{ns}",
+                     "--ignore-not-found", check=False)

@@ -11,7 +11,8 @@ What it mirrors (recorded with a real kubelet + containerd, live/*.json):
   the project image ``ghcr.io/kubectl-dnstrace/agent:*`` runs the agent module from this
   repository; anything else never starts (ErrImagePull, then ImagePullBackOff "Back-off
   pulling image ..."; ErrImageNeverPull with imagePullPolicy Never); a command that is not
-  found ends as terminated/StartError with exit code 128 and runc's message;
+  found stays waiting/RunContainerError for good, with lastState terminated/StartError,
+  exit code 128 and runc's message (as the real 1.35 kubelet reports it);
 - pods/log, pods/exec and pods/attach are served from the processes' output, environment
   and stdin (see ``podlog``, ``podexec``, ``podattach``); a node without a kubelet gives the
   500 "dial tcp ...:10250";
@@ -91,6 +92,7 @@ class ContainerRun:
     exited_at: float | None = None
     cut_mark: int = 0  # log position of the last simulated connection break
     stdin_once: bool = False
+    last_terminated: dict | None = None  # lastState.terminated (a start error)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def status(self) -> dict:
@@ -105,7 +107,8 @@ class ContainerRun:
                 term["message"] = self.message
             term.update({"startedAt": self.started, "finishedAt": self.finished, "containerID": self.container_id})
             state = {"terminated": term}
-        out = {"name": self.name, "state": state, "lastState": {}, "ready": False, "restartCount": 0}
+        last = {"terminated": self.last_terminated} if self.last_terminated else {}
+        out = {"name": self.name, "state": state, "lastState": last, "ready": False, "restartCount": 0}
         if self.container_id:
             out.update({"image": normalize_image(self.image),
                         "imageID": "sha256:" + hashlib.sha256(self.image.encode()).hexdigest(),
@@ -310,14 +313,18 @@ class Kubelet:
             self._publish(run)
 
     def _start_error(self, run: ContainerRun) -> None:
-        """runc cannot exec the command: terminated, exit code 128, reason StartError."""
+        """runc cannot exec the command. As the real 1.35 kubelet reports it: the state is
+        ``waiting: RunContainerError`` for good (an ephemeral container is never retried),
+        and ``lastState.terminated`` holds exit code 128, reason StartError, runc's message."""
         binary = run.argv[0] if run.argv else ""
         run.container_id = "containerd://" + hashlib.sha256(f"{run.pod}/{run.name}/{time.time_ns()}".encode()).hexdigest()
-        run.state, run.reason, run.exit_code = "terminated", "StartError", 128
-        run.message = ("failed to create containerd task: failed to create shim task: OCI runtime create failed: "
-                       "runc create failed: unable to start container process: exec: "
-                       f'"{binary}": executable file not found in $PATH: unknown')
-        run.started = run.finished = "1970-01-01T00:00:00Z"  # as reported: the process never started
+        message = ("failed to create containerd task: failed to create shim task: OCI runtime create failed: "
+                   "runc create failed: unable to start container process: exec: "
+                   f'"{binary}": executable file not found in $PATH: unknown')
+        run.last_terminated = {"containerID": run.container_id, "exitCode": 128, "reason": "StartError",
+                               "message": message, "startedAt": "1970-01-01T00:00:00Z",
+                               "finishedAt": now_rfc3339()}
+        run.state, run.reason, run.message = "waiting", "RunContainerError", message
         with run.cond:
             run.exited_at = time.monotonic()
             run.cond.notify_all()

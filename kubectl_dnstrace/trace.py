@@ -275,6 +275,10 @@ class TraceRun:
             }
             self.out.write(json.dumps(doc) + "\n")
         self.out.flush()
+        if spec.program:
+            self.say(f"dry run: once each container runs, its agent program ({len(spec.program)} "
+                     "bytes, compressed; length and SHA-256 in the command) would be written to "
+                     "its stdin through pods/attach")
         self.say(f"dry run: {len(pods)} pod(s) would get capture container "
                  f"{spec.container_name}; nothing was changed")
         return ExitCode.MATCHED

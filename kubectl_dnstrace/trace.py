@@ -131,6 +131,7 @@ class PodRun:
     patched_at: float = 0.0  # 0: the patch was sent but not answered (yet)
     running_at: float = 0.0
     program_sent: bool = False
+    hello: bool = False  # the agent said hello: it runs
     lock: threading.Lock = field(default_factory=threading.Lock)
     added_bytes: int = 0  # what the container costs the pod object (spec + its status)
     pod_bytes: int = 0  # the pod object's size with it
@@ -513,6 +514,7 @@ class TraceRun:
         elif rtype == "agg":
             self._feed_aggregate(run, rec)
         elif rtype == "hello":
+            run.hello = True
             run.stats.setdefault("interfaces", rec.get("interfaces"))
 
     def _feed_aggregate(self, run: PodRun, rec: dict) -> None:
@@ -686,6 +688,10 @@ class TraceRun:
         errors = [(r, m) for r in runs for m in r.errors if m]
         events = sum(r.events for r in runs)
         lost = sum(r.lost for r in runs)
+        silent = [r for r in runs if not r.hello and r.ended]
+        if silent and not events and not errors:
+            # Before the summary: "No DNS queries matched" would be a lie.
+            raise self._silent_agent(silent[0])
         code = self.pipeline.finish()
         if errors and not events:
             run, message = errors[0]
@@ -696,6 +702,22 @@ class TraceRun:
                                  "above are incomplete")
             return ExitCode.STREAM_LOST
         return code
+
+
+    def _silent_agent(self, run: PodRun) -> DnstraceError:
+        """The container ended without one record: a clean "nothing matched" would be a lie."""
+        from kubectl_dnstrace.agent_program import ALARM_EXIT, PROGRAM_WAIT
+        from kubectl_dnstrace.errors import ContainerFailed
+
+        state = self._current_state(run)
+        if state is not None and state.exit_code == ALARM_EXIT:
+            return ContainerFailed(
+                f"the capture container {run.container} in {run.pod.key} did not get its agent "
+                f"program within {PROGRAM_WAIT}s of starting, and ended without capturing",
+                "the API server was slow to accept pods/attach; run again",
+            )
+        return early_exit_error(self.kube, run.pod, run.container,
+                                state or ContainerState("terminated"), _agent_error_message)
 
 
 def _why_interrupted(exc: BaseException) -> str:

@@ -336,6 +336,20 @@ def test_ctrl_c_while_the_project_images_agent_starts_stops_it_as_it_comes_up(sc
     assert b'"reason":"stop-file"' in b"".join(line for _, line in run.lines)
 
 
+@pytest.mark.parametrize("how", ["late", "cut"])
+def test_an_agent_whose_program_never_arrived_is_a_failure_not_no_match(scenario, how) -> None:
+    scenario.cluster.faults.lose_attach_input(close=how == "cut")
+    proc = dnstrace(scenario, f"pod/{WEB}", "-n", "shop", "--duration", "60s",
+                    timeout=PROGRAM_WAIT + 60)
+    assert proc.returncode == 8, proc.stderr
+    said = {"late": f"did not get its agent program within {PROGRAM_WAIT}s of starting, and "
+                    "ended without capturing",
+            "cut": "the agent program did not reach the capture container"}[how]
+    assert said in proc.stderr
+    assert "No DNS queries matched" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_namespace_only_grants_name_their_namespaces_pods_and_no_one_else(tmp_path) -> None:
     """`kubectl dnstrace rbac -n kube-system` and `-n shop` applied for a user who may list
     pods in no other namespace: a CoreDNS trace names shop's pods, and a pod of another

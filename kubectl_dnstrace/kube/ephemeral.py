@@ -289,6 +289,10 @@ def _check(pod: PodRef, name: str, state: ContainerState,
     return state
 
 
+# What the bootstrap writes (to the pod log) when the program came incomplete.
+PROGRAM_CUT = "the agent program did not arrive complete"
+
+
 def start_error(pod: PodRef, name: str, state: ContainerState) -> ContainerFailed:
     """runc could not start the command (no python3 on the image's PATH, say)."""
     return ContainerFailed(
@@ -317,6 +321,14 @@ def early_exit_error(kube: Kube, pod: PodRef, name: str, state: ContainerState,
         text = ""
     if state.never_starts:
         return start_error(pod, name, state)
+    if PROGRAM_CUT in text:
+        return ContainerFailed(
+            f"the agent program did not reach the capture container {name} in {pod.key} "
+            "complete (pods/attach); it ended without capturing",
+            "run again; if it persists, the connection to the API server cuts long "
+            "WebSocket messages: use the project's image (--image "
+            "ghcr.io/kubectl-dnstrace/agent:VERSION), which needs no program",
+        )
     agent_message = decode_error(text)
     if agent_message:
         return AgentFailed(

@@ -53,6 +53,8 @@ def serve_attach(kubelet: Kubelet, ex, pod: dict) -> None:
     h.wfile.flush()
     ws = wsexec.WebSocket(h.rfile, h.wfile, h.connection)
     stdin = run.proc.stdin if run.proc is not None and ex.flag("stdin") else None
+    if kubelet.faults.attach_input_lost:
+        stdin = None
     while True:
         frame = ws.recv()
         if frame is None or frame[0] == wsexec.OP_CLOSE:
@@ -65,7 +67,8 @@ def serve_attach(kubelet: Kubelet, ex, pod: dict) -> None:
         elif data[:2] == b"\xff\x00" and run.stdin_once and stdin is not None:
             with contextlib.suppress(OSError):
                 stdin.close()
-    if run.stdin_once and run.proc is not None and run.proc.stdin is not None:
+    closes = not kubelet.faults.attach_input_lost or kubelet.faults.attach_input_closes
+    if closes and run.stdin_once and run.proc is not None and run.proc.stdin is not None:
         with contextlib.suppress(OSError):
             run.proc.stdin.close()
     ws.send_channel(3, json.dumps({"metadata": {}, "status": "Success"}).encode())

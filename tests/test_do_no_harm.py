@@ -110,6 +110,7 @@ def test_a_pod_another_trace_runs_in_is_refused_unless_forced(sim, capsys):
                      namespace="shop")
     code, err = run(sim, "pod/web-2", "--duration", "5s", capsys=capsys)
     assert code == ExitCode.ALREADY_TRACED, err
+    assert "waiting up to 12s in case it is just ending" in err  # the kubelet reports late
     assert "dnstrace-abc123 (running since 2026-12-07T02:00:00Z by alice)" in err
     assert "dnstrace-000001" not in err  # an ended trace is no concern
     assert "--force" in err and writes(sim) == []
@@ -225,3 +226,21 @@ def test_etcd_request_too_large_is_its_own_error(tmp_path):
         kube.patch_ephemeral_containers("shop", "web-1", {"spec": {"ephemeralContainers": []}})
     assert info.value.exit_code == ExitCode.POD_TOO_LARGE
     assert "too large for etcd" in info.value.message and "status updates" in info.value.hint
+
+
+def test_a_trace_that_is_just_ending_does_not_block_the_next(sim, capsys):
+    """The kubelet reports a container's end seconds late: a back-to-back trace waits."""
+    other = {"name": "dnstrace-abc123", "image": "python:3.13-alpine", "command": ["python3"]}
+    running = {"name": "dnstrace-abc123", "state": {"running": {"startedAt": "2026-12-07T02:00:00Z"}}}
+    sim.store.create(pod("web-3", [other], [running]), namespace="shop")
+
+    def ends(obj: dict) -> dict:
+        obj["status"]["ephemeralContainerStatuses"] = [
+            {"name": "dnstrace-abc123", "state": {"terminated": {"exitCode": 0}}}]
+        return obj
+
+    threading.Timer(2.0, lambda: sim.store.mutate("pods", "web-3", "shop", ends)).start()
+    code, err = run(sim, "pod/web-3", "--duration", "5s", "--timeout", "1s", capsys=capsys)
+    assert "in case it is just ending" in err and "another trace is running" not in err
+    assert code == ExitCode.CONTAINER_FAILED, err  # added; it never starts here (no kubelet)
+    assert [r["path"] for r in writes(sim)] == ["/api/v1/namespaces/shop/pods/web-3/ephemeralcontainers"]

@@ -18,6 +18,7 @@ Every pod is checked before the first one is patched: a refusal changes nothing.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,10 @@ HEADROOM = 100 * 1024  # refuse a trace that leaves less than this below the lim
 # docs/performance.md ("Pod object footprint").
 SERVER_BYTES = 750
 STARTING = ("ContainerCreating", "PodInitializing")
+# The kubelet reports a container's end a few seconds after it: a trace that just ended
+# still shows "running". This long, a pod that another trace seems to run in is read again
+# before the new trace is refused (back-to-back traces of one pod are normal).
+ENDING_GRACE = 12.0
 
 
 def object_size(obj: dict) -> int:
@@ -97,7 +102,9 @@ class PodRoom:
 
 def check_pods(kube: Kube, pods: list[PodRef], container_for: Callable[[PodRef], dict],
                force: bool = False,
-               notice: Callable[[str], None] = lambda s: None) -> dict[str, PodRoom]:
+               notice: Callable[[str], None] = lambda s: None,
+               grace: float = ENDING_GRACE,
+               sleep: Callable[[float], None] = time.sleep) -> dict[str, PodRoom]:
     """Read every pod; refuse (changing nothing) when one is too full or already traced.
 
     Returns each pod's room by key, for telling the user what the trace added.
@@ -126,6 +133,8 @@ def check_pods(kube: Kube, pods: list[PodRef], container_for: Callable[[PodRef],
             f"restart deployment/NAME -n {full[0].pod.namespace}, or delete the pod if a "
             "controller recreates it), then trace again; nothing was changed",
         )
+    if traced and not force:
+        traced = _wait_ending(kube, traced, container_for, grace, notice, sleep)
     if traced:
         text = "; ".join(f"pod {pod.key} has {', '.join(o.describe() for o in others)}"
                          for pod, others in traced)
@@ -138,3 +147,24 @@ def check_pods(kube: Kube, pods: list[PodRef], container_for: Callable[[PodRef],
             )
         notice(f"warning: another trace is running ({text}); --force: tracing anyway")
     return rooms
+
+
+def _wait_ending(kube: Kube, traced: list[tuple[PodRef, list[OtherTrace]]],
+                 container_for: Callable[[PodRef], dict], grace: float,
+                 notice: Callable[[str], None],
+                 sleep: Callable[[float], None]) -> list[tuple[PodRef, list[OtherTrace]]]:
+    """Read the pods again for ``grace`` seconds; returns those still traced."""
+    notice("another trace's capture container seems to run in "
+           + ", ".join(pod.key for pod, _ in traced)
+           + f": waiting up to {grace:.0f}s in case it is just ending")
+    end = time.monotonic() + grace
+    while traced and time.monotonic() < end:
+        sleep(1.0)
+        still = []
+        for pod, _ in traced:
+            obj = kube.get("pods", pod.name, pod.namespace)
+            others = other_traces(obj, container_for(pod).get("name", ""))
+            if others:
+                still.append((pod, others))
+        traced = still
+    return traced

@@ -144,6 +144,7 @@ def test_timeout_s_term_on_a_trace(real, ns):
     assert proc.returncode == 0, proc.stderr
     assert "SIGTERM received" in proc.stderr
     assert name in proc.stdout and "evil.example.test" in proc.stdout  # the summary table
+    assert "asked 1 agent(s) to stop (pods/exec)" in proc.stderr, proc.stderr
     wait_terminated(real, ns, name, timeout=20)
 
 

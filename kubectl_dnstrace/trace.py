@@ -616,7 +616,8 @@ class TraceRun:
             failed = request_stop(self.kube, [r.pod for r in can], can[0].container,
                                   stop_file_path(self.run_id), notice=self.say)
             if failed:
-                self.say("those agents stop at their own deadline")
+                self.say(f"those agents stop at their own deadline ({self._until_deadline()} "
+                         "UTC)")
             if len(failed) < len(can):
                 self.say(f"asked {len(can) - len(failed)} agent(s) to stop (pods/exec)")
         if not self.started_streaming:

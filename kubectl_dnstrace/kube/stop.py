@@ -9,11 +9,14 @@ pods/exec``; without it the agents run until their own ``--duration`` deadline.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
-from kubectl_dnstrace.errors import DnstraceError
+from kubectl_dnstrace.errors import DnstraceError, Forbidden
 from kubectl_dnstrace.kube.client import Kube
 from kubectl_dnstrace.model import PodRef
+
+STOP_ATTEMPTS = 2
 
 
 def stop_file_path(run_id: str) -> str:
@@ -38,11 +41,21 @@ def request_stop(kube: Kube, pods: list[PodRef], container: str, path: str,
     def one(pod: PodRef) -> None:
         k = kube.clone()
         try:
-            k.exec(pod.namespace, pod.name, container, stop_command(path), timeout=timeout)
-        except DnstraceError as exc:
+            for attempt in range(STOP_ATTEMPTS):
+                try:
+                    k.exec(pod.namespace, pod.name, container, stop_command(path),
+                           timeout=timeout)
+                    return
+                except Forbidden as exc:  # asking again will not help
+                    error = exc
+                    break
+                except DnstraceError as exc:  # a busy kubelet or API server: once more
+                    error = exc
+                    if attempt + 1 < STOP_ATTEMPTS:
+                        time.sleep(1.0)
             with lock:
                 failed.append(pod.key)
-            notice(f"could not ask the agent in {pod.key} to stop: {exc.message}")
+            notice(f"could not ask the agent in {pod.key} to stop: {error.message}")
         finally:
             k.close()
 
@@ -50,7 +63,7 @@ def request_stop(kube: Kube, pods: list[PodRef], container: str, path: str,
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout + 2.0)
+        t.join(STOP_ATTEMPTS * (timeout + 1.0) + 2.0)
     return failed
 
 

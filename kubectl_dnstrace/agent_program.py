@@ -302,8 +302,11 @@ class AgentLaunch:
 def stdin_program(extra_args: list[str]) -> bytes:
     """The compressed program the bootstrap reads: the inline agent with ``extra_args``
     (a long domain list, say) appended to its command-line arguments."""
-    source = inline_program().replace(
-        "sys.exit(main(sys.argv[1:]))", f"sys.exit(main(sys.argv[1:]+{list(extra_args)!r}))")
+    entry = "sys.exit(main(sys.argv[1:]))"
+    program = inline_program()
+    if entry not in program:  # _BOOT changed: the extra arguments would be lost
+        raise RuntimeError("the inline program's entry line changed")
+    source = program.replace(entry, f"sys.exit(main(sys.argv[1:]+{list(extra_args)!r}))")
     return zlib.compress(source.encode("utf-8"), 9)
 
 

@@ -686,6 +686,8 @@ class TraceRun:
             if run.stats.get("drops"):
                 self.pipeline.notice(f"{run.pod.key}: the kernel dropped {run.stats['drops']} "
                                      "packet(s) before the agent read them")
+            for notice in shed_notices(run.pod.key, run.stats):
+                self.pipeline.notice(notice)
         errors = [(r, m) for r in runs for m in r.errors if m]
         events = sum(r.events for r in runs)
         lost = sum(r.lost for r in runs)
@@ -725,6 +727,22 @@ def _why_interrupted(exc: BaseException) -> str:
     if isinstance(exc, Terminated):
         return f"{exc.args[0] if exc.args else 'a signal'} received"
     return "Interrupted"
+
+
+def shed_notices(pod_key: str, stats: dict) -> list[str]:
+    """What an agent gave up to stay within its memory and CPU bounds (docs/protocol.md,
+    ``stats``): counted there, so said here, never lost silently."""
+    out = []
+    if stats.get("shed_packets"):
+        out.append(f"{pod_key}: the agent could not keep up and gave {stats['shed_packets']} "
+                   "packet(s) back to the kernel unread (to stay within its memory bound)")
+    if stats.get("shed_records"):
+        out.append(f"{pod_key}: the agent fell behind and counted {stats['shed_records']} "
+                   "message(s) in per-second aggregates instead of single lines")
+    if stats.get("ungrouped"):
+        out.append(f"{pod_key}: {stats['ungrouped']} message(s) are in the aggregate totals only "
+                   "(too many distinct names in one second to keep each); narrow with --domain")
+    return out
 
 
 def _agent_error_message(text: str) -> str | None:

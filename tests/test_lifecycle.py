@@ -101,3 +101,19 @@ def test_an_interrupt_before_any_change_says_nothing_was_changed(tmp_path, sig):
     said = "Interrupted" if sig == signal.SIGINT else "SIGTERM received"
     assert f"{said} before any change: nothing was changed in the cluster" in err
     assert "Traceback" not in err
+
+
+def test_what_an_agent_shed_to_stay_bounded_is_said_never_lost_silently() -> None:
+    from kubectl_dnstrace.trace import shed_notices
+
+    assert shed_notices("kube-system/coredns-1", {"seen": 10, "drops": 0}) == []
+    said = shed_notices("kube-system/coredns-1",
+                        {"shed_packets": 55122, "shed_records": 9000, "ungrouped": 12})
+    assert said == [
+        "kube-system/coredns-1: the agent could not keep up and gave 55122 packet(s) back to "
+        "the kernel unread (to stay within its memory bound)",
+        "kube-system/coredns-1: the agent fell behind and counted 9000 message(s) in per-second "
+        "aggregates instead of single lines",
+        "kube-system/coredns-1: 12 message(s) are in the aggregate totals only (too many distinct "
+        "names in one second to keep each); narrow with --domain",
+    ]

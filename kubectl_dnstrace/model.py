@@ -134,6 +134,7 @@ class TraceRequest:
     dry_run: bool = False
     dns_namespace: str = "kube-system"
     dns_selector: str | None = None
+    force: bool = False  # trace a pod even when another trace's agent runs in it
 
 
 @dataclass(slots=True)

@@ -132,27 +132,49 @@ def read_records(path: str, position: ReadPosition | None = None,
     from scapy.utils import RawPcapNgReader
 
     _quiet_scapy()
+    disk = None  # the file on disk (a path): where progress and damage are measured
     try:
-        reader = RawPcapNgReader(path if stream is None
-                                 else io.BufferedReader(_Prepended(head, stream)))
+        if stream is None:
+            disk = open(path, "rb")  # noqa: SIM115 (closed with the reader, below)
+            source: BinaryIO = disk
+            if disk.read(2) == b"\x1f\x8b":
+                disk.seek(0)
+                source = gzip.GzipFile(fileobj=disk)  # type: ignore[assignment]
+            else:
+                disk.seek(0)
+        else:
+            source = io.BufferedReader(_Prepended(head, stream))
+        bounded = _Bounded(source)
+        reader = RawPcapNgReader(bounded)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}",
                        "give the path of a pcap or pcapng file") from None
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc}", "give a pcap or pcapng file") from None
-    except Scapy_Exception:
+    except (Scapy_Exception, EOFError):
+        if disk is not None:
+            disk.close()
         raise BadInput(
             f"{_name(path)} is not a pcap or pcapng capture file",
             "write captures with tcpdump -w FILE (or tshark/dumpcap); gzip-compressed "
             "files are read too",
         ) from None
-    raw = getattr(reader.f, "fileobj", None) or reader.f  # gzip: the compressed file
 
     def tell() -> int:
         try:
-            return raw.tell()
-        except (OSError, ValueError):  # a pipe: no position to tell
+            return disk.tell() if disk is not None else bounded.consumed
+        except (OSError, ValueError):
             return position.offset
+
+    def refused() -> bool:
+        """A block longer than any block is damage (scapy would read the rest of the file
+        into memory for it, then call that the end)."""
+        if bounded.refused_at is None:
+            return False
+        position.damaged_at = bounded.refused_at
+        position.damage = (f"a block claims {bounded.refused} bytes, more than any block "
+                           f"holds ({MAX_BLOCK})")
+        return True
 
     count = 0
     try:
@@ -161,6 +183,7 @@ def read_records(path: str, position: ReadPosition | None = None,
                 try:
                     frame, meta = reader._read_packet(size=READ_SIZE)
                 except EOFError:
+                    refused()
                     return
                 ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
                 count += 1
@@ -178,18 +201,53 @@ def read_records(path: str, position: ReadPosition | None = None,
                 try:
                     frame, meta = read(size=READ_SIZE)
                 except EOFError:
+                    refused()
                     return
                 count += 1
                 if count % POSITION_EVERY == 0:
                     position.offset = tell()
                 yield linktype, frame, meta.sec + meta.usec * scale
     except Scapy_Exception as exc:
-        position.damaged_at = tell()
-        position.damage = str(exc) or "a block that does not parse"
+        if not refused():
+            position.damaged_at = tell()
+            position.damage = str(exc) or "a block that does not parse"
     finally:
         position.offset = tell()
         with contextlib.suppress(Exception):
             reader.close()
+        if disk is not None:
+            disk.close()
+
+
+MAX_BLOCK = 16 << 20  # Wireshark's limit for a pcapng block, a packet's included
+
+
+class _Bounded:
+    """The file scapy's pcapng reader reads, refusing any read longer than MAX_BLOCK (it
+    reads a block's body in one call, of the length the block claims): the read comes back
+    empty, which scapy takes for the end, and ``refused_at`` says where the block began.
+    Counts what it handed over, for a position on a pipe."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.name = getattr(f, "name", "stdin")
+        self.consumed = 0
+        self.refused: int | None = None
+        self.refused_at: int | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if size is not None and size > MAX_BLOCK:
+            if self.refused_at is None:
+                # The block's type and length are read; its body is asked for: the length
+                # less the 12 bytes of type, length and trailing length.
+                self.refused, self.refused_at = size + 12, self.consumed - 8
+            return b""
+        data = self.f.read(size)
+        self.consumed += len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
 
 
 def _one_interface(head: bytes, order: str) -> bool:

@@ -473,3 +473,36 @@ def test_a_forward_without_a_cause_keeps_its_place_on_standard_input(tmp_path):
                                                 for p in packets], source
         assert [bool(e.get("forward")) for e in events] == [False, False, True, False, False,
                                                             False], source
+
+
+def test_a_damaged_pcapng_block_ends_the_reading_there_in_bounded_memory(tmp_path):
+    """A pcapng block whose length field claims 4 GB, then 100 MB: scapy would read all of
+    it for that block and call it the end; the block is refused where it starts."""
+    frames = _ethernet_frames(_exchanges())
+
+    def block(kind: int, body: bytes) -> bytes:
+        body += bytes(-len(body) % 4)
+        return struct.pack("<II", kind, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    data = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    data += block(1, struct.pack("<HHI", 1, 0, 65535))
+    for ts, frame in frames[:3]:
+        usec = round(ts * 1e6)
+        data += block(6, struct.pack("<IIIII", 0, usec >> 32, usec & 0xFFFFFFFF, len(frame),
+                                     len(frame)) + frame)
+    good = len(data)
+    path = tmp_path / "damaged.pcapng"
+    with open(path, "wb") as fh:
+        fh.write(data + struct.pack("<II", 6, 0xFFFFFFF0))
+        chunk = bytes(range(256)) * 4096
+        for _ in range(100):
+            fh.write(chunk)
+    code, out, err, _seconds, peak_kib = _run_measured(
+        [PLUGIN, "analyze", "--offline", "-o", "ndjson", path], tmp_path)
+    assert code == 10, err
+    assert [(e["qr"], e["qname"]) for e in _events(out)] == [
+        ("query", "evil.example.com"), ("response", "evil.example.com"),
+        ("query", "nope.example.com")]
+    assert (f"error: {path} is damaged at byte {good}: a block claims 4294967280 bytes, more "
+            "than any block holds (16777216)\n") in err
+    assert peak_kib < 100 * 1024, peak_kib

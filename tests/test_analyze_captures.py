@@ -10,7 +10,6 @@ namespace whose resolver is its own address.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import struct
@@ -192,23 +191,31 @@ def test_frames_of_link_types_it_does_not_read_are_named_and_alone_are_bad_input
 # ---- a damaged file --------------------------------------------------------------------------
 
 
-def _run_measured(argv: list, tmp: Path) -> tuple[int, str, str, float, int]:
-    """Run ``argv``; its exit code, output, error output, seconds, and peak RSS in KiB of it
-    and the processes it waited for (Linux's wait4 reports both: the decoding child too)."""
-    import threading
+# Starts the command from a small fresh interpreter and writes its peak RSS (KiB, from
+# wait4: it and the processes it waited for, the decoding child too) to the file named
+# first. Not from this process: Linux carries a parent's high-water mark across fork and
+# exec into the child's, so a child of a big pytest would start at pytest's size.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as fh:
+    fh.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
+
+def _run_measured(argv: list, tmp: Path) -> tuple[int, str, str, float, int]:
+    """Run ``argv``; its exit code, output, error output, seconds, and peak RSS in KiB."""
     start = time.monotonic()
-    with open(tmp / "out", "wb") as out, open(tmp / "err", "wb") as err:
-        proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err)
-        watchdog = threading.Timer(300, proc.kill)
-        watchdog.start()
-        try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            watchdog.cancel()
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(tmp / "peak"),
+                           *(str(a) for a in argv)], capture_output=True, text=True,
+                          timeout=300)
     seconds = time.monotonic() - start
-    return (os.waitstatus_to_exitcode(status), (tmp / "out").read_text(),
-            (tmp / "err").read_text(), seconds, usage.ru_maxrss)
+    return (proc.returncode, proc.stdout, proc.stderr, seconds,
+            int((tmp / "peak").read_text()))
 
 
 def test_a_damaged_pcap_reports_what_came_before_and_where_in_bounded_memory(tmp_path):

@@ -94,7 +94,7 @@ def test_a_snap_length_capture_made_in_a_real_pod_reads_as_tshark_reads_it(
     named = [row for row in once if row[1]]
     ours = [(e["src"], e["qname"], str(dnswire.type_code(e["qtype"])),
              str(dnswire.rcode_code(e["rcode"])) if e.get("rcode") else "") for e in events]
-    assert ours == named
+    assert ours == named, (ours, theirs, done.stderr)
     asked = {(e["qname"], e["qr"]) for e in events}
     assert {("loop.test", "query"), ("loop.test", "response"),
             ("evil.example.test", "response")} <= asked
@@ -103,5 +103,6 @@ def test_a_snap_length_capture_made_in_a_real_pod_reads_as_tshark_reads_it(
     assert "cut short by the capture's snap length" in done.stderr
     # The pod's own address is the pod; its loopback asking its own resolver is no forward.
     to_cluster = [e for e in events if e["qr"] == "query" and e["src"] == pod_ip]
-    assert to_cluster and {e["client"].get("name") for e in to_cluster} == {"capturer"}
+    assert to_cluster and {e["client"].get("name") for e in to_cluster} == {"capturer"}, \
+        [e["client"] for e in to_cluster]
     assert not any(e.get("forward") for e in events)

@@ -19,12 +19,13 @@ import time
 from collections import deque
 from typing import Any, TextIO
 
-from kubectl_dnstrace import gcpolicy, render
+from kubectl_dnstrace import columns, gcpolicy, render
 from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
 from kubectl_dnstrace.errors import ExitCode
 from kubectl_dnstrace.linking import Linker, describe_client
 from kubectl_dnstrace.model import Client, DnsEvent, OutputOptions
+from kubectl_dnstrace.pairing import Pairing
 
 LIVE_WAIT = 3.0  # seconds (event time) a query waits for its answer before its line prints
 WATCH_WAIT = 2.0  # seconds (wall) an event from an unheld pod address waits for the pod watch
@@ -65,7 +66,9 @@ class Pipeline:
         self.live = fmt in ("table", "wide") and output.live
         self.aggregator = Aggregator() if fmt in ("table", "wide", "json") else None
         self.events = render.EventSpool() if fmt == "json" else None
-        self._pending: dict[tuple, Attributed] = {}
+        self._pairing: Pairing[Attributed] = Pairing(_event_of, LIVE_WAIT)
+        self.width = output.width or columns.terminal_width(self.out)
+        self._layout = render.LiveLayout(self.wide, self.width)
         self._waiting: deque[tuple[float, DnsEvent]] = deque()
         self._unheld: dict[str, float] = {}  # address -> until when it is not waited for
         self._held: deque[tuple[float, Attributed]] = deque()  # forwards awaiting a cause
@@ -243,6 +246,8 @@ class Pipeline:
 
     def tick(self) -> None:
         """Nothing arrived for a while: let waiting events and held lines go when due."""
+        if self.live and len(self._pairing):
+            self._write_pairs(self._pairing.expire())
         if self._waiting:
             self._release(everything=False)
         if self._held:
@@ -275,32 +280,14 @@ class Pipeline:
             self.out.flush()
 
     def _live(self, a: Attributed) -> None:
-        ev = a.event
-        lines = []
-        while self._pending:
-            first = next(iter(self._pending))
-            if self._pending[first].event.ts >= ev.ts - LIVE_WAIT:
-                break
-            lines.append(render.live_line(self._pending.pop(first), None, self.wide))
-        if ev.qr == "query":
-            key = (ev.observed_at, ev.src, ev.sport, ev.dst, ev.dport, ev.id)
-            old = self._pending.pop(key, None)
-            if old is not None:
-                lines.append(render.live_line(old, None, self.wide))
-            self._pending[key] = a
-        else:
-            query = self._pending.pop((ev.observed_at, ev.dst, ev.dport, ev.src, ev.sport, ev.id),
-                                      None)
-            lines.append(render.live_line(query, a, self.wide))
-        self._write_lines(lines)
+        self._write_pairs(self._pairing.add(a))
 
-    def _write_lines(self, lines: list[str]) -> None:
-        if not lines:
+    def _write_pairs(self, pairs: list) -> None:
+        text = self._layout.lines(pairs)
+        if not text:
             return
-        if not self._header_done:
-            self._header_done = True
-            self.out.write(render.live_header(self.wide))
-        self.out.write("".join(lines))
+        self._header_done = True
+        self.out.write(text)
         if self.streaming:
             self.out.flush()
 
@@ -319,9 +306,7 @@ class Pipeline:
             self._release_held(float("-inf"), everything=True)
         self._write_ndjson()
         if self.live:
-            rest = [render.live_line(a, None, self.wide) for a in self._pending.values()]
-            self._pending.clear()
-            self._write_lines(rest)
+            self._write_pairs(self._pairing.flush())
         if self.pcap is not None:
             digest = self.pcap.close()
             kind = "pcapng" if self.pcap.pcapng else "pcap"
@@ -347,9 +332,10 @@ class Pipeline:
                 if self._header_done:
                     self.out.write("\n")
                 when = render.report_clock(clients, links)
-                self.out.write(render.summary_table(clients, self.wide, when))
-                notes = render.explanations(clients)
-                ups = render.links_text(links, when)
+                width = None if self.wide else self.width
+                self.out.write(render.summary_table(clients, self.wide, when, width))
+                notes = render.explanations(clients, width)
+                ups = render.links_text(links, when, width)
                 for block in (notes, ups):
                     if block:
                         self.out.write("\n" + block)
@@ -357,6 +343,10 @@ class Pipeline:
                 self.notice("No DNS queries matched.")
         self.out.flush()
         return ExitCode.MATCHED if self.count else ExitCode.NO_MATCH
+
+
+def _event_of(a: Attributed) -> DnsEvent:
+    return a.event
 
 
 def _comment(a: Attributed) -> str:

@@ -49,7 +49,7 @@ def shorten(text: str, width: int) -> str:
 class Column:
     """One column: its header, the widest text it has to show, and how it gives way.
 
-    ``least``: it never gets narrower than this (a fixed column has least == its need);
+    ``least``: it gets narrower than this only when nothing else can give;
     ``weight``: how readily it keeps its width when the row is too long (a name column
     more than a namespace).
     """
@@ -60,6 +60,7 @@ class Column:
     weight: float = 1.0
     most: int = 0  # 0: no limit when spare room is shared out
     typical: int = 0  # what most of its cells need: outliers give way first
+    fixed: bool = False  # always ``need`` wide (times, types, codes)
 
     @classmethod
     def of(cls, header: str, cells: list[str], least: int = 4, weight: float = 1.0,
@@ -68,10 +69,6 @@ class Column:
         lengths = sorted(len(c) for c in cells) or [0]
         return cls(header, lengths[-1], least, weight, most,
                    lengths[(3 * (len(lengths) - 1)) // 4])
-
-    @property
-    def fixed(self) -> bool:
-        return self.least >= max(self.need, len(self.header))
 
 
 def fit(columns: list[Column], width: int, spare: bool = False) -> list[int]:
@@ -88,7 +85,8 @@ def fit(columns: list[Column], width: int, spare: bool = False) -> list[int]:
     budget = width - len(SEP) * (len(columns) - 1)
     floors = ([max(c.least, c.typical, len(c.header)) for c in columns],
               [c.least for c in columns],
-              [c.least if c.fixed else 1 for c in columns], [1] * len(columns))
+              [max(c.need, len(c.header)) if c.fixed else 1 for c in columns],
+              [1] * len(columns))
     for lows in floors:
         while sum(widths) > budget:
             best, score = -1, 0.0

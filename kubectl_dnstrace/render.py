@@ -329,7 +329,7 @@ class LiveLayout:
             for i, name in enumerate(LIVE_COLUMNS):
                 least, weight, most = _LIVE_FIT[name]
                 if name in ("TIME", "QTYPE", "RCODE", "LATENCY"):
-                    cols.append(columns.Column(name, least, least, weight, most, least))
+                    cols.append(columns.Column(name, least, least, weight, most, least, True))
                 else:
                     cols.append(columns.Column.of(name, [c[i] for c in rows], least, weight,
                                                   most))
@@ -402,8 +402,9 @@ def summary_table(clients: list[ClientStats], wide: bool = False,
     cols = []
     for i, name in enumerate(headers):
         cells = [r[i] for r in rows]
-        least, weight = _SUMMARY_FIT.get(name, (max(map(len, cells)), 1.0))
-        cols.append(columns.Column.of(name, cells, least, weight))
+        col = columns.Column.of(name, cells, *_SUMMARY_FIT.get(name, (0, 1.0)))
+        col.fixed = name not in _SUMMARY_FIT
+        cols.append(col)
     widths = columns.fit(cols, width)
     names_at = headers.index("NAMES")
     out = [columns.row(headers, widths)]

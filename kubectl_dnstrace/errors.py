@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     AGENT_FAILED = 9  # the agent reported an error (e.g. no CAP_NET_RAW)
     BAD_INPUT = 10  # a capture file that cannot be read
     STREAM_LOST = 11  # events were lost (log stream gap that could not be recovered)
+    COVERAGE_GAP = 12  # a traced pod went away and no replacement of its workload was traced
     INTERNAL = 70  # a bug: please report it
     INTERRUPTED = 130  # Ctrl-C before the trace started
 

@@ -75,6 +75,7 @@ class Pipeline:
         self._late_seen = 0  # the linker's late_causes when the held lines were last looked at
         self._header_done = False
         self._nodelocal_said = False
+        self.coverage: list[str] = []  # the pods a followed workload had, when they changed
         self.linker = self._linker()
         self._ndjson = render.NdjsonWriter()
         self._lines: list[str] = []  # -o ndjson lines of the events fed so far, not yet written
@@ -110,7 +111,11 @@ class Pipeline:
                     info = inv.pod_by_key(key)
                     if info is not None and info.node:
                         nodes.add(info.node)
-        if nodes:
+        # Said where it applies: a trace at the cluster DNS, or a file of unknown origin;
+        # a trace of application pods sees their own addresses whatever the DNS does.
+        pods_only = any(isinstance(t, dict) and t.get("role") for t in self.targets) and all(
+            t.get("role") == "pod" for t in self.targets if isinstance(t, dict))
+        if nodes and not pods_only:
             self._say_nodelocal(len(nodes))
         return Linker(pods, nodes, captures, server_of=self.attributor.attribute)
 
@@ -336,7 +341,8 @@ class Pipeline:
                 self.out.write(render.summary_table(clients, self.wide, when, width))
                 notes = render.explanations(clients, width)
                 ups = render.links_text(links, when, width)
-                for block in (notes, ups):
+                pods = render.coverage_text(self.coverage, width)
+                for block in (notes, ups, pods):
                     if block:
                         self.out.write("\n" + block)
             else:

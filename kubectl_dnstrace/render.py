@@ -369,7 +369,7 @@ def report_clock(clients: list[ClientStats], links: list[Link]) -> Callable[[flo
 # How each summary column gives way when the terminal is narrow: (least, weight).
 _SUMMARY_FIT = {
     "NAMESPACE": (9, 0.8), "POD": (12, 2.0), "WORKLOAD": (8, 1.5), "NODE": (6, 0.8),
-    "NAMES": (16, 1.5), "QTYPES": (6, 0.8), "RCODES": (8, 0.8),
+    "NAMES": (16, 1.5), "QTYPES": (6, 1.2), "RCODES": (8, 1.5),
 }
 
 
@@ -402,10 +402,14 @@ def summary_table(clients: list[ClientStats], wide: bool = False,
     cols = []
     for i, name in enumerate(headers):
         cells = [r[i] for r in rows]
+        if name == "NAMES":  # a list: it gives way by naming fewer, down to one and "+N more"
+            full = max(map(len, cells))
+            cells = [_names_cell(cs, 0) for cs in clients]
         col = columns.Column.of(name, cells, *_SUMMARY_FIT.get(name, (0, 1.0)))
         col.fixed = name not in _SUMMARY_FIT
+        col.most = full if name == "NAMES" else col.need
         cols.append(col)
-    widths = columns.fit(cols, width)
+    widths = columns.fit(cols, width, spare=True)
     names_at = headers.index("NAMES")
     out = [columns.row(headers, widths)]
     for cs, cells in zip(clients, rows, strict=True):
@@ -421,10 +425,10 @@ def _names_cell(cs: ClientStats, width: int | None = None) -> str:
     names = sorted(cs.names.values(), key=lambda n: (-n.count, n.name.lower()))
     shown = [n.name for n in names[:NAMES_SHOWN]]
     if width is not None:
-        while len(shown) > 1 and len(_names_text(shown, len(names))) > width:
+        while len(shown) > 1 and (not width or len(_names_text(shown, len(names))) > width):
             shown.pop()
         text = _names_text(shown, len(names))
-        if len(text) > width:
+        if width and len(text) > width:
             more = text[len(shown[0]):]
             text = columns.shorten(shown[0], max(1, width - len(more))) + more
         return text
@@ -472,6 +476,13 @@ def links_text(links: list[Link], when: Callable[[float], str] | None = None,
         return ""
     when = when or report_clock([], ups)
     return "Upstream lookups:\n" + "".join(_wrap(describe_link(lk, when), width) for lk in ups)
+
+
+def coverage_text(lines: list[str], width: int | None = None) -> str:
+    """The pods a followed workload had during the run, when they changed."""
+    if not lines:
+        return ""
+    return "Pods traced:\n" + "".join(_wrap(line, width) for line in lines)
 
 
 # ---- the JSON document ----------------------------------------------------------------

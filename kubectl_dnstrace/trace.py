@@ -27,6 +27,7 @@ from kubectl_dnstrace.errors import (
     ExitCode,
     UsageError,
 )
+from kubectl_dnstrace.following import Following
 from kubectl_dnstrace.kube.client import Kube
 from kubectl_dnstrace.kube.ephemeral import (
     CaptureSpec,
@@ -144,6 +145,7 @@ class TraceRun:
         self.started_streaming = False
         self.agents_started = 0.0  # wall clock when the first capture container ran
         self.startup = 0.0  # seconds from the patch to Running (slowest pod)
+        self.following: Following | None = None  # workload targets' new and gone pods
         self._status_at = 0.0
 
     def say(self, text: str) -> None:
@@ -174,6 +176,7 @@ class TraceRun:
             self._add_all(spec, resolution.pods, pre)
             self._wait_all()
             self._stream_all()
+            self.following = Following(self, resolution, pre)
             late = self._drain(deadline=time.monotonic() + req.duration + DEADLINE_GRACE)
             if late:
                 self.say(f"no final record from {', '.join(late)} {DEADLINE_GRACE:.0f}s after "
@@ -322,8 +325,12 @@ class TraceRun:
                  f"{self._until_deadline()} UTC or Ctrl-C")
 
     def _drain(self, deadline: float) -> list[str]:
-        """Feed the pipeline until every stream has ended; returns the pods still going."""
-        while any(not r.ended for r in self.runs.values()):
+        """Feed the pipeline until every stream has ended (and, following workloads, the
+        run's time is up); returns the pods still going."""
+        following = self.following
+        while any(not r.ended for r in self.runs.values()) or (following and following.active):
+            if following is not None:
+                following.step()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return [r.pod.key for r in self.runs.values() if not r.ended]
@@ -420,6 +427,8 @@ class TraceRun:
     # Stopping and the outcome -----------------------------------------------------------------
 
     def _cleanup(self, pre: Preflight, reason: str) -> None:
+        if self.following is not None:
+            self.following.stop()  # no new pods from here on
         live = [r for r in self.runs.values() if not r.ended]
         try:
             if live:
@@ -514,6 +523,10 @@ class TraceRun:
         errors = [(r, m) for r in runs for m in r.errors if m]
         events = sum(r.events for r in runs)
         lost = sum(r.lost for r in runs)
+        gaps = self.following.gaps() if self.following is not None else []
+        if self.following is not None and self.following.report():
+            self.pipeline.coverage = self.following.report()
+            self.pipeline.meta["coverage"] = self.following.coverage.json(time.time())
         code = self.pipeline.finish()
         if errors and not events:
             run, message = errors[0]
@@ -523,6 +536,10 @@ class TraceRun:
             self.pipeline.notice(f"warning: {lost} record(s) were lost in total; the results "
                                  "above are incomplete")
             return ExitCode.STREAM_LOST
+        if gaps:
+            self.pipeline.notice(f"warning: {', '.join(gaps)} went away and no replacement was "
+                                 "traced: the trace does not cover the whole run")
+            return ExitCode.COVERAGE_GAP
         return code
 
 

@@ -80,11 +80,11 @@ TIME          NAM…CE  CLIENT        WORKLOAD  QNAME             QTYPE  RCODE  
 14:00:03.000  shop    web-5d…x2k4p  Depl…web  slow.example.com  TXT    -         -        -        kube…cde  no response
 14:00:03.500  -       192.16…nown)  -         evil.example.com  AAAA   NXDOMAIN  -        1.0ms    kube…cde  cache
 
-NAMESPACE  POD                    WORKLOAD         NODE    NAMES             COUNT  QTYPES  RCODES    FIRST     LAST
-shop       web-5d8f7c9b6-x2k4p    Deployment/web   node-a  evi…om (+1 more)  3      A:2…:1  NOER…R:2  14:00:00  14:00:03
--          192.168.50… (unknown)  -                -       evil.example.com  1      AAAA:1  NXDO…N:1  14:00:03  14:00:03
--          node/node-a            one of:…t-x7k2p  node-a  good.example.com  1      A:1     NOER…R:1  14:00:01  14:00:01
-kube…stem  coredns-7d…ff4d-abcde  Deploym…coredns  node-b  evil.example.com  1      A:1     NOER…R:1  14:00:00  14:00:00
+NAMESPACE  POD                   WORKLOAD         NODE    NAMES             COUNT  QTYPES  RCODES     FIRST     LAST
+shop       web-5d8f7c9b6-x2k4p   Deployment/web   node-a  evi…om (+1 more)  3      A:2…:1  NOERROR:2  14:00:00  14:00:03
+-          192.168.50…(unknown)  -                -       evil.example.com  1      AAAA:1  NXDO…IN:1  14:00:03  14:00:03
+-          node/node-a           one of:…t-x7k2p  node-a  good.example.com  1      A:1     NOERROR:1  14:00:01  14:00:01
+kube…stem  coredns-7d…f4d-abcde  Deploym…coredns  node-b  evil.example.com  1      A:1     NOERROR:1  14:00:00  14:00:00
 
 Notes:
   192.168.50.7 [192.168.50.7]: not a pod, node or Service address known to the inventory
@@ -336,6 +336,23 @@ def test_nodelocal_dns_is_detected_and_said_in_one_line():
     assert err.getvalue() == (
         "NodeLocal DNSCache is on (1 node): CoreDNS sees node addresses, not pods; clients are "
         "named from the node-local-dns captures, which see the pods' own addresses\n")
+
+
+def test_nodelocal_notice_is_not_said_on_a_trace_of_application_pods():
+    """pod/, deploy/ ... captures sit in the pods themselves: they see their own addresses
+    whatever NodeLocal DNSCache does."""
+    from kubectl_dnstrace.model import PodRef
+
+    inv = Inventory.from_objects([pod("node-local-dns-a", "172.18.0.10", namespace="kube-system",
+                                      host_network=True, labels={"k8s-app": "node-local-dns"})],
+                                 [node("node-a", "172.18.0.10", "10.244.0.0/24")], since=T0)
+    err = io.StringIO()
+    Pipeline(OutputOptions(format="table"), io.StringIO(), err, attributor=Attributor(inv),
+             meta={"targets": [PodRef("shop", "web-1", role="pod")]})
+    assert err.getvalue() == ""
+    Pipeline(OutputOptions(format="table"), io.StringIO(), err, attributor=Attributor(inv),
+             meta={"targets": [PodRef("kube-system", "coredns-1", role="coredns")]})
+    assert err.getvalue().startswith("NodeLocal DNSCache is on (1 node)")
 
 
 def _with_packets(evs: list[DnsEvent]) -> list[DnsEvent]:

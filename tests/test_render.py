@@ -590,7 +590,7 @@ def test_tables_fit_the_terminal_and_stay_lined_up(monkeypatch):
     """Long real names (search-path expansions, CoreDNS pod names, "one of: ...") shortened in
     the middle with "…"; every line within COLUMNS; the columns start where the header's do."""
     long_name = "api.payments.svc.cluster.local.svc.cluster.local.cluster.local"
-    evs = events() + [q(4.0, "10.244.0.5", "10.244.1.2", 9, long_name, sport=40009)]
+    evs = [*events(), q(4.0, "10.244.0.5", "10.244.1.2", 9, long_name, sport=40009)]
     monkeypatch.setenv("COLUMNS", "120")
     out = io.StringIO()
     p = Pipeline(OutputOptions(format="table"), out, io.StringIO(),
@@ -607,9 +607,8 @@ def test_tables_fit_the_terminal_and_stay_lined_up(monkeypatch):
         rows = block.splitlines()
         starts = [m.start() for m in re.finditer(r"(?<=  )\S", rows[0])]
         for line in rows[1:]:
-            for s in starts:
-                assert line[s - 2:s] == "  " and line[s] != " " or line[s:s + 1] in ("-", ""), \
-                    (line, s)
+            for s in starts:  # every cell starts under its header (a last empty one: none)
+                assert len(line) <= s or (line[s - 2:s] == "  " and line[s] != " "), (line, s)
     assert "…" in live and long_name not in live
     assert "api.paym" in live  # the start of the name stays...
     assert "r.local  " in live  # ...and its end

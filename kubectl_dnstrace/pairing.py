@@ -11,7 +11,9 @@ A query is "no response" only when its reply has not come within ``wait`` second
 time (a newer event from the captures) or of wall time (``expire`` from a live trace's tick,
 when the captures go quiet). Exchanges come out in the time order of their first message:
 a finished exchange waits behind an older one still waiting for its reply, so a late
-"no response" line is never printed after lines that came later.
+"no response" line is never printed after lines that came later. With ``hold`` (a live
+trace: several captures' log streams, each with its own lag) every exchange also waits that
+long (event or wall time) for an earlier one from a slower stream.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class _Exchange(Generic[T]):
     query: T | None
     response: T | None = None
     due: float = 0.0  # wall clock after which an unanswered query is given up
+    arrived: float = 0.0  # wall clock when its first message came
     done: bool = False
     key: tuple = field(default=())
 
@@ -57,9 +60,10 @@ class Pairing(Generic[T]):
     """
 
     def __init__(self, event_of: Callable[[T], DnsEvent], wait: float = 3.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, hold: float = 0.0) -> None:
         self.event_of = event_of
         self.wait = wait
+        self.hold = hold
         self.clock = clock
         self._open: dict[tuple, _Exchange[T]] = {}
         self._order: list[tuple[float, int, _Exchange[T]]] = []  # by first message's time
@@ -77,7 +81,8 @@ class Pairing(Generic[T]):
                 old.done = True
             if len(self._open) >= MAX_OPEN:
                 self._give_up_oldest()
-            ex = _Exchange(ev.ts, item, due=self.clock() + self.wait, key=key)
+            now = self.clock()
+            ex = _Exchange(ev.ts, item, due=now + self.wait, arrived=now, key=key)
             self._open[key] = ex
         else:
             ex = self._open.pop(key, None)
@@ -85,7 +90,7 @@ class Pairing(Generic[T]):
                 ex.response = item
                 ex.done = True
                 return self._ready()
-            ex = _Exchange(ev.ts, None, item, done=True)
+            ex = _Exchange(ev.ts, None, item, done=True, arrived=self.clock())
         self._seq += 1
         bisect.insort(self._order, (ex.ts, self._seq, ex), key=lambda e: (e[0], e[1]))
         return self._ready()
@@ -102,7 +107,7 @@ class Pairing(Generic[T]):
         """Everything still held, in order: the end of the run."""
         for ex in list(self._open.values()):
             self._close(ex)
-        return self._ready()
+        return self._ready(everything=True)
 
     def __len__(self) -> int:
         return len(self._order)
@@ -117,12 +122,15 @@ class Pairing(Generic[T]):
                 self._close(ex)
                 return
 
-    def _ready(self) -> list[tuple[T | None, T | None]]:
+    def _ready(self, everything: bool = False) -> list[tuple[T | None, T | None]]:
         order = self._order
         out = []
         n = 0
+        now = self.clock() if self.hold and not everything else None
         while n < len(order):
             ex = order[n][2]
+            if now is not None and self._newest - ex.ts < self.hold and now - ex.arrived < self.hold:
+                break  # another capture's stream may still bring an earlier message
             if not ex.done:
                 if self._newest - ex.ts <= self.wait:
                     break

@@ -28,6 +28,7 @@ from kubectl_dnstrace.model import Client, DnsEvent, OutputOptions
 from kubectl_dnstrace.pairing import Pairing
 
 LIVE_WAIT = 3.0  # seconds (event time) a query waits for its answer before its line prints
+LIVE_REORDER = 1.0  # seconds a live line waits for earlier ones from slower log streams
 WATCH_WAIT = 2.0  # seconds (wall) an event from an unheld pod address waits for the pod watch
 UNHELD_MEMO = 10.0  # seconds (wall) an address that waited in vain is not waited for again
 LINK_WAIT = 3.0  # seconds (wall) a forward's -o ndjson line waits for a cause from a slower stream
@@ -66,7 +67,8 @@ class Pipeline:
         self.live = fmt in ("table", "wide") and output.live
         self.aggregator = Aggregator() if fmt in ("table", "wide", "json") else None
         self.events = render.EventSpool() if fmt == "json" else None
-        self._pairing: Pairing[Attributed] = Pairing(_event_of, LIVE_WAIT)
+        self._pairing: Pairing[Attributed] = Pairing(
+            _event_of, LIVE_WAIT, hold=LIVE_REORDER if streaming else 0.0)
         self.width = output.width or columns.terminal_width(self.out)
         self._layout = render.LiveLayout(self.wide, self.width)
         self._waiting: deque[tuple[float, DnsEvent]] = deque()

@@ -112,3 +112,17 @@ def test_live_lines_and_linker_agree_behind_dnat_at_node_local_dns():
     assert not [line for line in lines if "no response" in line]
     times = [line.split()[0] for line in lines]
     assert times == sorted(times)
+
+
+def test_with_a_hold_an_earlier_exchange_from_a_slower_stream_still_comes_first():
+    clock = Clock()
+    p = Pairing(lambda ev: ev, wait=3.0, clock=clock, hold=1.0)
+    fast = q(1.0, NODE, SERVICE, 1, "a.example.com", seen="kube-system/node-local-dns-a")
+    slow = q(0.5, "10.244.0.5", COREDNS_POD, 2, "b.example.com", seen="kube-system/coredns-1")
+    assert p.add(fast) == []
+    assert p.add(fast_reply := dnat_reply(fast)) == []  # held: a slower stream may be behind
+    clock.now = 0.4
+    assert p.add(slow) == []
+    assert p.add(slow_reply := r(slow)) == []
+    clock.now = 1.5  # the hold has passed in wall time for both
+    assert p.expire() == [(slow, slow_reply), (fast, fast_reply)]

@@ -80,7 +80,7 @@ def test_a_coredns_trace_with_nodelocal_shows_no_false_no_response(real, nodeloc
 
 def test_a_pod_trace_does_not_say_nodelocal_is_on(real, nodelocal):
     ns, client, _ = nodelocal
-    done = real.plugin(f"pod/{client}", "-n", ns, "--duration", "5s")
+    done = real.plugin(f"pod/{client}", "-n", ns, "--duration", "5s", env={"COLUMNS": "250"})
     assert done.returncode == 0, done.stderr
     assert "NodeLocal DNSCache" not in done.stderr
     assert client in done.stdout

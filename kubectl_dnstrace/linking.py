@@ -226,7 +226,7 @@ def describe_client(c: Client) -> str:
     if c.kind == "node":
         return f"node/{c.name}"
     if c.kind == "service":
-        return f"service {c.namespace}/{c.name}"
+        return f"svc/{c.namespace}/{c.name}"
     if c.kind == "ambiguous":
         return f"{c.ip} (one of {', '.join(c.candidates)})"
     return c.ip

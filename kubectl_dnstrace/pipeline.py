@@ -79,6 +79,7 @@ class Pipeline:
         self._nodelocal_said = False
         self.coverage: list[str] = []  # the pods a followed workload had, when they changed
         self.linker = self._linker()
+        self._services = self.attributor.inventory.services  # cluster ip -> (ns, name)
         self._ndjson = render.NdjsonWriter()
         self._lines: list[str] = []  # -o ndjson lines of the events fed so far, not yet written
         # Where an attributed event goes after aggregation and pcap: chosen once, not per event
@@ -202,12 +203,26 @@ class Pipeline:
     def _process(self, event: DnsEvent, client: Client) -> None:
         ann = self.linker.observe(event, client)
         a = Attributed(event, client, ann.link, ann.served)
+        if self._services:
+            a.services = self._services_of(event)
         if self.aggregator is not None:
             self.aggregator.add(a)
         if self.pcap is not None:
             self.pcap.write(event.raw, event.ts, _comment(a), event.observed_at)
         if self._show is not None:
             self._show(a)
+
+    def _services_of(self, ev: DnsEvent) -> dict[str, str] | None:
+        """The event's server and answer addresses that are Services (or None)."""
+        services = self._services
+        found = None
+        for ip in (ev.dst if ev.qr == "query" else ev.src, *ev.answers):
+            svc = services.get(ip)
+            if svc is not None:
+                if found is None:
+                    found = {}
+                found[ip] = f"{svc[0]}/{svc[1]}"
+        return found
 
     def _show_ndjson(self, a: Attributed) -> None:
         """The event's line goes to ``_lines``, written by ``_write_ndjson`` once the events
@@ -340,7 +355,8 @@ class Pipeline:
                     self.out.write("\n")
                 when = render.report_clock(clients, links)
                 width = None if self.wide else self.width
-                self.out.write(render.summary_table(clients, self.wide, when, width))
+                self.out.write(render.summary_table(clients, self.wide, when, width,
+                                                    self._services))
                 notes = render.explanations(clients, width)
                 ups = render.links_text(links, when, width)
                 pods = render.coverage_text(self.coverage, width)

@@ -66,7 +66,7 @@ def client_cells(c: Client) -> tuple[str, str, str, str]:
         cands = ("one of: " + ", ".join(c.candidates)) if c.candidates else "node process"
         return "-", f"node/{c.name}", cands, c.node
     if c.kind == "service":
-        return c.namespace, f"service/{c.name}", "-", "-"
+        return c.namespace, f"svc/{c.namespace}/{c.name}", "-", "-"
     if c.kind == "ambiguous":
         return "-", f"{c.ip} (ambiguous)", "one of: " + ", ".join(c.candidates), "-"
     return "-", f"{c.ip} ({c.kind})", "-", "-"
@@ -109,6 +109,9 @@ def event_json(a: Attributed) -> dict[str, Any]:
     """One enriched event: the ``dns`` record's fields plus ``client`` (and link data)."""
     out = record_json(a.event)
     out["client"] = client_json(a.client)
+    if a.services:
+        out["services"] = {ip: dict(zip(("namespace", "name"), name.split("/", 1), strict=True))
+                           for ip, name in sorted(a.services.items())}
     if a.served:
         out["served"] = a.served
     if a.link is not None:
@@ -210,7 +213,7 @@ class NdjsonWriter:
         return text
 
     def line(self, a: Attributed) -> str:
-        if a.served or a.link is not None:
+        if a.served or a.link is not None or a.services:
             return ndjson_line(a)
         ev = a.event
         get = self._strings.get
@@ -270,10 +273,11 @@ def live_cells(query: Attributed | None, response: Attributed | None,
     assert first is not None
     ev = first.event
     ns, pod, workload, _node = client_cells(first.client)
+    services = (response.services if response is not None else None) or first.services
     if response is not None:
         r = response.event
         rcode = r.rcode or "-"
-        answers = ",".join(r.answers) or "-"
+        answers = ",".join([_svc(x, services) for x in r.answers]) or "-"
         lat = latency(r.latency_ms)
     else:
         rcode, answers, lat = "-", "-", "-"
@@ -281,9 +285,18 @@ def live_cells(query: Attributed | None, response: Attributed | None,
     cells = (clock_ms(ev.ts), ns, pod, workload, ev.qname, ev.qtype, rcode, answers, lat,
              ev.observed_at or "-", note)
     if wide:
-        server = ev.dst if ev.qr == "query" else ev.src
+        server = _svc(ev.dst if ev.qr == "query" else ev.src, services)
         cells = (*cells[:3], first.client.ip, *cells[3:9], server, *cells[9:])
     return cells
+
+
+def _svc(ip: str, services: dict[str, str] | None) -> str:
+    """``svc/NS/NAME`` for an address that is a Service, else the address."""
+    if services:
+        name = services.get(ip)
+        if name is not None:
+            return f"svc/{name}"
+    return ip
 
 
 def live_line(query: Attributed | None, response: Attributed | None, wide: bool = False) -> str:
@@ -374,7 +387,8 @@ _SUMMARY_FIT = {
 
 
 def summary_table(clients: list[ClientStats], wide: bool = False,
-                  when: Callable[[float], str] | None = None, width: int | None = None) -> str:
+                  when: Callable[[float], str] | None = None, width: int | None = None,
+                  services: dict[str, tuple[str, str]] | None = None) -> str:
     """The per-client table kubectl users expect: plain, upper-case headers.
 
     ``width``: no line longer than this; cells shortened in the middle, NAMES listing as
@@ -393,7 +407,10 @@ def summary_table(clients: list[ClientStats], wide: bool = False,
                when(cs.first), when(cs.last)]
         if wide:
             lat = cs.latencies()
-            row += [",".join(sorted(cs.ips)), ",".join(cs.servers()),
+            servers = cs.servers()
+            names = {ip: "/".join(services[ip]) for ip in servers if ip in services} \
+                if services else None
+            row += [",".join(sorted(cs.ips)), ",".join(_svc(ip, names) for ip in servers),
                     ",".join(cs.observed_at()), latency(percentile(lat, 50)),
                     latency(percentile(lat, 95))]
         rows.append(row)
@@ -549,7 +566,7 @@ class EventSpool:
         if a.link is not None and not a.link.causes:
             self._held[self.count] = a
             self._file.write(f"{sep}\0{self.count}\0")
-        elif a.served or a.link is not None:
+        elif a.served or a.link is not None or a.services:
             self._file.write(sep + jsontext.element(event_json(a)))
         else:
             # Most events: the record's fields, then the client, whose text is the same for

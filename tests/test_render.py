@@ -626,3 +626,32 @@ def test_width_falls_back_to_120_when_not_a_tty(monkeypatch):
     assert terminal_width(io.StringIO()) == 90
     assert shorten("coredns-5d78c9869d-x7k2p", 12) == "coredn…x7k2p"
     assert shorten("short", 12) == "short"
+
+
+def test_service_addresses_are_named_svc_ns_name_in_tables_and_carried_in_json():
+    """A rogue resolver behind a Service, and an answer that is a Service's ClusterIP."""
+    from tests.test_inventory import service
+
+    inv = inventory()
+    inv.add_service(service("rogue-dns", "tools", "10.96.7.7"))
+    inv.add_service(service("api", "shop", "10.96.3.3"))
+    ask = q(0.0, "10.244.0.5", "10.96.7.7", 77, "api.example.com")
+    reply = r(ask, answers=("10.96.3.3",))
+    out, err = io.StringIO(), io.StringIO()
+    p = Pipeline(OutputOptions(format="wide"), out, err, attributor=Attributor(inv),
+                 meta={"targets": []})
+    p.feed(ask)
+    p.feed(reply)
+    p.finish()
+    line = out.getvalue().splitlines()[1]
+    assert "svc/shop/api" in line and "svc/tools/rogue-dns" in line
+    assert "svc/tools/rogue-dns" in out.getvalue().split("\n\n")[1]  # DNS-SERVERS
+    out = io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, io.StringIO(), attributor=Attributor(inv))
+    p.feed(ask)
+    p.feed(reply)
+    p.finish()
+    first, second = (json.loads(x) for x in out.getvalue().splitlines())
+    assert first["services"] == {"10.96.7.7": {"namespace": "tools", "name": "rogue-dns"}}
+    assert second["services"] == {"10.96.3.3": {"namespace": "shop", "name": "api"},
+                                  "10.96.7.7": {"namespace": "tools", "name": "rogue-dns"}}

@@ -655,3 +655,16 @@ def test_service_addresses_are_named_svc_ns_name_in_tables_and_carried_in_json()
     assert first["services"] == {"10.96.7.7": {"namespace": "tools", "name": "rogue-dns"}}
     assert second["services"] == {"10.96.3.3": {"namespace": "shop", "name": "api"},
                                   "10.96.7.7": {"namespace": "tools", "name": "rogue-dns"}}
+
+
+def test_evidence_file_is_in_time_order_whatever_order_the_captures_delivered(tmp_path):
+    """Two captures' streams interleave with lags: the file is still in time order."""
+    path = tmp_path / "e.pcap"
+    evs = _with_packets(events())
+    late_stream = [e for i, e in enumerate(evs) if i % 2]
+    fast_stream = [e for i, e in enumerate(evs) if not i % 2]
+    run("ndjson", fast_stream[:3] + late_stream + fast_stream[3:], pcap_path=str(path))
+    times = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(times) == len(evs)
+    assert [float(t) for t in times] == sorted(float(t) for t in times)

@@ -47,10 +47,12 @@ class Coverage:
             return f"now tracing {key}: it replaces {gone.key} of {group}"
         return f"now tracing {key}: a new pod of {group}"
 
-    def gone(self, key: str, why: str, at: float | None = None) -> str:
+    def gone(self, key: str, why: str, at: float | None = None, group: str = "") -> str:
+        """A traced pod went away; ``group``: its workload, when the start did not say."""
         span = self.spans.get(key)
         if span is None or span.end is not None:
             return ""
+        span.group = span.group or group
         span.end, span.why = (time.time() if at is None else at), why
         new = self._spare(span.group, key)
         if new is not None:

@@ -85,13 +85,10 @@ class Following:
 
     def _gone(self, change: PodChange) -> None:
         key = change.pod.key
-        span = self.coverage.spans.get(key)
-        if span is not None and not span.group:
-            span.group = change.follow.what
         run = self.trace.runs.get(key)
         if run is not None and not run.ended:
             run.ended = f"pod went away ({change.why})"
-        text = self.coverage.gone(key, change.why)
+        text = self.coverage.gone(key, change.why, group=change.follow.what)
         if text:
             self.trace.pipeline.notice(text)
 

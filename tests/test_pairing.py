@@ -126,3 +126,33 @@ def test_with_a_hold_an_earlier_exchange_from_a_slower_stream_still_comes_first(
     assert p.add(slow_reply := r(slow)) == []
     clock.now = 1.5  # the hold has passed in wall time for both
     assert p.expire() == [(slow, slow_reply), (fast, fast_reply)]
+
+
+def test_analyze_of_a_node_capture_behind_dnat_pairs_every_reply(tmp_path, capsys):
+    """The same pairing in ``analyze``: a host-network capture where each query goes to the
+    Service address and each reply comes from the CoreDNS pod."""
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.layers.inet import IP, UDP
+    from scapy.utils import wrpcap
+
+    from kubectl_dnstrace.cli import main
+
+    packets = []
+    for i in range(10):
+        ts = 1_764_165_600.0 + i * 0.2
+        query = IP(src=NODE, dst=SERVICE) / UDP(sport=50000 + i, dport=53) / DNS(
+            id=i, rd=1, qd=DNSQR(qname=f"n{i}.example.com"))
+        reply = IP(src=COREDNS_POD, dst=NODE) / UDP(sport=53, dport=50000 + i) / DNS(
+            id=i, qr=1, qd=DNSQR(qname=f"n{i}.example.com"),
+            an=DNSRR(rrname=f"n{i}.example.com", rdata="203.0.113.9"))
+        query.time, reply.time = ts, ts + 0.001 + (i % 3) * 0.25
+        packets += [query, reply]
+    packets.sort(key=lambda p: p.time)
+    path = tmp_path / "node.pcap"
+    wrpcap(str(path), packets)
+    assert main(["analyze", "--offline", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.split("\n\n")[0].splitlines()[1:]
+    assert len(lines) == 10
+    assert not [ln for ln in lines if "no response" in ln]
+    assert [ln.split()[0] for ln in lines] == sorted(ln.split()[0] for ln in lines)

@@ -93,6 +93,12 @@ Examples:
   kubectl dnstrace coredns --image registry.local/python:3.13-alpine
 
 \b
+  # No capture container at all: CoreDNS's log plugin, Corefile put back at exit
+  kubectl dnstrace coredns --via log -d evil.example.com --duration 10m
+  kubectl dnstrace coredns --via log --since 1h     # log already on: read it
+  kubectl dnstrace coredns --restore                # after a killed --via log run
+
+\b
 Each capture is an ephemeral container named dnstrace-<id>; it stops at --duration
 (or earlier, when kubectl dnstrace exits) but stays listed in the pod spec until the
 pod is recreated. Permissions: kubectl dnstrace rbac.
@@ -270,6 +276,9 @@ def trace(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact patch for each pod and change nothing.")] = False,
     dns_namespace: Annotated[str, typer.Option("--dns-namespace", help="Namespace of the cluster DNS.")] = "kube-system",
     dns_selector: Annotated[str | None, typer.Option("--dns-selector", help="Label selector of the cluster DNS pods.")] = None,
+    via: Annotated[str, typer.Option("--via", metavar="ROUTE", help="coredns: capture (ephemeral containers) | log (CoreDNS's log plugin: edits the Corefile, restored at exit).")] = "capture",
+    since: Annotated[str | None, typer.Option("--since", metavar="DURATION", help="--via log: read what CoreDNS already logged (e.g. 1h); changes nothing.")] = None,
+    restore: Annotated[bool, typer.Option("--restore", help="coredns: put back a Corefile change a killed --via log run left.")] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     request_timeout: RequestTimeoutOpt = "10s",
@@ -301,8 +310,19 @@ def trace(
         dry_run=dry_run,
         dns_namespace=dns_namespace,
         dns_selector=dns_selector,
+        **_via_options(via, since, restore),
     )
     raise typer.Exit(int(run_trace(request)))
+
+
+def _via_options(via: str, since: str | None, restore: bool) -> dict:
+    if via not in ("capture", "log"):
+        raise UsageError(f"unknown --via {via!r}", "use --via capture (the default) or --via log")
+    if since is not None and via != "log":
+        raise UsageError("--since reads what CoreDNS already logged: it needs --via log",
+                         "kubectl dnstrace coredns --via log --since 1h")
+    return {"via": via, "restore": restore,
+            "since": parse_duration(since, "--since") if since is not None else None}
 
 
 @app.command(epilog=ANALYZE_EPILOG, short_help="Attribute the DNS queries in pcap/pcapng files to pods.")

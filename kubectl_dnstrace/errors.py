@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     AGENT_FAILED = 9  # the agent reported an error (e.g. no CAP_NET_RAW)
     BAD_INPUT = 10  # a capture file that cannot be read
     STREAM_LOST = 11  # events were lost (log stream gap that could not be recovered)
+    COREFILE = 12  # --via log: the Corefile cannot be changed safely (no reload, unreadable, refused)
     INTERNAL = 70  # a bug: please report it
     INTERRUPTED = 130  # Ctrl-C before the trace started
 
@@ -79,3 +80,15 @@ class BadInput(DnstraceError):
 
 class StreamLost(DnstraceError):
     exit_code = ExitCode.STREAM_LOST
+
+
+class CorefileRefused(DnstraceError):
+    """``--via log``: the Corefile cannot be edited safely, or CoreDNS refused the edit."""
+
+    exit_code = ExitCode.COREFILE
+
+
+class Conflict(DnstraceError):
+    """A write lost a race (409: the object changed since it was read); callers re-read."""
+
+    exit_code = ExitCode.INTERNAL

@@ -162,6 +162,10 @@ class TraceRun:
             dns_selector=req.dns_selector,
         )
         self._report_resolution(resolution)
+        if any(p.role == "coredns" for p in resolution.pods) and not req.dry_run:
+            from kubectl_dnstrace.logtrace import put_back_leftover
+
+            put_back_leftover(kube, req.dns_namespace, self.say)
         pre = run_preflight(kube, resolution.pods)
         for note in pre.notes + [n for p in pre.namespaces.values() for n in p.notes]:
             self.say(note)
@@ -548,6 +552,10 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 def run_trace(req: TraceRequest, out: TextIO | None = None, err: TextIO | None = None) -> ExitCode:
     """Run one trace; returns the exit code (refusals raise DnstraceError for cli.main)."""
+    if req.via == "log" or req.restore:
+        from kubectl_dnstrace.logtrace import run_log_trace
+
+        return run_log_trace(req, out, err)
     if req.duration <= 0:
         raise UsageError("--duration must be positive", "for example --duration 30s")
     if req.image_pull_policy and req.image_pull_policy not in PULL_POLICIES:

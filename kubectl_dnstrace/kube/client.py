@@ -38,6 +38,7 @@ from kubernetes.config import ConfigException, kube_config
 from kubectl_dnstrace import __version__
 from kubectl_dnstrace.errors import (
     ClusterUnreachable,
+    Conflict,
     ContainerFailed,
     DnstraceError,
     Forbidden,
@@ -65,6 +66,7 @@ KINDS: dict[str, Kind] = {
         Kind("services", "/api/v1"),
         Kind("endpoints", "/api/v1"),
         Kind("namespaces", "/api/v1", namespaced=False),
+        Kind("configmaps", "/api/v1"),
         Kind("replicasets", "/apis/apps/v1"),
         Kind("deployments", "/apis/apps/v1"),
         Kind("daemonsets", "/apis/apps/v1"),
@@ -474,6 +476,16 @@ class Kube:
         info = ((data.get("status") or {}).get("userInfo") or {}) if isinstance(data, dict) else {}
         return info.get("username") or self.user
 
+    def replace(self, kind: str, obj: dict) -> dict:
+        """PUT the whole object. Its ``metadata.resourceVersion`` is the precondition: when
+        someone wrote the object since it was read, the API answers 409 and this raises
+        ``Conflict`` (nothing was written), so a read-modify-write never clobbers an edit."""
+        meta = obj.get("metadata") or {}
+        ns, name = meta.get("namespace"), meta.get("name")
+        return self.request("PUT", resource_path(kind, ns, name), body=obj,
+                            content_type="application/json",
+                            what=Action("update", kind, ns, name))
+
     def patch_ephemeral_containers(self, namespace: str, pod: str, patch: dict) -> dict:
         """Strategic-merge patch on pods/ephemeralcontainers; returns the whole Pod.
 
@@ -488,14 +500,15 @@ class Kube:
 
     def read_log(self, namespace: str, pod: str, container: str, *, follow: bool = False,
                  timestamps: bool = False, since_time: str | None = None,
-                 tail_lines: int | None = None, read_timeout: float | None = None
-                 ) -> urllib3.response.BaseHTTPResponse:
+                 tail_lines: int | None = None, read_timeout: float | None = None,
+                 since_seconds: int | None = None) -> urllib3.response.BaseHTTPResponse:
         """Open pods/log; returns the raw streaming response (iterate with ``iter_lines``)."""
         query = {
             "container": container,
             "follow": "true" if follow else None,
             "timestamps": "true" if timestamps else None,
             "sinceTime": since_time,
+            "sinceSeconds": since_seconds,
             "tailLines": tail_lines,
         }
         resp = self.request(
@@ -684,6 +697,11 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
             f"the API server expired the list of {what.resource}{what.where()} while it was "
             f"read in pages ({api_message})",
             "run the command again; on a very busy cluster, from closer to the API server",
+        )
+    elif status == 409 and what.verb == "update":
+        err = Conflict(
+            f"{what.object()} changed since it was read ({api_message})",
+            "read it again and redo the change",
         )
     elif status in (409, 422):
         err = ContainerFailed(

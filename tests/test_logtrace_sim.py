@@ -1,0 +1,368 @@
+"""``coredns --via log`` against the simulated cluster and its simulated CoreDNS.
+
+The real ``kubernetes`` client talks HTTP to the simulated API server; the simulated CoreDNS
+(tests/lab/cluster/coredns.py) is fed its Corefile from the ConfigMap the plugin edits, logs
+its reloads as the real one does and writes ``log`` lines for the queries the test makes.
+The contract under test: the pods that asked are named, and the Corefile afterwards is
+byte-identical to before (or, when someone else edited it meanwhile, only our line is gone).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kubectl_dnstrace.errors import CorefileRefused, ExitCode, Forbidden
+from kubectl_dnstrace.kube.corednsconfig import ANNOTATION
+from kubectl_dnstrace.logtrace import run_log_trace
+from kubectl_dnstrace.model import ClusterOptions, Filters, OutputOptions, TraceRequest
+from tests.kubesim import running_pod, service, sim_cluster
+from tests.lab.cluster.coredns import SimCoreDNS
+
+COREFILE = """.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    forward . 10.96.0.53 {
+       max_concurrent 1000
+    }
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+"""
+WEB_IP, OTHER_IP = "10.244.0.20", "10.244.0.21"
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with sim_cluster() as cluster:
+        service(cluster, "kube-system", "kube-dns", {"k8s-app": "kube-dns"})
+        running_pod(cluster, "shop", "web-1", {"app": "web"}, ip=WEB_IP)
+        running_pod(cluster, "shop", "other-1", {"app": "other"}, ip=OTHER_IP)
+        kc = cluster.write_kubeconfig(tmp_path / "kubeconfig")
+        yield cluster, str(kc)
+
+
+def dns(cluster, corefile: str = COREFILE, **kw) -> SimCoreDNS:
+    return SimCoreDNS(cluster, corefile, **kw)
+
+
+def corefile_now(cluster) -> tuple[str, dict]:
+    cm = cluster.store.get("configmaps", "coredns", "kube-system")
+    return cm["data"]["Corefile"], cm["metadata"].get("annotations") or {}
+
+
+def request(kc: str, *domains: str, duration: float = 1.5, fmt: str = "json", **kw) -> TraceRequest:
+    return TraceRequest(targets=["coredns"], cluster=ClusterOptions(kubeconfig=kc),
+                        filters=Filters(domains=list(domains)), output=OutputOptions(format=fmt),
+                        duration=duration, via="log", **kw)
+
+
+class Askers(threading.Thread):
+    """web-1 asks for evil.example.com, other-1 for good.example.com, at every CoreDNS pod."""
+
+    def __init__(self, sim: SimCoreDNS) -> None:
+        super().__init__(daemon=True)
+        self.sim = sim
+        self.stop = threading.Event()
+        self.logged = 0
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.wait(0.1):
+            n += 1
+            for pod in self.sim.pods:
+                self.logged += self.sim.query(pod, WEB_IP, "evil.example.com", ident=n)
+                self.logged += self.sim.query(pod, OTHER_IP, "good.example.com", "AAAA", ident=n)
+
+
+def run(req: TraceRequest) -> tuple[ExitCode, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_log_trace(req, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_names_the_asking_pod_and_restores_the_corefile_byte_for_byte(lab) -> None:
+    cluster, kc = lab
+    sim = dns(cluster)
+    askers = Askers(sim)
+    askers.start()
+    try:
+        code, out, err = run(request(kc, "evil.example.com"))
+    finally:
+        askers.stop.set()
+        sim.stop()
+    assert code == ExitCode.MATCHED, err
+    doc = json.loads(out)
+    names = {(c["client"].get("name"), n["name"]) for c in doc["summary"] for n in c["names"]}
+    assert names == {("web-1", "evil.example.com")}
+    # Each CoreDNS pod's progress came from its own reload lines.
+    for pod in sim.pods:
+        assert f"kube-system/{pod}: reloading" in err
+        assert f"kube-system/{pod}: logging" in err
+    assert "byte-identical" in err
+    text, annotations = corefile_now(cluster)
+    assert text == COREFILE and ANNOTATION not in annotations
+    # What a log line cannot tell stays absent: no answers.
+    responses = [e for e in doc["events"] if e["qr"] == "response"]
+    assert responses and all(e["answers"] == [] and e["rcode"] == "NOERROR" for e in responses)
+
+
+def test_the_log_line_is_restricted_to_the_domains(lab) -> None:
+    cluster, kc = lab
+    sim = dns(cluster, refresh=(0.1, 0.2), reload_check=0.2)
+    seen: list[str] = []
+
+    def watch() -> None:
+        while not seen:
+            text, ann = corefile_now(cluster)
+            if ANNOTATION in ann:
+                seen.append(text)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        code, _, err = run(request(kc, "evil.example.com", "c2.example.net", duration=0.5,
+                                   fmt="ndjson"))
+    finally:
+        sim.stop()
+    t.join(5)
+    assert code == ExitCode.NO_MATCH, err
+    lines = [ln for ln in seen[0].splitlines() if ln.strip().startswith("log")]
+    assert len(lines) == 1 and lines[0].split("#")[0].split() == [
+        "log", "evil.example.com", "c2.example.net"]
+    assert corefile_now(cluster)[0] == COREFILE
+
+
+def test_someone_elses_edit_during_the_trace_stays_only_our_line_goes(lab) -> None:
+    cluster, kc = lab
+    sim = dns(cluster)
+
+    def colleague() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            _, ann = corefile_now(cluster)
+            if ANNOTATION in ann:
+                break
+            time.sleep(0.05)
+
+        def edit(cm: dict) -> dict:
+            cm["data"]["Corefile"] = cm["data"]["Corefile"].replace("cache 30", "cache 60")
+            return cm
+        cluster.store.mutate("configmaps", "coredns", "kube-system", edit)
+
+    t = threading.Thread(target=colleague, daemon=True)
+    t.start()
+    try:
+        code, _, err = run(request(kc, "evil.example.com", duration=1.0, fmt="ndjson"))
+    finally:
+        sim.stop()
+    t.join(5)
+    assert code in (ExitCode.MATCHED, ExitCode.NO_MATCH), err
+    text, ann = corefile_now(cluster)
+    assert text == COREFILE.replace("cache 30", "cache 60")
+    assert ANNOTATION not in ann
+    assert "someone else changed the Corefile during the run" in err
+
+
+def test_a_corefile_without_reload_is_refused_and_left_alone(lab) -> None:
+    cluster, kc = lab
+    no_reload = COREFILE.replace("    reload\n", "")
+    sim = dns(cluster, no_reload)
+    try:
+        with pytest.raises(CorefileRefused) as info:
+            run(request(kc, "evil.example.com"))
+    finally:
+        sim.stop()
+    assert "no 'reload' plugin" in info.value.message
+    assert "capture route" in info.value.hint
+    assert info.value.exit_code == ExitCode.COREFILE
+    text, ann = corefile_now(cluster)
+    assert text == no_reload and not ann
+
+
+def test_an_unreadable_corefile_is_refused(lab) -> None:
+    cluster, kc = lab
+    sim = dns(cluster, COREFILE + "example.org:53 {\n    whoami\n")
+    try:
+        with pytest.raises(CorefileRefused) as info:
+            run(request(kc, "evil.example.com"))
+    finally:
+        sim.stop()
+    assert "cannot be read" in info.value.message and "never closed" in info.value.message
+
+
+def test_a_reload_coredns_refuses_is_put_back_at_once(lab) -> None:
+    """A CoreDNS build without the log plugin: the edit fails to load, the old Corefile keeps
+    serving, and the run puts the ConfigMap back and says why."""
+    cluster, kc = lab
+    import tests.lab.cluster.coredns as simdns
+
+    plugins = set(simdns.PLUGINS)
+    simdns.PLUGINS.discard("log")
+    sim = dns(cluster)
+    try:
+        with pytest.raises(CorefileRefused) as info:
+            run(request(kc, "evil.example.com"))
+    finally:
+        simdns.PLUGINS.clear()
+        simdns.PLUGINS.update(plugins)
+        sim.stop()
+    assert "refused the edited Corefile" in info.value.message
+    assert "Unknown directive 'log'" in info.value.message
+    text, ann = corefile_now(cluster)
+    assert text == COREFILE and not ann
+
+
+def test_without_configmap_update_rights_nothing_changes_and_the_permission_is_named(lab, tmp_path) -> None:
+    cluster, _ = lab
+    sim = dns(cluster)
+    cluster.users.add("responder")
+    cluster.store.create({"kind": "ClusterRole", "metadata": {"name": "reader"}, "rules": [
+        {"apiGroups": ["", "apps"], "resources": ["pods", "pods/log", "services", "configmaps",
+                                                  "nodes", "namespaces", "replicasets", "daemonsets",
+                                                  "deployments"],
+         "verbs": ["get", "list", "watch"]}]})
+    cluster.store.create({"kind": "ClusterRoleBinding", "metadata": {"name": "reader"},
+                          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                      "name": "reader"},
+                          "subjects": [{"kind": "User", "name": "responder",
+                                        "apiGroup": "rbac.authorization.k8s.io"}]})
+    kc = cluster.write_kubeconfig(tmp_path / "kc-responder", user="responder")
+    try:
+        with pytest.raises(Forbidden) as info:
+            run(request(str(kc), "evil.example.com"))
+    finally:
+        sim.stop()
+    assert "update configmaps 'coredns'" in info.value.message
+    assert "kube-system" in info.value.message
+    assert corefile_now(cluster) == (COREFILE, {})
+
+
+def test_since_reads_what_coredns_already_logged_and_changes_nothing(lab) -> None:
+    cluster, kc = lab
+    logging = COREFILE.replace("    errors\n", "    errors\n    log\n")
+    sim = dns(cluster, logging)
+    try:
+        assert sim.query(sim.pods[0], WEB_IP, "evil.example.com")
+        assert sim.query(sim.pods[1], "10.244.0.99", "evil.example.com", "TXT")  # gone pod
+        assert sim.query(sim.pods[1], OTHER_IP, "good.example.com")
+        cluster.kubelet.append_log("kube-system", sim.pods[0], "coredns", "[INFO] something new")
+        before = cluster.store.get("configmaps", "coredns", "kube-system")["metadata"]["resourceVersion"]
+        code, out, err = run(request(kc, "evil.example.com", since=3600.0, fmt="ndjson"))
+    finally:
+        sim.stop()
+    assert code == ExitCode.MATCHED, err
+    events = [json.loads(x) for x in out.splitlines()]
+    clients = {(e["client"]["kind"], e["client"].get("name", ""), e["src"]) for e in events
+               if e["qr"] == "query"}
+    assert ("pod", "web-1", WEB_IP) in clients
+    assert any(kind != "pod" and ip == "10.244.0.99" for kind, _, ip in clients)
+    assert all(e["qname"] == "evil.example.com" for e in events)
+    after = cluster.store.get("configmaps", "coredns", "kube-system")["metadata"]["resourceVersion"]
+    assert before == after
+    assert "log line(s), the first at" in err and "other line(s)" in err
+
+
+def test_since_without_log_on_says_there_is_nothing_to_read(lab) -> None:
+    cluster, kc = lab
+    sim = dns(cluster)
+    try:
+        with pytest.raises(CorefileRefused) as info:
+            run(request(kc, since=3600.0))
+    finally:
+        sim.stop()
+    assert "no 'log' plugin" in info.value.message and "--via log" in info.value.hint
+
+
+def _plugin(kc: str, *args: str) -> subprocess.Popen:
+    exe = Path(sys.executable).parent / "kubectl-dnstrace"
+    return subprocess.Popen([str(exe), "coredns", "--kubeconfig", kc, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "KUBECONFIG": kc}, start_new_session=True)
+
+
+def _wait_annotated(cluster, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while ANNOTATION not in corefile_now(cluster)[1]:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never changed the Corefile"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_trace_then_restore_puts_it_back_byte_for_byte(lab) -> None:
+    cluster, kc = lab
+    sim = dns(cluster)
+    try:
+        proc = _plugin(kc, "--via", "log", "-d", "evil.example.com", "--duration", "5m")
+        _wait_annotated(cluster, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        text, ann = corefile_now(cluster)
+        assert text != COREFILE and json.loads(ann[ANNOTATION])["original"] == COREFILE
+        # A new run refuses while the killed run's deadline has not passed, and says how.
+        again = subprocess.run([str(Path(sys.executable).parent / "kubectl-dnstrace"), "coredns",
+                                "--via", "log", "--kubeconfig", kc], capture_output=True,
+                               text=True, timeout=60)
+        assert again.returncode == ExitCode.COREFILE and "--restore" in again.stderr
+        restore = subprocess.run([str(Path(sys.executable).parent / "kubectl-dnstrace"),
+                                  "coredns", "--restore", "--kubeconfig", kc],
+                                 capture_output=True, text=True, timeout=60)
+    finally:
+        sim.stop()
+    assert restore.returncode == 0, restore.stderr
+    assert "byte-identical" in restore.stderr
+    assert corefile_now(cluster) == (COREFILE, {})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_while_waiting_for_reload_puts_it_back(lab, sig) -> None:
+    cluster, kc = lab
+    sim = dns(cluster, refresh=(30, 40))  # the kubelet is slow: still waiting when stopped
+    try:
+        proc = _plugin(kc, "--via", "log", "-d", "evil.example.com")
+        _wait_annotated(cluster, proc)
+        time.sleep(0.5)
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        sim.stop()
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert "byte-identical" in err
+    assert corefile_now(cluster) == (COREFILE, {})
+
+
+def test_an_expired_leftover_is_put_back_by_the_next_run(lab) -> None:
+    cluster, kc = lab
+    from kubectl_dnstrace import corefile
+    from kubectl_dnstrace.kube.corednsconfig import RunRecord
+
+    edited = corefile.add_log_line(COREFILE, "dead01", ["evil.example.com"]).text
+    record = RunRecord("dead01", time.time() - 5, "someone", "Corefile", COREFILE)
+    sim = dns(cluster)
+
+    def leave(cm: dict) -> dict:
+        cm["data"]["Corefile"] = edited
+        cm["metadata"]["annotations"] = {ANNOTATION: record.to_json()}
+        return cm
+    cluster.store.mutate("configmaps", "coredns", "kube-system", leave)
+    try:
+        code, _, err = run(request(kc, "evil.example.com", dry_run=True, fmt="ndjson"))
+    finally:
+        sim.stop()
+    assert code == ExitCode.MATCHED
+    assert "an interrupted run left its change" in err and "dead01" in err
+    assert corefile_now(cluster) == (COREFILE, {})

@@ -162,6 +162,7 @@ class PodState:
     reader: PodLog | None = None
     ended: bool = False
     reloading: bool = False  # "[INFO] Reloading" seen since the edit
+    seen: set[str] = field(default_factory=set)  # configuration hashes run before the edit
 
 
 @contextlib.contextmanager
@@ -231,10 +232,10 @@ class LogTrace:
         if req.since is not None:
             return self._since(text)
         cfg.check_access(kube, src)
-        cf = cfg.refuse_unsafe(src, text)
+        cfg.parse_or_refuse(src, text)
         if req.dry_run:
             return self._dry_run(text)
-        return self._live(cf)
+        return self._live()
 
     def _restore_only(self) -> ExitCode:
         result = cfg.restore(self.kube, self.src)
@@ -270,6 +271,8 @@ class LogTrace:
 
     def _dry_run(self, text: str) -> ExitCode:
         edit = corefile.add_log_line(text, self.run_id, self.req.filters.domains)
+        if edit.needed:
+            cfg.refuse_unsafe(self.src, text)
         self.out.write(edit.text)
         self.out.flush()
         self.say(f"dry run: the Corefile in {self.src.label} would get 'log' in "
@@ -278,7 +281,7 @@ class LogTrace:
 
     # ---- turning log on, waiting, streaming ----------------------------------------------------
 
-    def _live(self, cf: corefile.Corefile) -> ExitCode:
+    def _live(self) -> ExitCode:
         req = self.req
         reload_timeout = self.reload_timeout = max(req.wait_timeout, RELOAD_TIMEOUT)
         deadline = time.time() + reload_timeout + req.duration + RESTORE_GRACE
@@ -295,12 +298,14 @@ class LogTrace:
                     self.say(f"added 'log{''.join(' ' + d for d in req.filters.domains)}' to "
                              f"{', '.join(enabled.changed)} in {self.src.label} (run "
                              f"{self.run_id}); it is taken out again at the end")
-                    self._start_readers(fmt, since=since_time(_rfc3339(edited_at - 1)))
+                    # From the container's start: the configurations it ran before tell an
+                    # older version's reload from ours (CoreDNS logs a hash of each).
+                    self._start_readers(fmt)
                     self._wait_reloaded(time.monotonic() + reload_timeout)
                 else:
                     self.say(f"{', '.join(enabled.already)} in {self.src.label} already logs "
                              "these queries: nothing to change")
-                    self._start_readers(fmt, since=since_time(_rfc3339(time.time())))
+                    self._start_readers(fmt, since=since_time(_rfc3339(edited_at)))
                     for st in self.pods.values():
                         st.live_at = time.time()
                 until = time.time() + req.duration
@@ -370,9 +375,9 @@ class LogTrace:
     def _handle(self, item: Item) -> None:
         st = self.pods[item.pod.key]
         if item.kind == "events":
-            feed = self.pipeline.feed
+            feed, start = self.pipeline.feed, self.edited_at
             for ev in item.events:
-                if self._wanted(ev):
+                if ev.ts >= start and self._wanted(ev):
                     feed(ev)
         elif item.kind == "line":
             self._reload_line(st, item.line)
@@ -392,17 +397,28 @@ class LogTrace:
                 f"CoreDNS in {st.pod.key} refused the edited Corefile and keeps serving the "
                 f"old one: {line.text}",
                 "the Corefile was put back at once; use the capture route (--via capture)")
-        if st.live_at or (line.ts and line.ts < self.edited_at):
-            return  # logged before the edit: not about our Corefile
+        if st.live_at:
+            return
+        if line.ts and line.ts < self.edited_at:
+            if line.kind == "config":  # a configuration this pod ran before the edit
+                st.seen.add(line.sha)
+            return
         if line.kind == "reloading":
             st.phase = "reloading"
             st.reloading = True
         elif not st.reloading:
             return
         elif line.kind == "config":
-            st.sha = line.sha
-            st.phase = f"loaded configuration SHA512 {line.sha[:12]}..."
-        elif line.kind == "reloaded":
+            if line.sha in st.seen:
+                # The kubelet handed it an older version first (an earlier edit, or the
+                # put-back of an earlier run): not ours yet, wait for the next reload.
+                st.phase = (f"reloaded configuration {line.sha[:12]}..., which it ran before "
+                            "the edit: still waiting")
+                st.reloading = False
+            else:
+                st.sha = line.sha
+                st.phase = f"loaded configuration SHA512 {line.sha[:12]}..."
+        elif line.kind == "reloaded" and st.sha:
             st.live_at = time.time()
             st.phase = "logging" + (f" (configuration {st.sha[:12]}...)" if st.sha else "")
         self.progress.set(st.pod.key, st.phase)

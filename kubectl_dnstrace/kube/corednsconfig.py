@@ -215,15 +215,16 @@ def enable_log(kube: Kube, src: CorefileSource, run_id: str, domains: list[str],
                 "wait for that run to end; if it was killed, put the Corefile back with "
                 "kubectl dnstrace coredns --restore",
             )
-        refuse_unsafe(src, text)
+        parse_or_refuse(src, text)
         try:
             edit = corefile.add_log_line(text, run_id, domains)
         except corefile.CorefileError as exc:
             raise CorefileRefused(f"cannot add 'log' to the Corefile in {src.label}: {exc}",
                                   "nothing was changed; use the capture route (--via capture)"
                                   ) from None
-        if not edit.needed:
+        if not edit.needed:  # already logged: no change, so no reload needed either
             return Enabled(text, [], edit.already, (cm.get("metadata") or {}).get("resourceVersion", ""))
+        refuse_unsafe(src, text)
         record = RunRecord(run_id, deadline, user, src.key, text)
         try:
             stored = _write(kube, cm, src.key, edit.text, record)

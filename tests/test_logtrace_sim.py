@@ -366,3 +366,50 @@ def test_an_expired_leftover_is_put_back_by_the_next_run(lab) -> None:
     assert code == ExitCode.MATCHED
     assert "an interrupted run left its change" in err and "dead01" in err
     assert corefile_now(cluster) == (COREFILE, {})
+
+
+def test_what_rbac_cluster_prints_is_enough_for_via_log(lab, tmp_path) -> None:
+    """A responder holding only `kubectl dnstrace rbac --cluster` runs the whole log route."""
+    from kubectl_dnstrace.rbac import policy_documents
+
+    cluster, _ = lab
+    for doc in policy_documents(True, None, None):
+        cluster.store.create(doc)
+    cluster.users.add("responder", ("system:authenticated", "kubectl-dnstrace"))
+    kc = cluster.write_kubeconfig(tmp_path / "kc-responder", user="responder")
+    sim = dns(cluster, refresh=(0.1, 0.3), reload_check=0.2)
+    askers = Askers(sim)
+    askers.start()
+    try:
+        code, out, err = run(request(str(kc), "evil.example.com", duration=1.0))
+    finally:
+        askers.stop.set()
+        sim.stop()
+    assert code == ExitCode.MATCHED, err
+    names = {c["client"].get("name") for c in json.loads(out)["summary"]}
+    assert names == {"web-1"}
+    assert corefile_now(cluster) == (COREFILE, {})
+
+
+def test_capture_refusals_that_via_log_avoids_suggest_it(lab, tmp_path) -> None:
+    """Pod Security restricted, no pods/ephemeralcontainers right, no NET_RAW: each says
+    that CoreDNS's own log needs none of them."""
+    from kubectl_dnstrace.errors import PodSecurityDenied
+    from kubectl_dnstrace.kube.ephemeral import agent_hint
+    from kubectl_dnstrace.kube.preflight import run_preflight
+    from kubectl_dnstrace.kube.targets import resolve_targets
+    from tests.kubesim import connect
+
+    cluster, _ = lab
+    cluster.set_psa("shop", enforce="restricted")
+    kube = connect(cluster, tmp_path)
+    pods = resolve_targets(kube, ["pod/web-1"], namespace="shop").pods
+    with pytest.raises(PodSecurityDenied) as psa:
+        run_preflight(kube, pods)
+    assert "kubectl dnstrace coredns --via log --domain NAME" in psa.value.hint
+    cluster.set_psa("shop")
+    cluster.faults.deny("admin", "patch", "pods", "ephemeralcontainers", "shop")
+    with pytest.raises(Forbidden) as rbac:
+        run_preflight(kube, pods)
+    assert "coredns --via log" in rbac.value.hint
+    assert "coredns --via log" in agent_hint("socket: [Errno 1] Operation not permitted (NET_RAW)")

@@ -678,8 +678,9 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
             err = Unsupported(
                 f"this cluster does not serve {what.resource} ({api_message}): ephemeral "
                 "containers are unavailable (Kubernetes < 1.23 or the feature is disabled)",
-                "analyze a tcpdump capture taken on the node instead: kubectl dnstrace "
-                "analyze FILE.pcap",
+                "ask CoreDNS itself instead (its log plugin, no container: kubectl dnstrace "
+                "coredns --via log --domain NAME), or analyze a tcpdump capture taken on the "
+                "node: kubectl dnstrace analyze FILE.pcap",
             )
         elif not details.get("name") and what.name and "/" in what.resource:
             err = Unsupported(
@@ -735,15 +736,19 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
     return err
 
 
+_VIA_LOG = "kubectl dnstrace coredns --via log --domain NAME"
+
+
 def psa_hint(level: str, namespace: str | None) -> str:
     """What to do instead when Pod Security forbids the capture container."""
     ns = namespace or "NAMESPACE"
     if level == "restricted":
         return (
             "raw packet capture needs the NET_RAW capability, which the restricted level "
-            "forbids. Instead: analyze a tcpdump capture taken on the node (kubectl dnstrace "
-            "analyze FILE.pcap), trace the cluster DNS instead (kubectl dnstrace coredns), or "
-            f"ask an admin to relabel the namespace (kubectl label ns {ns} "
+            "forbids. Instead: ask CoreDNS itself, with no capture container at all (its log "
+            f"plugin, turned on and off again for you: {_VIA_LOG}), analyze a tcpdump "
+            "capture taken on the node (kubectl dnstrace analyze FILE.pcap), or ask an admin to "
+            f"relabel the namespace (kubectl label ns {ns} "
             "pod-security.kubernetes.io/enforce=baseline --overwrite)"
         )
     return (

@@ -69,8 +69,9 @@ def check_ephemeral_support(kube: Kube) -> None:
         raise Unsupported(
             "this cluster does not serve pods/ephemeralcontainers: ephemeral containers are "
             f"unavailable (server {kube.version.get('gitVersion', 'unknown')})",
-            "upgrade to Kubernetes >= 1.25, or analyze a tcpdump capture taken on the node: "
-            "kubectl dnstrace analyze FILE.pcap",
+            "upgrade to Kubernetes >= 1.25, ask CoreDNS itself (no container: kubectl "
+            "dnstrace coredns --via log --domain NAME), or analyze a tcpdump capture taken on "
+            "the node: kubectl dnstrace analyze FILE.pcap",
         )
 
 
@@ -98,7 +99,10 @@ def check_access(kube: Kube, namespaces: list[str], result: Preflight) -> None:
             "you may not " + "; ".join(missing) + " (RBAC): a trace needs both to add the "
             "capture container and read its output",
             f"ask a cluster admin to apply what `{rbac}` prints for you; check with "
-            f"`kubectl auth can-i {verb} {what} -n {ns}`",
+            f"`kubectl auth can-i {verb} {what} -n {ns}`"
+            + ("; or, with no capture container, ask CoreDNS itself: kubectl dnstrace "
+               "coredns --via log --domain NAME (needs update on its ConfigMap and pods/log)"
+               if what == "pods/ephemeralcontainers" else ""),
         )
 
 

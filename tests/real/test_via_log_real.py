@@ -82,7 +82,7 @@ def timed_trace(real: RealCluster, *args: str) -> tuple[object, float, float]:
 
 
 def test_names_the_asker_and_puts_the_corefile_back_byte_for_byte(real, own):
-    ns, asker, quiet = own
+    ns, asker, _ = own
     before, _, _ = configmap(real, ns, "dns-a")
     done, wait, total = timed_trace(real, "coredns", "--via", "log", *dns_flags(ns, "dns-a"),
                                     "-d", DOMAIN, "--duration", "8s", "-o", "json")
@@ -143,7 +143,7 @@ def test_a_colleagues_edit_during_the_trace_stays_ctrl_c_removes_only_our_line(r
 
 
 def test_without_reload_an_edit_is_refused_and_what_is_logged_is_read(real, own):
-    ns, asker, quiet = own
+    ns, _, quiet = own
     state = configmap(real, ns, "dns-b")
     refused = real.plugin("coredns", "--via", "log", *dns_flags(ns, "dns-b"), "-d", DOMAIN)
     assert refused.returncode == 12, refused.stderr

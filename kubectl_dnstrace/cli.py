@@ -57,7 +57,8 @@ Examples:
 Exit codes: 0 something matched, 1 nothing matched, 2 usage, 3 cluster unreachable,
   4 not found, 5 RBAC forbidden, 6 Pod Security, 7 no ephemeral containers,
   8 capture container failed, 9 agent failed, 10 bad capture file, 11 events lost,
-  70 internal error, 130 interrupted (README.md, "Exit codes").
+  12 Corefile not editable (--via log), 70 internal error, 130 interrupted
+  (README.md, "Exit codes").
 """
 
 TRACE_EPILOG = """\

@@ -293,6 +293,8 @@ class LogTrace:
                 enabled = cfg.enable_log(self.kube, self.src, self.run_id,
                                          req.filters.domains, deadline, self.kube.whoami())
                 self.changed = bool(enabled.changed)
+                if enabled.written_at:  # the cluster's clock, like the log's timestamps
+                    edited_at = self.edited_at = enabled.written_at
                 fmt = self._format(enabled.text)
                 if self.changed:
                     self.say(f"added 'log{''.join(' ' + d for d in req.filters.domains)}' to "
@@ -531,12 +533,14 @@ class LogTrace:
         from kubectl_dnstrace.kube.inventory import Inventory
         from kubectl_dnstrace.pipeline import Pipeline
 
+        PastAttributor = _past_attributor()  # noqa: N806 - a class
+
         attributor = None
         try:
             inv = self.inventory = Inventory.from_cluster(self.kube, namespaces=[
                 self.req.dns_namespace, self.kube.namespace or "default"])
             inv.start_watch(self.kube)
-            attributor = Attributor(inv)
+            attributor = (PastAttributor if self.req.since is not None else Attributor)(inv)
             attribution = scope_label(inv)
             if inv.scope:
                 self.say(f"{scope_notice(inv)}. `kubectl dnstrace rbac --cluster` grants what "
@@ -552,6 +556,28 @@ class LogTrace:
                 "requested": ["coredns"], "duration": self.req.duration,
                 "attribution": attribution, "via": "log"}
         return Pipeline(self.req.output, self.out, self.err, attributor=attributor, meta=meta)
+
+
+def _past_attributor():
+    from kubectl_dnstrace.attribution import Attributor
+    from kubectl_dnstrace.model import Client
+
+    class PastAttributor(Attributor):
+        """For ``--since``: lines older than the inventory. A pod address that no pod holds
+        now was most likely a pod that is gone: the client is unknown, shown with its
+        address, never guessed to be the node's CNI gateway (the live attribution's
+        reading of a podCIDR address nobody holds)."""
+
+        def attribute(self, ip: str, ts: float) -> Client:
+            client = super().attribute(ip, ts)
+            if (client.kind == "node" and client.reason.startswith("address in ")
+                    and ts < self.inventory.since):
+                return Client(kind="unknown", ip=ip, node=client.node, reason=(
+                    f"no pod holds this address of {client.node}'s podCIDR now: the pod that "
+                    "asked is gone (or it was the node's CNI gateway)"))
+            return client
+
+    return PastAttributor
 
 
 def _rfc3339(epoch: float) -> str:

@@ -254,6 +254,11 @@ def test_without_configmap_update_rights_nothing_changes_and_the_permission_is_n
 
 def test_since_reads_what_coredns_already_logged_and_changes_nothing(lab) -> None:
     cluster, kc = lab
+
+    def cidr(node: dict) -> dict:
+        node.setdefault("spec", {})["podCIDR"] = "10.244.0.0/24"
+        return node
+    cluster.store.mutate("nodes", "node-a", None, cidr)
     logging = COREFILE.replace("    errors\n", "    errors\n    log\n")
     sim = dns(cluster, logging)
     try:
@@ -270,7 +275,8 @@ def test_since_reads_what_coredns_already_logged_and_changes_nothing(lab) -> Non
     clients = {(e["client"]["kind"], e["client"].get("name", ""), e["src"]) for e in events
                if e["qr"] == "query"}
     assert ("pod", "web-1", WEB_IP) in clients
-    assert any(kind != "pod" and ip == "10.244.0.99" for kind, _, ip in clients)
+    gone = [e["client"] for e in events if e["src"] == "10.244.0.99"]
+    assert gone and all(c["kind"] == "unknown" and "is gone" in c["reason"] for c in gone)
     assert all(e["qname"] == "evil.example.com" for e in events)
     after = cluster.store.get("configmaps", "coredns", "kube-system")["metadata"]["resourceVersion"]
     assert before == after
@@ -413,3 +419,45 @@ def test_capture_refusals_that_via_log_avoids_suggest_it(lab, tmp_path) -> None:
         run_preflight(kube, pods)
     assert "coredns --via log" in rbac.value.hint
     assert "coredns --via log" in agent_hint("socket: [Errno 1] Operation not permitted (NET_RAW)")
+
+
+def test_a_reload_of_a_configuration_the_pod_ran_before_is_not_taken_for_ours(lab) -> None:
+    """The kubelet may hand a pod an older version first (a colleague's edit undone, the
+    put-back of an earlier run) and that reload can land after our edit: CoreDNS logs the
+    hash of each configuration, and one the pod ran before is not ours."""
+    cluster, kc = lab
+    sim = dns(cluster, refresh=None, reload_check=0.1)
+    colleague = COREFILE.replace("cache 30", "cache 31")
+    for pod in sim.pods:  # running a colleague's version, since undone in the ConfigMap
+        sim.mount(pod, colleague)
+    deadline = time.monotonic() + 5
+    while any(sim.loaded[p] != colleague for p in sim.pods) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    def kubelet() -> None:
+        while ANNOTATION not in corefile_now(cluster)[1]:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        for pod in sim.pods:
+            sim.mount(pod, COREFILE)  # the undone version: reloaded, but not ours
+        time.sleep(1.0)
+        ours = corefile_now(cluster)[0]
+        for pod in sim.pods:
+            sim.mount(pod, ours)
+
+    t = threading.Thread(target=kubelet, daemon=True)
+    t.start()
+    askers = Askers(sim)
+    askers.start()
+    try:
+        code, out, err = run(request(kc, "evil.example.com", duration=1.0))
+    finally:
+        askers.stop.set()
+        sim.stop()
+    t.join(5)
+    assert code == ExitCode.MATCHED, err
+    assert "which it ran before the edit: still waiting" in err
+    for pod in sim.pods:
+        waited = err.index(f"kube-system/{pod}: reloaded configuration")
+        assert err.index(f"kube-system/{pod}: logging", waited) > waited
+    assert corefile_now(cluster) == (COREFILE, {})

@@ -75,6 +75,7 @@ class Enabled:
     changed: list[str]  # server blocks that got our line
     already: list[str]  # server blocks that already log what was asked
     resource_version: str = ""
+    written_at: float = 0.0  # the API server's clock at the write (managedFields), 0: unknown
 
 
 @dataclass(slots=True)
@@ -93,6 +94,17 @@ def _epoch(text: str) -> float:
     import calendar
 
     return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def _written_at(meta: dict) -> float:
+    """When the API server stored the object (the latest managedFields entry; whole
+    seconds). The cluster's clock, not this machine's: it is compared with the kubelet's
+    log timestamps."""
+    times = [m.get("time") for m in meta.get("managedFields") or [] if m.get("time")]
+    try:
+        return max(_epoch(t) for t in times) if times else 0.0
+    except ValueError:
+        return 0.0
 
 
 def find_source(kube: Kube, namespace: str, pods: list[dict]) -> CorefileSource:
@@ -230,8 +242,9 @@ def enable_log(kube: Kube, src: CorefileSource, run_id: str, domains: list[str],
             stored = _write(kube, cm, src.key, edit.text, record)
         except Conflict:
             continue  # changed between our read and write: read again
-        return Enabled(edit.text, edit.changed, edit.already,
-                       (stored.get("metadata") or {}).get("resourceVersion", ""))
+        meta = stored.get("metadata") or {}
+        return Enabled(edit.text, edit.changed, edit.already, meta.get("resourceVersion", ""),
+                       _written_at(meta))
     raise CorefileRefused(f"{src.label} kept changing while the 'log' line was being added",
                           "someone is editing the Corefile right now; try again later")
 

@@ -70,7 +70,7 @@ class SimCoreDNS:
     """CoreDNS pods in the simulated cluster, fed their Corefile from a ConfigMap."""
 
     def __init__(self, cluster, corefile: str, *, namespace: str = "kube-system",
-                 name: str = "coredns", replicas: int = 2, refresh: tuple[float, float] = (0.5, 1.5),
+                 name: str = "coredns", replicas: int = 2, refresh: tuple[float, float] | None = (0.5, 1.5),
                  reload_check: float = 0.5, ips: list[str] | None = None,
                  labels: dict | None = None) -> None:
         self.cluster = cluster
@@ -132,13 +132,16 @@ class SimCoreDNS:
         if meta.get("namespace") != self.namespace or meta.get("name") != self.name:
             return
         text = (new.get("data") or {}).get("Corefile", "")
+        if self.refresh is None:
+            return  # the test plays the kubelet: mount()
         for pod in self.pods:  # the kubelet writes the file later, per pod
             delay = random.uniform(*self.refresh)
-            timer = threading.Timer(delay, self._mount, args=(pod, text))
+            timer = threading.Timer(delay, self.mount, args=(pod, text))
             timer.daemon = True
             timer.start()
 
-    def _mount(self, pod: str, text: str) -> None:
+    def mount(self, pod: str, text: str) -> None:
+        """The kubelet writes ``text`` into the pod's mounted Corefile."""
         with self._lock:
             self.mounted[pod] = text
 

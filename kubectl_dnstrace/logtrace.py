@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from kubectl_dnstrace import corednslog, corefile
+from kubectl_dnstrace.attribution import Attributor
 from kubectl_dnstrace.errors import (
     CorefileRefused,
     DnstraceError,
@@ -45,7 +46,7 @@ from kubectl_dnstrace.kube import corednsconfig as cfg
 from kubectl_dnstrace.kube.client import Kube, iter_line_reads
 from kubectl_dnstrace.kube.logstream import since_time
 from kubectl_dnstrace.kube.targets import resolve_targets
-from kubectl_dnstrace.model import DnsEvent, PodRef, TraceRequest
+from kubectl_dnstrace.model import Client, DnsEvent, PodRef, TraceRequest
 from kubectl_dnstrace.progress import Progress
 
 RELOAD_TIMEOUT = 180.0  # measured: 46-89 s from the edit to every pod serving it
@@ -529,11 +530,9 @@ class LogTrace:
         return self.pipeline.finish()
 
     def _pipeline(self):
-        from kubectl_dnstrace.attribution import Attributor, scope_label, scope_notice
+        from kubectl_dnstrace.attribution import scope_label, scope_notice
         from kubectl_dnstrace.kube.inventory import Inventory
         from kubectl_dnstrace.pipeline import Pipeline
-
-        PastAttributor = _past_attributor()  # noqa: N806 - a class
 
         attributor = None
         try:
@@ -558,26 +557,20 @@ class LogTrace:
         return Pipeline(self.req.output, self.out, self.err, attributor=attributor, meta=meta)
 
 
-def _past_attributor():
-    from kubectl_dnstrace.attribution import Attributor
-    from kubectl_dnstrace.model import Client
+class PastAttributor(Attributor):
+    """For ``--since``: lines older than the inventory. A pod address that no pod holds now
+    was most likely a pod that is gone: the client is unknown, shown with its address,
+    never guessed to be the node's CNI gateway (the live attribution's reading of a podCIDR
+    address nobody holds)."""
 
-    class PastAttributor(Attributor):
-        """For ``--since``: lines older than the inventory. A pod address that no pod holds
-        now was most likely a pod that is gone: the client is unknown, shown with its
-        address, never guessed to be the node's CNI gateway (the live attribution's
-        reading of a podCIDR address nobody holds)."""
-
-        def attribute(self, ip: str, ts: float) -> Client:
-            client = super().attribute(ip, ts)
-            if (client.kind == "node" and client.reason.startswith("address in ")
-                    and ts < self.inventory.since):
-                return Client(kind="unknown", ip=ip, node=client.node, reason=(
-                    f"no pod holds this address of {client.node}'s podCIDR now: the pod that "
-                    "asked is gone (or it was the node's CNI gateway)"))
-            return client
-
-    return PastAttributor
+    def attribute(self, ip: str, ts: float) -> Client:
+        client = super().attribute(ip, ts)
+        if (client.kind == "node" and client.reason.startswith("address in ")
+                and ts < self.inventory.since):
+            return Client(kind="unknown", ip=ip, node=client.node, reason=(
+                f"no pod holds this address of {client.node}'s podCIDR now: the pod that "
+                "asked is gone (or it was the node's CNI gateway)"))
+        return client
 
 
 def _rfc3339(epoch: float) -> str:

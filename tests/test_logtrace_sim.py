@@ -450,7 +450,7 @@ def test_a_reload_of_a_configuration_the_pod_ran_before_is_not_taken_for_ours(la
     askers = Askers(sim)
     askers.start()
     try:
-        code, out, err = run(request(kc, "evil.example.com", duration=1.0))
+        code, _, err = run(request(kc, "evil.example.com", duration=1.0))
     finally:
         askers.stop.set()
         sim.stop()

@@ -461,3 +461,36 @@ def test_a_reload_of_a_configuration_the_pod_ran_before_is_not_taken_for_ours(la
         waited = err.index(f"kube-system/{pod}: reloaded configuration")
         assert err.index(f"kube-system/{pod}: logging", waited) > waited
     assert corefile_now(cluster) == (COREFILE, {})
+
+
+def test_a_capture_run_of_coredns_puts_back_an_expired_leftover(lab, tmp_path) -> None:
+    """What trace.py calls for the capture route's coredns targets: an expired record is
+    put back; a live run's change, or a ConfigMap it may not update, is left alone."""
+    from kubectl_dnstrace import corefile
+    from kubectl_dnstrace.kube.corednsconfig import RunRecord
+    from kubectl_dnstrace.logtrace import put_back_leftover
+    from tests.kubesim import connect
+
+    cluster, _ = lab
+    sim = dns(cluster)
+    kube = connect(cluster, tmp_path)
+    said: list[str] = []
+
+    def leave(deadline: float):
+        def edit(cm: dict) -> dict:
+            cm["data"]["Corefile"] = corefile.add_log_line(COREFILE, "dead02", []).text
+            cm["metadata"]["annotations"] = {ANNOTATION: RunRecord(
+                "dead02", deadline, "x", "Corefile", COREFILE).to_json()}
+            return cm
+        cluster.store.mutate("configmaps", "coredns", "kube-system", edit)
+
+    try:
+        leave(time.time() + 600)  # still running somewhere: not ours to touch
+        put_back_leftover(kube, "kube-system", said.append)
+        assert ANNOTATION in corefile_now(cluster)[1] and not said
+        leave(time.time() - 1)
+        put_back_leftover(kube, "kube-system", said.append)
+    finally:
+        sim.stop()
+    assert corefile_now(cluster) == (COREFILE, {})
+    assert len(said) == 1 and "dead02" in said[0] and "byte-identical" in said[0]

@@ -96,12 +96,16 @@ class PodLog(threading.Thread):
         try:
             breaks = 0
             while not self.closing.is_set():
+                began, lines = time.monotonic(), self.lines
                 try:
                     self._read()
                 except (Forbidden, NotFound):
                     raise
                 except DnstraceError:
-                    breaks += 1
+                    # A quiet CoreDNS writes nothing for minutes (the read times out): only
+                    # streams that break at once, again and again, are a failure.
+                    quick = time.monotonic() - began < 5.0 and self.lines == lines
+                    breaks = breaks + 1 if quick else 0
                     if breaks > 8:
                         raise
                 if not self.follow or self.closing.is_set():
@@ -291,6 +295,7 @@ class LogTrace:
         with _signals_interrupt():
             try:
                 edited_at = self.edited_at = time.time()
+                self.changed = True  # from here on, an exit puts back whatever was written
                 enabled = cfg.enable_log(self.kube, self.src, self.run_id,
                                          req.filters.domains, deadline, self.kube.whoami())
                 self.changed = bool(enabled.changed)
@@ -519,7 +524,8 @@ class LogTrace:
         else:
             return
         self.restored = True
-        self.say(self._restored_text(result))
+        if not result.nothing:  # nothing of this run was written (a refusal before the write)
+            self.say(self._restored_text(result))
 
     def _outcome(self) -> ExitCode:
         parsed = sum(st.reader.parser.counts["query"] for st in self.pods.values() if st.reader)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,8 @@ def test_names_the_asking_pod_and_restores_the_corefile_byte_for_byte(lab) -> No
     doc = json.loads(out)
     names = {(c["client"].get("name"), n["name"]) for c in doc["summary"] for n in c["names"]}
     assert names == {("web-1", "evil.example.com")}
+    assert doc["meta"]["via"] == "log"
+    assert {t["role"] for t in doc["targets"]} == {"coredns-log"}
     # Each CoreDNS pod's progress came from its own reload lines.
     for pod in sim.pods:
         assert f"kube-system/{pod}: reloading" in err
@@ -294,11 +297,26 @@ def test_since_without_log_on_says_there_is_nothing_to_read(lab) -> None:
     assert "no 'log' plugin" in info.value.message and "--via log" in info.value.hint
 
 
+BIN = Path(sys.executable).parent
+KUBECTL = shutil.which("kubectl", path="/usr/bin:/usr/local/bin")
+
+
+def _argv(*args: str) -> list[str]:
+    """``kubectl dnstrace ARGS`` through kubectl's plugin mechanism (the plugin found on
+    PATH, as installed), or the console script where no kubectl is installed."""
+    if KUBECTL:
+        return [KUBECTL, "dnstrace", *args]
+    return [str(BIN / "kubectl-dnstrace"), *args]
+
+
+def _env(kc: str) -> dict:
+    return {**os.environ, "KUBECONFIG": kc, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+
+
 def _plugin(kc: str, *args: str) -> subprocess.Popen:
-    exe = Path(sys.executable).parent / "kubectl-dnstrace"
-    return subprocess.Popen([str(exe), "coredns", "--kubeconfig", kc, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "KUBECONFIG": kc}, start_new_session=True)
+    return subprocess.Popen(_argv("coredns", *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(kc),
+                            start_new_session=True)
 
 
 def _wait_annotated(cluster, proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -320,13 +338,11 @@ def test_sigkill_mid_trace_then_restore_puts_it_back_byte_for_byte(lab) -> None:
         text, ann = corefile_now(cluster)
         assert text != COREFILE and json.loads(ann[ANNOTATION])["original"] == COREFILE
         # A new run refuses while the killed run's deadline has not passed, and says how.
-        again = subprocess.run([str(Path(sys.executable).parent / "kubectl-dnstrace"), "coredns",
-                                "--via", "log", "--kubeconfig", kc], capture_output=True,
-                               text=True, timeout=60)
+        again = subprocess.run(_argv("coredns", "--via", "log"), capture_output=True,
+                               text=True, timeout=60, env=_env(kc))
         assert again.returncode == ExitCode.COREFILE and "--restore" in again.stderr
-        restore = subprocess.run([str(Path(sys.executable).parent / "kubectl-dnstrace"),
-                                  "coredns", "--restore", "--kubeconfig", kc],
-                                 capture_output=True, text=True, timeout=60)
+        restore = subprocess.run(_argv("coredns", "--restore"), capture_output=True,
+                                 text=True, timeout=60, env=_env(kc))
     finally:
         sim.stop()
     assert restore.returncode == 0, restore.stderr

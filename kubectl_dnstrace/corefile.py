@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 MARKER = "# kubectl-dnstrace run "
+RUN_ZONE_PREFIX = "kubectl-dnstrace-run-"
 DNS_PORT = 53
 
 
@@ -211,7 +212,7 @@ def serving_block(cf: Corefile, name: str, port: int = DNS_PORT) -> ServerBlock 
 
 def _log_covers(directive: Directive, zones: list[str]) -> bool:
     """Does an existing ``log`` line already log every one of ``zones`` (``[]``: all)?"""
-    names = [a for a in directive.args if "{" not in a]
+    names = [a for a in directive.args if "{" not in a and not a.startswith(RUN_ZONE_PREFIX)]
     if not names:
         return True
     if any(n.rstrip(".") == "" for n in names):
@@ -224,6 +225,10 @@ def _log_covers(directive: Directive, zones: list[str]) -> bool:
 
 def marker(run_id: str) -> str:
     return f"{MARKER}{run_id}"
+
+
+def run_zone(run_id: str) -> str:
+    return f"{RUN_ZONE_PREFIX}{run_id}.invalid"
 
 
 def add_log_line(text: str, run_id: str, domains: list[str], port: int = DNS_PORT) -> Edit:
@@ -254,7 +259,11 @@ def add_log_line(text: str, run_id: str, domains: list[str], port: int = DNS_POR
                                 "on one line; there is no line to add 'log' after")
         indent = _indent_of(lines, block)
         newline = "\r\n" if lines[block.open_line].endswith("\r\n") else "\n"
-        args = "".join(f" {z}" for z in zones)
+        # The run's own name among the zones: CoreDNS's "Running configuration SHA512" is
+        # a hash of the parsed tokens (comments do not count), and a run must recognise the
+        # configuration it made — not another run's edit with the same names (found on a
+        # real cluster). ".invalid" names never resolve (RFC 2606): nothing matches it.
+        args = "".join(f" {z}" for z in (zones or ["."])) + f" {run_zone(run_id)}"
         lines.insert(block.open_line + 1, f"{indent}log{args} {marker(run_id)}{newline}")
         changed.append(label)
     return Edit("".join(lines), list(reversed(changed)), list(reversed(already)))

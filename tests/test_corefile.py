@@ -79,8 +79,10 @@ def test_log_goes_into_the_serving_block_only_with_the_domains() -> None:
     edit = add_log_line(MIXED, "a1b2c3", ["evil.example.org", "evil.example.com", "c2.example.net."])
     assert edit.changed == ["example.org:53 example.net", ".:53"]
     lines = edit.text.splitlines()
-    assert lines[6] == "    log evil.example.org c2.example.net # kubectl-dnstrace run a1b2c3"
-    assert "    log evil.example.com # kubectl-dnstrace run a1b2c3" in lines
+    assert lines[6] == ("    log evil.example.org c2.example.net kubectl-dnstrace-run-a1b2c3.invalid"
+                        " # kubectl-dnstrace run a1b2c3")
+    assert ("    log evil.example.com kubectl-dnstrace-run-a1b2c3.invalid"
+            " # kubectl-dnstrace run a1b2c3") in lines
     assert len(edit.text.splitlines()) == len(MIXED.splitlines()) + 2
     assert remove_log_line(edit.text) == MIXED
     assert corefile.runs_in(edit.text) == ["a1b2c3", "a1b2c3"]
@@ -88,7 +90,9 @@ def test_log_goes_into_the_serving_block_only_with_the_domains() -> None:
 
 def test_without_domains_every_client_block_logs_everything() -> None:
     edit = add_log_line(KUBEADM, "ff0001", [])
-    assert edit.text.splitlines()[1] == "    log # kubectl-dnstrace run ff0001"
+    # "." logs every name; the run's own .invalid name makes the configuration its own.
+    assert edit.text.splitlines()[1] == (
+        "    log . kubectl-dnstrace-run-ff0001.invalid # kubectl-dnstrace run ff0001")
     assert remove_log_line(edit.text, "ff0001") == KUBEADM
 
 
@@ -104,7 +108,7 @@ def test_removal_takes_only_the_runs_line_and_keeps_other_edits() -> None:
 def test_crlf_files_stay_crlf_and_come_back_byte_identical() -> None:
     crlf = KUBEADM.replace("\n", "\r\n")
     edit = add_log_line(crlf, "c0ffee", ["evil.example.com"])
-    assert "log evil.example.com # kubectl-dnstrace run c0ffee\r\n" in edit.text
+    assert "log evil.example.com kubectl-dnstrace-run-c0ffee.invalid # kubectl-dnstrace run c0ffee\r\n" in edit.text
     assert remove_log_line(edit.text) == crlf
 
 
@@ -143,3 +147,13 @@ def test_a_one_line_block_cannot_take_a_line() -> None:
 def test_reload_is_detected_in_any_block() -> None:
     assert parse(KUBEADM).reloads
     assert not parse(KUBEADM.replace("    reload\n", "")).reloads
+
+
+def test_two_runs_with_the_same_names_differ_in_their_tokens() -> None:
+    """CoreDNS hashes the parsed tokens (comments left out): each run's configuration must
+    be its own, or a run would take another's earlier reload for its own."""
+    def tokens(text: str) -> list[list[str]]:
+        return [[d.name, *d.args] for b in parse(text).blocks for d in b.directives]
+    one = add_log_line(KUBEADM, "aaaaaa", ["evil.example.com"]).text
+    two = add_log_line(KUBEADM, "bbbbbb", ["evil.example.com"]).text
+    assert tokens(one) != tokens(two)

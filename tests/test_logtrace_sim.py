@@ -145,8 +145,9 @@ def test_the_log_line_is_restricted_to_the_domains(lab) -> None:
     t.join(5)
     assert code == ExitCode.NO_MATCH, err
     lines = [ln for ln in seen[0].splitlines() if ln.strip().startswith("log")]
+    rid = lines[0].split("# kubectl-dnstrace run ")[1]
     assert len(lines) == 1 and lines[0].split("#")[0].split() == [
-        "log", "evil.example.com", "c2.example.net"]
+        "log", "evil.example.com", "c2.example.net", f"kubectl-dnstrace-run-{rid}.invalid"]
     assert corefile_now(cluster)[0] == COREFILE
 
 
@@ -510,3 +511,26 @@ def test_a_capture_run_of_coredns_puts_back_an_expired_leftover(lab, tmp_path) -
         sim.stop()
     assert corefile_now(cluster) == (COREFILE, {})
     assert len(said) == 1 and "dead02" in said[0] and "byte-identical" in said[0]
+
+
+def test_a_second_run_with_the_same_names_is_not_mistaken_for_the_first(lab) -> None:
+    """Found on the real cluster: CoreDNS's configuration hash leaves comments out, so two
+    runs' edits that differed only in their comment looked like one configuration, and the
+    second run waited for a reload it had already seen. Each run's line is its own now."""
+    cluster, kc = lab
+    sim = dns(cluster, refresh=(0.1, 0.3), reload_check=0.2)
+    askers = Askers(sim)
+    askers.start()
+    try:
+        for _ in range(2):
+            code, _, err = run(request(kc, "evil.example.com", duration=0.8))
+            assert code == ExitCode.MATCHED, err
+            assert "which it ran before the edit" not in err
+            # Let every pod reload the put-back Corefile before the next run.
+            deadline = time.monotonic() + 10
+            while any(sim.loaded[p] != COREFILE for p in sim.pods) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        askers.stop.set()
+        sim.stop()
+    assert corefile_now(cluster) == (COREFILE, {})

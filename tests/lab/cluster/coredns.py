@@ -5,7 +5,8 @@ What it mirrors, observed on the real CoreDNS 1.13 of ../shared/realk8s (see REA
   ``refresh`` seconds here), and ``reload`` notices the new file on its next check
   (``reload_check``); a Corefile without ``reload`` is never reloaded;
 - a reload logs ``[INFO] Reloading``, ``[INFO] plugin/reload: Running configuration SHA512 =
-  ...`` and ``[INFO] Reloading complete``; a Corefile CoreDNS cannot load logs ``[ERROR]
+  ...`` (a hash of the parsed tokens: comments do not change it) and ``[INFO] Reloading
+  complete``; a Corefile CoreDNS cannot load logs ``[ERROR]
   Restart failed: ...`` and ``[ERROR] plugin/reload: Corefile changed but reload failed:
   ...`` and the old configuration keeps serving;
 - ``log [NAMES...]`` writes one line per query under those names, in the default format,
@@ -18,6 +19,7 @@ CoreDNS build has and checks braces, which is what the real CoreDNS refuses on.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 
@@ -192,7 +194,10 @@ def _directives(corefile: str) -> set[str]:
 
 
 def _sha(text: str) -> str:
-    return hashlib.sha512(text.encode()).hexdigest()
+    """Like the real reload plugin: a hash of the parsed tokens (with their line numbers),
+    so comments and spacing do not change it (the real one hashes Caddy's JSON of them)."""
+    tokens = [(n, raw.split("#", 1)[0].split()) for n, raw in enumerate(text.splitlines(), 1)]
+    return hashlib.sha512(json.dumps([t for t in tokens if t[1]]).encode()).hexdigest()
 
 
 __all__ = ["SimCoreDNS", "check"]

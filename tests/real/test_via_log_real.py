@@ -130,7 +130,8 @@ def test_a_colleagues_edit_during_the_trace_stays_ctrl_c_removes_only_our_line(r
     try:
         trace.wait_for(r"^added 'log", timeout=60)
         during, _, _ = configmap(real, ns, "dns-a")
-        assert "log evil.example.test # kubectl-dnstrace run" in during
+        assert re.search(r"^ +log evil\.example\.test kubectl-dnstrace-run-([0-9a-f]+)\.invalid"
+                         r" # kubectl-dnstrace run \1$", during, re.M), during
         set_corefile(real, ns, "dns-a", during.replace("cache 30", "cache 31"))
         os.killpg(trace.proc.pid, signal.SIGINT)
         done = trace.finish(timeout=60)

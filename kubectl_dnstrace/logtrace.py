@@ -243,6 +243,12 @@ class LogTrace:
         return self._live()
 
     def _restore_only(self) -> ExitCode:
+        cm, _ = cfg.read(self.kube, self.src)
+        record = cfg.record_of(cm)
+        if record is not None and time.time() < record.deadline:
+            self.say(f"run {record.run} (by {record.user or 'someone'}) was due to end by "
+                     f"{cfg.iso(record.deadline)} UTC; if it is still running, CoreDNS stops "
+                     "logging for it now")
         result = cfg.restore(self.kube, self.src)
         if result.nothing:
             self.say(f"{self.src.label}: no change of kubectl dnstrace to put back")
@@ -267,7 +273,7 @@ class LogTrace:
                 return  # reading only: the other run's change is not in the way
             raise CorefileRefused(
                 f"{self.src.label} carries the change of kubectl dnstrace run {record.run} (by "
-                f"{record.user or 'someone'}, until {cfg._iso(record.deadline)} UTC)",
+                f"{record.user or 'someone'}, until {cfg.iso(record.deadline)} UTC)",
                 "wait for that run to end; if it was killed, put the Corefile back now with "
                 "kubectl dnstrace coredns --restore")
         result = cfg.restore(self.kube, self.src)
@@ -508,21 +514,21 @@ class LogTrace:
                 self.inventory.stop()
 
     def _restore_now(self) -> None:
-        for attempt in range(3):
+        failures = 0
+        while True:
             try:
                 result = cfg.restore(self.kube, self.src, self.run_id)
                 break
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # Ctrl-C again: the Corefile still goes back first
                 self.say("putting the Corefile back first (one moment)")
             except DnstraceError as exc:
-                if attempt == 2:
+                failures += 1
+                if failures == 3:
                     self.say(f"could not put the Corefile back: {exc.message}. Run `kubectl "
                              "dnstrace coredns --restore` now: the ConfigMap's annotation "
                              f"{cfg.ANNOTATION} holds the original")
                     return
                 time.sleep(1.0)
-        else:
-            return
         self.restored = True
         if not result.nothing:  # nothing of this run was written (a refusal before the write)
             self.say(self._restored_text(result))

@@ -534,3 +534,54 @@ def test_a_second_run_with_the_same_names_is_not_mistaken_for_the_first(lab) -> 
         askers.stop.set()
         sim.stop()
     assert corefile_now(cluster) == (COREFILE, {})
+
+
+@pytest.mark.parametrize("args, says", [
+    (["coredns", "--via", "tcpdump"], "unknown --via 'tcpdump'"),
+    (["coredns", "--since", "1h"], "--since reads what CoreDNS already logged: it needs --via log"),
+    (["coredns", "--via", "log", "--since", "soon"], "--since: 'soon' is not a duration"),
+    (["pod/web-1", "--via", "log"], "apply to the cluster DNS only, not to pod/web-1"),
+    (["-l", "app=web", "--via", "log"], "apply to the cluster DNS only"),
+    (["coredns", "--via", "log", "--pcap", "x.pcap"], "--pcap needs packets"),
+    (["coredns", "--via", "log", "--since", "1h", "--restore"], "one at a time"),
+    (["coredns", "--via", "log", "-d", "bad name!"], "is not a DNS name"),
+])
+def test_usage_errors_change_nothing(lab, capsys, args, says) -> None:
+    from kubectl_dnstrace.cli import main
+
+    cluster, kc = lab
+    sim = dns(cluster)
+    try:
+        code = main([*args, "--kubeconfig", kc])
+    finally:
+        sim.stop()
+    err = capsys.readouterr().err
+    assert code == ExitCode.USAGE, err
+    assert says in err and "Traceback" not in err
+    assert corefile_now(cluster) == (COREFILE, {})
+    assert not [r for r in cluster.requests if r["method"] in ("PUT", "PATCH", "POST")
+                and "selfsubject" not in r["path"]]
+
+
+def test_restore_says_when_the_run_it_undoes_may_still_be_running(lab) -> None:
+    from kubectl_dnstrace import corefile
+    from kubectl_dnstrace.kube.corednsconfig import RunRecord
+
+    cluster, kc = lab
+    sim = dns(cluster)
+
+    def leave(cm: dict) -> dict:
+        cm["data"]["Corefile"] = corefile.add_log_line(COREFILE, "a1a1a1", []).text
+        cm["metadata"]["annotations"] = {ANNOTATION: RunRecord(
+            "a1a1a1", time.time() + 300, "alice", "Corefile", COREFILE).to_json()}
+        return cm
+    cluster.store.mutate("configmaps", "coredns", "kube-system", leave)
+    try:
+        code, _, err = run(request(kc, restore=True))
+        again, _, err2 = run(request(kc, restore=True))
+    finally:
+        sim.stop()
+    assert code == again == ExitCode.MATCHED
+    assert "run a1a1a1 (by alice) was due to end by" in err and "byte-identical" in err
+    assert "no change of kubectl dnstrace to put back" in err2
+    assert corefile_now(cluster) == (COREFILE, {})

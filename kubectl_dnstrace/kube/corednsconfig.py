@@ -54,7 +54,7 @@ class RunRecord:
     original: str
 
     def to_json(self) -> str:
-        return json.dumps({"run": self.run, "deadline": _iso(self.deadline), "user": self.user,
+        return json.dumps({"run": self.run, "deadline": iso(self.deadline), "user": self.user,
                            "key": self.key, "original": self.original}, sort_keys=True)
 
     @classmethod
@@ -86,7 +86,7 @@ class Restored:
     nothing: bool = False  # no record of a run: nothing to do
 
 
-def _iso(epoch: float) -> str:
+def iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
@@ -223,7 +223,7 @@ def enable_log(kube: Kube, src: CorefileSource, run_id: str, domains: list[str],
         if other is not None:
             raise CorefileRefused(
                 f"{src.label} carries the change of kubectl dnstrace run {other.run} "
-                f"(by {other.user or 'someone'}, until {_iso(other.deadline)} UTC)",
+                f"(by {other.user or 'someone'}, until {iso(other.deadline)} UTC)",
                 "wait for that run to end; if it was killed, put the Corefile back with "
                 "kubectl dnstrace coredns --restore",
             )

@@ -238,8 +238,8 @@ class LogTrace:
             return self._since(text)
         cfg.check_access(kube, src)
         cfg.parse_or_refuse(src, text)
-        if req.dry_run:
-            return self._dry_run(text)
+        if req.dry_run:  # as a real run would write it: after putting back any leftover
+            return self._dry_run(corefile.remove_log_line(text))
         return self._live()
 
     def _restore_only(self) -> ExitCode:
@@ -276,6 +276,10 @@ class LogTrace:
                 f"{record.user or 'someone'}, until {cfg.iso(record.deadline)} UTC)",
                 "wait for that run to end; if it was killed, put the Corefile back now with "
                 "kubectl dnstrace coredns --restore")
+        if self.req.dry_run:
+            self.say(f"an interrupted run left its change in {self.src.label}: a real run "
+                     "would put it back first")
+            return
         result = cfg.restore(self.kube, self.src)
         if not result.nothing:
             self.say("an interrupted run left its change: " + self._restored_text(result))
@@ -343,7 +347,8 @@ class LogTrace:
             return corednslog.DEFAULT_FORMAT
         for block in cf.blocks:
             for d in block.directives:
-                if d.name == "log" and not any(corefile.MARKER.strip() in a for a in d.args):
+                if d.name == "log" and not any(a.startswith(corefile.RUN_ZONE_PREFIX)
+                                               for a in d.args):
                     return corednslog.log_format(d.args)
         return corednslog.DEFAULT_FORMAT
 

@@ -383,10 +383,14 @@ def test_an_expired_leftover_is_put_back_by_the_next_run(lab) -> None:
         return cm
     cluster.store.mutate("configmaps", "coredns", "kube-system", leave)
     try:
-        code, _, err = run(request(kc, "evil.example.com", dry_run=True, fmt="ndjson"))
+        dry, printed, said = run(request(kc, "evil.example.com", dry_run=True, fmt="ndjson"))
+        assert dry == ExitCode.MATCHED and "a real run would put it back first" in said
+        assert corefile_now(cluster)[0] == edited  # a dry run changes nothing
+        assert "log evil.example.com kubectl-dnstrace-run-" in printed
+        code, _, err = run(request(kc, "evil.example.com", duration=0.3, fmt="ndjson"))
     finally:
         sim.stop()
-    assert code == ExitCode.MATCHED
+    assert code == ExitCode.NO_MATCH, err
     assert "an interrupted run left its change" in err and "dead01" in err
     assert corefile_now(cluster) == (COREFILE, {})
 

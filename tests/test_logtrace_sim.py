@@ -589,3 +589,29 @@ def test_restore_says_when_the_run_it_undoes_may_still_be_running(lab) -> None:
     assert "run a1a1a1 (by alice) was due to end by" in err and "byte-identical" in err
     assert "no change of kubectl dnstrace to put back" in err2
     assert corefile_now(cluster) == (COREFILE, {})
+
+
+def test_the_corefile_configmap_is_found_from_the_pods_volumes(lab, tmp_path) -> None:
+    """kubeadm/EKS map the Corefile key explicitly; AKS mounts whole ConfigMaps, one of which
+    (coredns-custom) holds no Corefile."""
+    from kubectl_dnstrace.kube.corednsconfig import find_source
+    from tests.kubesim import connect
+
+    cluster, _ = lab
+    kube = connect(cluster, tmp_path)
+    for name, data in (("coredns-custom", {"x.server": "x:53 {}\n"}), ("dns-conf", {"Corefile": "."})):
+        cluster.store.create({"kind": "ConfigMap", "metadata": {"name": name, "namespace": "kube-system"},
+                              "data": data})
+
+    def pod(*volumes: dict) -> dict:
+        return {"spec": {"volumes": [{"name": f"v{i}", **v} for i, v in enumerate(volumes)]}}
+
+    kubeadm = pod({"configMap": {"name": "coredns", "items": [{"key": "Corefile", "path": "Corefile"}]}})
+    aks = pod({"configMap": {"name": "coredns-custom"}}, {"configMap": {"name": "dns-conf"}},
+              {"emptyDir": {}})
+    renamed = pod({"configMap": {"name": "dns-conf", "items": [{"key": "main", "path": "Corefile"}]}})
+    found = find_source(kube, "kube-system", [kubeadm])
+    assert (found.name, found.key) == ("coredns", "Corefile")
+    assert find_source(kube, "kube-system", [aks]).name == "dns-conf"
+    assert find_source(kube, "kube-system", [renamed]).key == "main"
+    assert find_source(kube, "kube-system", [pod()]).name == "coredns"

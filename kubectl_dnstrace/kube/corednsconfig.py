@@ -108,19 +108,35 @@ def _written_at(meta: dict) -> float:
 
 
 def find_source(kube: Kube, namespace: str, pods: list[dict]) -> CorefileSource:
-    """The ConfigMap the DNS pods mount a ``Corefile`` from (their volumes name it)."""
+    """The ConfigMap the DNS pods mount a ``Corefile`` from (their volumes name it).
+
+    A volume that maps a key to the path ``Corefile`` says it outright (kubeadm, EKS); a
+    volume that mounts a whole ConfigMap may or may not hold one (AKS mounts ``coredns`` and
+    ``coredns-custom``): those are read, and the first with a ``Corefile`` key is it."""
+    explicit: list[CorefileSource] = []
+    whole: list[str] = []
     for pod in pods:
         for vol in (pod.get("spec") or {}).get("volumes") or []:
             cm = vol.get("configMap") or {}
-            if not cm.get("name"):
+            name = cm.get("name")
+            if not name:
                 continue
             items = cm.get("items") or []
-            keys = [i.get("key") for i in items if i.get("path") == COREFILE_KEY] or (
-                [COREFILE_KEY] if not items or any(i.get("key") == COREFILE_KEY for i in items)
-                else [])
+            keys = [i.get("key") for i in items if i.get("path") == COREFILE_KEY]
             if keys:
-                return CorefileSource(namespace, cm["name"], keys[0])
-    return CorefileSource(namespace, FALLBACK_NAME)
+                explicit.append(CorefileSource(namespace, name, keys[0]))
+            elif not items and name not in whole:
+                whole.append(name)
+    if explicit:
+        return explicit[0]
+    for name in whole:
+        try:
+            data = kube.get("configmaps", name, namespace).get("data") or {}
+        except DnstraceError:
+            continue
+        if COREFILE_KEY in data:
+            return CorefileSource(namespace, name)
+    return CorefileSource(namespace, whole[0] if len(whole) == 1 else FALLBACK_NAME)
 
 
 def check_access(kube: Kube, src: CorefileSource) -> None:

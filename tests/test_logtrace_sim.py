@@ -615,3 +615,29 @@ def test_the_corefile_configmap_is_found_from_the_pods_volumes(lab, tmp_path) ->
     assert find_source(kube, "kube-system", [aks]).name == "dns-conf"
     assert find_source(kube, "kube-system", [renamed]).key == "main"
     assert find_source(kube, "kube-system", [pod()]).name == "coredns"
+
+
+@pytest.mark.parametrize("which", ["the edit", "the put-back"])
+def test_a_write_racing_ours_is_never_overwritten(lab, which) -> None:
+    """Every write carries the resourceVersion read: a colleague's write landing just before
+    ours makes ours a 409, which is read again and redone on top of theirs."""
+    cluster, kc = lab
+    sim = dns(cluster, refresh=(0.1, 0.3), reload_check=0.2)
+
+    def colleague(cm: dict) -> dict:
+        cm["data"]["Corefile"] = cm["data"]["Corefile"].replace("cache 30", "cache 45")
+        return cm
+    cluster.faults.write_before_update("configmaps", "coredns", colleague,
+                                       skip=0 if which == "the edit" else 1)
+    try:
+        code, _, err = run(request(kc, "evil.example.com", duration=0.3, fmt="ndjson"))
+    finally:
+        sim.stop()
+    assert code == ExitCode.NO_MATCH, err
+    assert corefile_now(cluster) == (COREFILE.replace("cache 30", "cache 45"), {})
+    if which == "the edit":  # theirs came first: the run started from their Corefile
+        assert "byte-identical" in err
+    else:
+        assert "someone else changed the Corefile during the run" in err
+    conflicts = [r for r in cluster.requests if r["method"] == "PUT" and r["code"] == 409]
+    assert len(conflicts) == 1

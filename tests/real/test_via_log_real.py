@@ -7,6 +7,9 @@ kube-system's), found with ``--dns-namespace/--dns-selector`` as a user with a n
 CoreDNS would. Only ``test_the_shared_cluster_dns_as_a_user_would`` edits the real
 ``kube-system/coredns``, for one reload cycle, and checks it is byte-identical afterwards.
 
+Their namespace enforces Pod Security ``restricted`` (labelled once the pods run), the case
+the log route is for: a capture container is refused there, ``--via log`` is not.
+
 A reload cycle (edit -> kubelet refresh -> ``reload``) takes about a minute here; only two
 tests wait for one. SIGKILL, Ctrl-C with a concurrent edit and a Corefile without ``reload``
 need no reload at all.
@@ -41,6 +44,9 @@ def own(real: RealCluster):
         real.apply("log-clients.yaml", ns, dns_a=ips["dns-a"], dns_b=ips["dns-b"])
         asker = real.wait_pods(ns, "app=asker")[0]["metadata"]["name"]
         quiet = real.wait_pods(ns, "app=quiet")[0]["metadata"]["name"]
+        # From now on the namespace enforces Pod Security restricted (running pods stay):
+        # no capture container may be added to its CoreDNS pods, which --via log does not need.
+        real.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
         yield ns, asker, quiet
 
 
@@ -84,6 +90,10 @@ def timed_trace(real: RealCluster, *args: str) -> tuple[object, float, float]:
 def test_names_the_asker_and_puts_the_corefile_back_byte_for_byte(real, own):
     ns, asker, _ = own
     before, _, _ = configmap(real, ns, "dns-a")
+    # The capture route is refused here (restricted), and says what works instead.
+    capture = real.plugin("coredns", *dns_flags(ns, "dns-a"), "-d", DOMAIN, "--duration", "5s")
+    assert capture.returncode == 6, capture.stderr
+    assert "kubectl dnstrace coredns --via log --domain NAME" in capture.stderr
     done, wait, total = timed_trace(real, "coredns", "--via", "log", *dns_flags(ns, "dns-a"),
                                     "-d", DOMAIN, "--duration", "8s", "-o", "json")
     print(f"\nreload wait (edit -> both pods logging): {wait:.1f} s; run in all {total:.1f} s")

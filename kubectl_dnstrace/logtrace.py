@@ -87,6 +87,7 @@ class PodLog(threading.Thread):
         self.first_ts = ""
         self.closing = threading.Event()
         self.lines = 0
+        self._at_last: set[str] = set()  # the lines read with the timestamp ``last_ts``
 
     def close(self) -> None:
         self.closing.set()
@@ -139,8 +140,14 @@ class PodLog(threading.Thread):
         for raw in lines:
             text = raw.decode("utf-8", "replace")
             ts = text.split(" ", 1)[0]
-            if self.last_ts and ts <= self.last_ts:
+            if ts < self.last_ts:
                 continue  # read before the stream was reopened
+            if ts == self.last_ts:  # two lines may share a nanosecond: compare the text
+                if text in self._at_last:
+                    continue
+            else:
+                self._at_last.clear()
+            self._at_last.add(text)
             self.last_ts = ts
             self.first_ts = self.first_ts or ts
             self.lines += 1

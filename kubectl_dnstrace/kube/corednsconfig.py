@@ -274,8 +274,9 @@ def restore(kube: Kube, src: CorefileSource, run_id: str | None = None) -> Resto
         ids = corefile.runs_in(text)
         if record is None and not ids:
             return Restored(run_id or "", exact=True, others_changed=False, nothing=True)
-        if record is not None and run_id is not None and record.run != run_id:
-            # Another run's record: not ours to touch (ours may be gone already).
+        if run_id is not None and (record.run != run_id if record is not None
+                                   else run_id not in ids):
+            # Another run's change: not ours to touch (ours may be gone already).
             return Restored(run_id, exact=True, others_changed=False, nothing=True)
         rid = record.run if record is not None else (run_id or ids[0])
         new_text = corefile.remove_log_line(text, None if run_id is None else rid)

@@ -26,7 +26,7 @@ from kubectl_dnstrace.model import (
     OutputOptions,
     TraceRequest,
 )
-from kubectl_dnstrace.options import check_names, load_domain_file, parse_duration
+from kubectl_dnstrace.options import check_codes, check_names, load_domain_file, parse_duration
 
 OUTPUT_FORMATS = ("table", "wide", "json", "ndjson")
 
@@ -57,7 +57,8 @@ Examples:
 Exit codes: 0 something matched, 1 nothing matched, 2 usage, 3 cluster unreachable,
   4 not found, 5 RBAC forbidden, 6 Pod Security, 7 no ephemeral containers,
   8 capture container failed, 9 agent failed, 10 bad capture file, 11 events lost,
-  12 Corefile not editable (--via log), 70 internal error, 130 interrupted
+  12 pod object too large, 13 API server busy (429), 14 pod already traced,
+  15 Corefile not editable (--via log), 70 internal error, 130 interrupted
   (README.md, "Exit codes").
 """
 
@@ -235,11 +236,10 @@ def _filters(domain: list[str] | None, domain_file: str | None, qtype: list[str]
     check_names(domains, "--domain")
     if domain_file:
         domains.extend(load_domain_file(domain_file))
-    return Filters(
-        domains=domains,
-        qtypes=[q.upper() for q in qtype or []],
-        rcodes=[r.upper() for r in rcode or []],
-    )
+    qtypes = [q.upper() for q in qtype or []]
+    rcodes = [r.upper() for r in rcode or []]
+    check_codes(qtypes, rcodes)
+    return Filters(domains=domains, qtypes=qtypes, rcodes=rcodes)
 
 
 def _output(output: str, pcap: str | None) -> OutputOptions:
@@ -275,6 +275,7 @@ def trace(
     image_pull_policy: Annotated[str | None, typer.Option("--image-pull-policy", help="Always | IfNotPresent | Never")] = None,
     timeout: Annotated[str, typer.Option("--timeout", help="How long to wait for the capture containers to run.")] = "60s",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact patch for each pod and change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Trace a pod even when another trace's agent runs in it.")] = False,
     dns_namespace: Annotated[str, typer.Option("--dns-namespace", help="Namespace of the cluster DNS.")] = "kube-system",
     dns_selector: Annotated[str | None, typer.Option("--dns-selector", help="Label selector of the cluster DNS pods.")] = None,
     via: Annotated[str, typer.Option("--via", metavar="ROUTE", help="coredns: capture (ephemeral containers) | log (CoreDNS's log plugin: edits the Corefile, restored at exit).")] = "capture",
@@ -311,6 +312,7 @@ def trace(
         dry_run=dry_run,
         dns_namespace=dns_namespace,
         dns_selector=dns_selector,
+        force=force,
         **_via_options(via, since, restore),
     )
     raise typer.Exit(int(run_trace(request)))

@@ -22,10 +22,8 @@ ConfigMap and to read the CoreDNS pods' logs. The order, and the promise kept at
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -46,6 +44,7 @@ from kubectl_dnstrace.kube import corednsconfig as cfg
 from kubectl_dnstrace.kube.client import Kube, iter_line_reads
 from kubectl_dnstrace.kube.logstream import since_time
 from kubectl_dnstrace.kube.targets import resolve_targets
+from kubectl_dnstrace.lifecycle import stop_signals
 from kubectl_dnstrace.model import Client, DnsEvent, PodRef, TraceRequest
 from kubectl_dnstrace.progress import Progress
 
@@ -177,25 +176,6 @@ class PodState:
     seen: set[str] = field(default_factory=set)  # configuration hashes run before the edit
 
 
-@contextlib.contextmanager
-def _signals_interrupt():
-    """SIGTERM and SIGHUP (a closed terminal) end the run like Ctrl-C: the Corefile is put
-    back. (SIGKILL cannot be caught: the ConfigMap's record serves ``--restore``.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 class LogTrace:
     """One ``--via log`` run (or ``--restore``, or ``--since``)."""
 
@@ -309,7 +289,7 @@ class LogTrace:
         deadline = time.time() + reload_timeout + req.duration + RESTORE_GRACE
         interrupted = False
         self.pipeline = self._pipeline()
-        with _signals_interrupt():
+        with stop_signals():  # SIGTERM, SIGHUP: like Ctrl-C, the Corefile goes back
             try:
                 edited_at = self.edited_at = time.time()
                 self.changed = True  # from here on, an exit puts back whatever was written

@@ -94,6 +94,7 @@ def test_cluster_mode_grants_exactly_what_a_trace_needs():
         ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
         ("", "pods/ephemeralcontainers", "patch"), ("", "pods/ephemeralcontainers", "get"),
         ("", "pods/log", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get"),
+        ("", "pods/attach", "create"), ("", "pods/attach", "get"),
         ("", "nodes", "list"),
         ("", "services", "get"), ("", "services", "list"),
         ("", "namespaces", "get"),

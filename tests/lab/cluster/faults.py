@@ -9,6 +9,9 @@
 - ``disable_ephemeral``: the cluster has no ephemeralcontainers subresource (404, no name);
 - ``expire_continue``: the next ``times`` continued list pages are 410 Expired, as when etcd
   compacted the list's snapshot between two pages;
+- ``lose_attach_input``: pods/attach sessions succeed but their stdin never reaches the
+  container; ``close`` says whether the session still ends the container's stdin (the
+  program cut off) or leaves it open (a program that comes too late);
 - ``write_before_update``: someone else writes an object just before the client's next PUT
   of it lands, so that PUT carries a stale resourceVersion (the real 409 Conflict).
 Pod Security levels are not a switch here: they are the namespace's
@@ -41,6 +44,8 @@ class Faults:
     failing_images: set[str] = field(default_factory=set)
     start_delay: float = 0.0
     ephemeral_disabled: bool = False
+    attach_input_lost: bool = False
+    attach_input_closes: bool = True
     _continue_expiries: int = 0
     _races: list = field(default_factory=list)  # [plural, name, fn, puts to skip]
     _log_breaks: list[int] = field(default_factory=list)
@@ -93,6 +98,10 @@ class Faults:
         with self._lock:
             if self._log_breaks:
                 self._log_breaks.pop(0)
+
+    def lose_attach_input(self, close: bool = True) -> None:
+        self.attach_input_lost = True
+        self.attach_input_closes = close
 
     def disable_ephemeral(self) -> None:
         self.ephemeral_disabled = True

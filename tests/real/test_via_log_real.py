@@ -124,7 +124,7 @@ def test_sigkill_mid_trace_then_restore_is_byte_identical(real, own):
     assert left != before and json.loads(annotations[ANNOTATION])["original"] == before
     # Another run refuses while the killed one's deadline has not passed, and says how to fix it.
     again = real.plugin("coredns", "--via", "log", *dns_flags(ns, "dns-a"), "-d", DOMAIN)
-    assert again.returncode == 15 and "--restore" in again.stderr, again.stderr
+    assert again.returncode == 16 and "--restore" in again.stderr, again.stderr
     restore = real.plugin("coredns", "--restore", *dns_flags(ns, "dns-a"))
     assert restore.returncode == 0, restore.stderr
     assert "byte-identical" in restore.stderr
@@ -157,7 +157,7 @@ def test_without_reload_an_edit_is_refused_and_what_is_logged_is_read(real, own)
     ns, _, quiet = own
     state = configmap(real, ns, "dns-b")
     refused = real.plugin("coredns", "--via", "log", *dns_flags(ns, "dns-b"), "-d", DOMAIN)
-    assert refused.returncode == 15, refused.stderr
+    assert refused.returncode == 16, refused.stderr
     assert "no 'reload' plugin" in refused.stderr and "capture route" in refused.stderr
     assert configmap(real, ns, "dns-b") == state  # not even written: same resourceVersion
     # dns-b already logs good.example.test: --since reads it, --via log just follows it.

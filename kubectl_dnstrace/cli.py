@@ -58,7 +58,7 @@ Exit codes: 0 something matched, 1 nothing matched, 2 usage, 3 cluster unreachab
   4 not found, 5 RBAC forbidden, 6 Pod Security, 7 no ephemeral containers,
   8 capture container failed, 9 agent failed, 10 bad capture file, 11 events lost,
   12 pod object too large, 13 API server busy (429), 14 pod already traced,
-  15 a traced pod went away unreplaced,
+  15 a traced pod went away unreplaced, 16 Corefile not editable (--via log),
   70 internal error, 130 interrupted (README.md, "Exit codes").
 """
 
@@ -93,6 +93,12 @@ Examples:
 \b
   # Air-gapped cluster: any image with python3 from your mirror
   kubectl dnstrace coredns --image registry.local/python:3.13-alpine
+
+\b
+  # No capture container at all: CoreDNS's log plugin, Corefile put back at exit
+  kubectl dnstrace coredns --via log -d evil.example.com --duration 10m
+  kubectl dnstrace coredns --via log --since 1h     # log already on: read it
+  kubectl dnstrace coredns --restore                # after a killed --via log run
 
 \b
 Each capture is an ephemeral container named dnstrace-<id>; it stops at --duration
@@ -272,6 +278,9 @@ def trace(
     force: Annotated[bool, typer.Option("--force", help="Trace a pod even when another trace's agent runs in it.")] = False,
     dns_namespace: Annotated[str, typer.Option("--dns-namespace", help="Namespace of the cluster DNS.")] = "kube-system",
     dns_selector: Annotated[str | None, typer.Option("--dns-selector", help="Label selector of the cluster DNS pods.")] = None,
+    via: Annotated[str, typer.Option("--via", metavar="ROUTE", help="coredns: capture (ephemeral containers) | log (CoreDNS's log plugin: edits the Corefile, restored at exit).")] = "capture",
+    since: Annotated[str | None, typer.Option("--since", metavar="DURATION", help="--via log: read what CoreDNS already logged (e.g. 1h); changes nothing.")] = None,
+    restore: Annotated[bool, typer.Option("--restore", help="coredns: put back a Corefile change a killed --via log run left.")] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     request_timeout: RequestTimeoutOpt = "10s",
@@ -304,8 +313,19 @@ def trace(
         dns_namespace=dns_namespace,
         dns_selector=dns_selector,
         force=force,
+        **_via_options(via, since, restore),
     )
     raise typer.Exit(int(run_trace(request)))
+
+
+def _via_options(via: str, since: str | None, restore: bool) -> dict:
+    if via not in ("capture", "log"):
+        raise UsageError(f"unknown --via {via!r}", "use --via capture (the default) or --via log")
+    if since is not None and via != "log":
+        raise UsageError("--since reads what CoreDNS already logged: it needs --via log",
+                         "kubectl dnstrace coredns --via log --since 1h")
+    return {"via": via, "restore": restore,
+            "since": parse_duration(since, "--since") if since is not None else None}
 
 
 @app.command(epilog=ANALYZE_EPILOG, short_help="Attribute the DNS queries in pcap/pcapng files to pods.")

@@ -136,6 +136,9 @@ class TraceRequest:
     dns_namespace: str = "kube-system"
     dns_selector: str | None = None
     force: bool = False  # trace a pod even when another trace's agent runs in it
+    via: str = "capture"  # "capture" (ephemeral containers) | "log" (CoreDNS's log plugin)
+    since: float | None = None  # --via log: read what CoreDNS already logged, seconds back
+    restore: bool = False  # put back a Corefile change a killed --via log run left
 
 
 @dataclass(slots=True)

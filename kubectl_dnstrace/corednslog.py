@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kubectl_dnstrace.model import DnsEvent
+from kubectl_dnstrace.model import LOG_ROUTE_IFACE, DnsEvent
 
 DEFAULT_FORMAT = ('{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} '
                   '{>bufsize}" {rcode} {>rflags} {rsize} {duration}')
@@ -161,11 +161,11 @@ def events(line: LogLine, server_ip: str, observed_at: str, seq: int = 0
     qtype = (f.get("type") or "").upper() or "?"
     proto = f.get("proto") or "udp"
     query = DnsEvent(start, "query", proto, client, sport, server_ip, 53, ident, qname, qtype,
-                     "log", seq=seq, observed_at=observed_at)
+                     LOG_ROUTE_IFACE, seq=seq, observed_at=observed_at)
     out = [query]
     rcode = f.get("rcode")
     if rcode and rcode != "-":
         out.append(DnsEvent(end, "response", proto, server_ip, 53, client, sport, ident, qname,
-                            qtype, "log", rcode, [], took * 1000.0 if took is not None else None,
+                            qtype, LOG_ROUTE_IFACE, rcode, [], took * 1000.0 if took is not None else None,
                             seq=seq, observed_at=observed_at))
     return out

@@ -9,6 +9,11 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
+# The ``iface`` of events read from CoreDNS's ``log`` lines (``--via log``): such a line says
+# who asked what and the rcode, never the answers, so their JSON carries no ``answers`` at all
+# rather than an empty list that would read as "no answers".
+LOG_ROUTE_IFACE = "log"
+
 
 @dataclass(slots=True)
 class DnsEvent:

@@ -22,7 +22,7 @@ from kubectl_dnstrace import aggregate, columns, jsontext
 from kubectl_dnstrace.aggregate import ClientStats, percentile
 from kubectl_dnstrace.attribution import Attributed, clock
 from kubectl_dnstrace.linking import Link, describe_client, describe_link
-from kubectl_dnstrace.model import Client, DnsEvent
+from kubectl_dnstrace.model import LOG_ROUTE_IFACE, Client, DnsEvent
 
 NAMES_SHOWN = 5  # names listed per client in the table; JSON has them all
 
@@ -142,7 +142,8 @@ def record_json(ev: DnsEvent) -> dict[str, Any]:
     }
     if ev.qr == "response":
         out["rcode"] = ev.rcode
-        out["answers"] = list(ev.answers)
+        if ev.iface != LOG_ROUTE_IFACE:
+            out["answers"] = list(ev.answers)
         out["latency_ms"] = ev.latency_ms
         if ev.truncated:
             out["truncated"] = True
@@ -236,10 +237,11 @@ class NdjsonWriter:
             else:
                 lat = repr(lat)
             rcode = "null" if ev.rcode is None else (get(ev.rcode) or self._str(ev.rcode))
+            answers = ("" if ev.iface == LOG_ROUTE_IFACE else f'"answers":[{answers}],')
             return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"response","proto":"{ev.proto}",'
                     f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'
                     f'"id":{ev.id},{question},"rcode":{rcode},'
-                    f'"answers":[{answers}],"latency_ms":{lat},"seq":{ev.seq},{end}')
+                    f'{answers}"latency_ms":{lat},"seq":{ev.seq},{end}')
         return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"{ev.qr}","proto":"{ev.proto}",'
                 f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'
                 f'"id":{ev.id},{question},"seq":{ev.seq},{end}')

@@ -109,7 +109,7 @@ def test_names_the_asker_and_puts_the_corefile_back_byte_for_byte(real, own):
     events = json.loads(done.stdout)["events"]
     responses = [e for e in events if e["qr"] == "response"]
     assert responses and {e["rcode"] for e in responses} == {"NOERROR"}
-    assert all(e["answers"] == [] for e in responses)  # a log line does not carry them
+    assert all("answers" not in e for e in responses)  # a log line does not carry them
 
 
 def test_sigkill_mid_trace_then_restore_is_byte_identical(real, own):

@@ -684,6 +684,8 @@ class TraceRun:
                          "(pods/exec)")
 
     def _current_state(self, run: PodRun) -> ContainerState | None:
+        if self.kube is None:  # never connected (a run fed from elsewhere): nothing to ask
+            return None
         try:
             return container_state(self.kube.get("pods", run.pod.name, run.pod.namespace),
                                    run.container)
@@ -742,6 +744,10 @@ class TraceRun:
                 f"program within {PROGRAM_WAIT}s of starting, and ended without capturing",
                 "the API server was slow to accept pods/attach; run again",
             )
+        if self.kube is None:
+            return ContainerFailed(
+                f"the capture container {run.container} in {run.pod.key} ended without one "
+                "valid record", "run again; report it if it persists")
         return early_exit_error(self.kube, run.pod, run.container,
                                 state or ContainerState("terminated"), _agent_error_message)
 

@@ -269,7 +269,7 @@ class BackgroundTrace:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
         self._reader.join(timeout=10)
-        self._out_reader.join(timeout=10)
+        self._out_reader.join(timeout=60)
         stdout = "".join(self._out)
         self.cluster.note_added(self.stderr)
         return subprocess.CompletedProcess(self.proc.args, rc, stdout, self.stderr)

@@ -105,7 +105,7 @@ def test_port_53_verdicts_match_the_plain_filter():
 
 def test_long_lists_keep_jumps_short_and_fall_back_to_user_space():
     many = [f"10.{i // 250}.{i % 250}.1" for i in range(KERNEL_V4_MAX + 50)]
-    program = capture_filter(many + ["fd00::%x" % i for i in range(400)])
+    program = capture_filter(many + [f"fd00::{i:x}" for i in range(400)])
     assert all(0 <= jt <= 255 and 0 <= jf <= 255 for _op, jt, jf, _k in program)
     assert len(program) < 4096
     # Over the kernel limit every SYN to 443 passes the kernel; the watcher decides.

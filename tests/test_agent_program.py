@@ -25,10 +25,11 @@ PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"
 INTERPRETERS = ["python3"] + ([PY38] if os.path.exists(PY38) else []) + \
     [p for p in ("python3.8",) if shutil.which(p) and not os.path.exists(PY38)]
 
-# Kept in the pod spec for the pod's lifetime: it must stay small (about 18 KB today:
-# ~42 KB of minified source, 13 KB compressed; the DNS parser is a third of it). Growth
-# past this limit should be a decision, not an accident.
-SIZE_LIMIT = 20_000
+# Kept in the pod spec for the pod's lifetime: it must stay small (about 22 KB today:
+# ~46 KB of minified source; the DNS parser is a third of it). Growth past this limit
+# should be a decision, not an accident: 20,000 -> 23,000 for encrypted-DNS attempts
+# (agent/encrypted.py: the kernel filter, the public resolver list), issue 16.
+SIZE_LIMIT = 23_000
 
 
 def run_inline(python: str, *args: str, cwd: str = "/", **kw) -> subprocess.CompletedProcess:

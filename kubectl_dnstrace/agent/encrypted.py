@@ -180,8 +180,8 @@ def capture_filter(addresses=PUBLIC_RESOLVERS, port=53):
         for i, addr in enumerate(v6):
             words = struct.unpack("!IIII", socket.inet_pton(socket.AF_INET6, addr))
             nxt = "n6_%d" % i
-            for off, word in zip((24, 28, 32, 36), words):
-                prog += [(_LD_W_ABS, off, 0, 0), (_JEQ, word, 0, nxt)]
+            for j in range(4):
+                prog += [(_LD_W_ABS, 24 + 4 * j, 0, 0), (_JEQ, words[j], 0, nxt)]
             prog += [(_RET, SNAPLEN, 0, 0), nxt]
         prog.append((_RET, 0, 0, 0))
     program = _assemble(prog)

@@ -26,7 +26,12 @@ from kubectl_dnstrace.model import (
     OutputOptions,
     TraceRequest,
 )
-from kubectl_dnstrace.options import check_names, load_domain_file, parse_duration
+from kubectl_dnstrace.options import (
+    check_names,
+    load_domain_file,
+    load_resolver_file,
+    parse_duration,
+)
 
 OUTPUT_FORMATS = ("table", "wide", "json", "ndjson")
 
@@ -69,6 +74,10 @@ Targets ("trace" may be left out: kubectl dnstrace pod/web-123):
   deploy/NAME, ds/NAME, sts/NAME, job/NAME, rs/NAME
                       every running pod of that workload
   cronjob/NAME        the pods of its jobs running now
+  node/NAME, no/NAME  everything on that node, from the node's network namespace
+                      (through a hostNetwork pod there, or --create-pod); also DoT/DoH
+                      connection attempts and queries that bypass cluster DNS
+  nodes [-l SELECTOR] every node (or those matching -l), one capture per node
   -l SELECTOR         every running pod matching the label selector
 
 \b
@@ -87,6 +96,10 @@ Examples:
 \b
   # Keep the packets as evidence (written with mode 0600)
   kubectl dnstrace coredns -d evil.example.com --pcap evidence.pcap
+
+\b
+  # The alert names a node: everything on it, whichever resolver each pod asks
+  kubectl dnstrace node/node-7 --domain evil.example.com
 
 \b
   # Air-gapped cluster: any image with python3 from your mirror
@@ -270,6 +283,10 @@ def trace(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact patch for each pod and change nothing.")] = False,
     dns_namespace: Annotated[str, typer.Option("--dns-namespace", help="Namespace of the cluster DNS.")] = "kube-system",
     dns_selector: Annotated[str | None, typer.Option("--dns-selector", help="Label selector of the cluster DNS pods.")] = None,
+    via_pod: Annotated[str | None, typer.Option("--via-pod", metavar="NS/NAME", help="node/NAME: capture through this hostNetwork pod on the node.")] = None,
+    create_pod: Annotated[bool, typer.Option("--create-pod", help="node/NAME, nodes: create a short-lived hostNetwork pod on nodes without one to attach to.")] = False,
+    pod_namespace: Annotated[str | None, typer.Option("--pod-namespace", metavar="NAMESPACE", help="Where --create-pod creates its pods (default: the current namespace).")] = None,
+    doh_resolvers: Annotated[str | None, typer.Option("--doh-resolvers", metavar="FILE", help="Node traces: DoH/DoT resolver addresses, one per line (replaces the built-in list).")] = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     request_timeout: RequestTimeoutOpt = "10s",
@@ -301,6 +318,10 @@ def trace(
         dry_run=dry_run,
         dns_namespace=dns_namespace,
         dns_selector=dns_selector,
+        via_pod=via_pod,
+        create_pod=create_pod,
+        pod_namespace=pod_namespace,
+        doh_resolvers=load_resolver_file(doh_resolvers) if doh_resolvers else None,
     )
     raise typer.Exit(int(run_trace(request)))
 
@@ -346,11 +367,13 @@ def rbac(
     cluster: Annotated[bool, typer.Option("--cluster", help="A ClusterRole for every namespace (coredns mode, client attribution).")] = False,
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", metavar="NAMESPACE", help="A Role for pods in this namespace only (default: default).")] = None,
     subject: Annotated[str | None, typer.Option("--user", metavar="NAME", help="The user to bind (default: the group kubectl-dnstrace).")] = None,
+    nodes: Annotated[bool, typer.Option("--nodes", help="Node traces (node/NAME, nodes): the ClusterRole, plus creating pods in -n NS for --create-pod.")] = False,
 ) -> None:
     """Print the least-privilege RBAC objects a trace needs, ready for kubectl apply."""
     from kubectl_dnstrace.rbac import render_rbac
 
-    sys.stdout.write(render_rbac(cluster=cluster, namespace=namespace, user=subject))
+    sys.stdout.write(render_rbac(cluster=cluster, namespace=namespace, user=subject,
+                                 nodes=nodes))
 
 
 # Typer's shell completion names the command after prog_name; "kubectl dnstrace" (with its

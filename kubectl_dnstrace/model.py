@@ -36,6 +36,7 @@ class DnsEvent:
     observed_at: str = ""  # where it was captured: "ns/pod" or the file name
     raw: bytes | None = None
     linktype: int = 101  # pcap LINKTYPE of ``raw`` (101 = raw IP)
+    resolver: dict | None = None  # {ip, kind, bypass}: set by the pipeline (bypass.py)
 
     @classmethod
     def from_record(cls, record: dict, observed_at: str = "") -> DnsEvent:
@@ -131,6 +132,12 @@ class TraceRequest:
     dry_run: bool = False
     dns_namespace: str = "kube-system"
     dns_selector: str | None = None
+    # node/NAME and nodes (kube/nodes.py): attach to --via-pod, or --create-pod in
+    # --pod-namespace; DoH resolver addresses from --doh-resolvers FILE (None: built-in list).
+    via_pod: str | None = None
+    create_pod: bool = False
+    pod_namespace: str | None = None
+    doh_resolvers: list[str] | None = None
 
 
 @dataclass(slots=True)

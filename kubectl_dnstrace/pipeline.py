@@ -22,6 +22,9 @@ from typing import Any, TextIO
 from kubectl_dnstrace import gcpolicy, render
 from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
+from kubectl_dnstrace.bypass import BypassReport, ResolverClassifier
+from kubectl_dnstrace.bypass import summary_json as bypass_json
+from kubectl_dnstrace.bypass import summary_text as bypass_text
 from kubectl_dnstrace.errors import ExitCode
 from kubectl_dnstrace.linking import Linker, describe_client
 from kubectl_dnstrace.model import Client, DnsEvent, OutputOptions
@@ -73,6 +76,12 @@ class Pipeline:
         self._header_done = False
         self._nodelocal_said = False
         self.linker = self._linker()
+        # Which resolver each query asked, and what went around cluster DNS (bypass.py).
+        self.resolvers = ResolverClassifier(self.attributor,
+                                            self.meta.get("dns_namespace") or "kube-system")
+        self.bypass = BypassReport()
+        self.bypass.uncovered = list(self.meta.pop("uncovered", None) or [])
+        self._encrypted_events: list[dict] = []
         self._ndjson = render.NdjsonWriter()
         self._lines: list[str] = []  # -o ndjson lines of the events fed so far, not yet written
         # Where an attributed event goes after aggregation and pcap: chosen once, not per event
@@ -190,6 +199,9 @@ class Pipeline:
             self._process(event, client)
 
     def _process(self, event: DnsEvent, client: Client) -> None:
+        res = event.resolver = self.resolvers.classify(event, client)
+        if res["bypass"]:
+            self.bypass.add_query(event, client, res)
         ann = self.linker.observe(event, client)
         a = Attributed(event, client, ann.link, ann.served)
         if self.aggregator is not None:
@@ -274,6 +286,25 @@ class Pipeline:
         if self.streaming:
             self.out.flush()
 
+    def feed_encrypted(self, record: dict, observed_at: str = "") -> None:
+        """An agent's ``encrypted-dns`` record: a connection attempt to a DoT/DoH resolver,
+        seen from its SYN. Counted for the summary, shown as a line, kept for -o json."""
+        self.count += 1
+        client = self.attributor.attribute(record["client"], record["ts"])
+        self.bypass.add_encrypted(record, client, observed_at)
+        fmt = self.output.format
+        if fmt == "ndjson":
+            self.out.write(json.dumps(render.encrypted_json(record, client, observed_at),
+                                      separators=(",", ":"), ensure_ascii=False) + "\n")
+        elif fmt == "json":
+            if len(self._encrypted_events) < 100_000:
+                self._encrypted_events.append(render.encrypted_json(record, client,
+                                                                    observed_at))
+        elif self.live:
+            self._write_lines([render.encrypted_line(record, client, observed_at, self.wide)])
+        if self.streaming:
+            self.out.flush()
+
     def _live(self, a: Attributed) -> None:
         ev = a.event
         lines = []
@@ -303,6 +334,9 @@ class Pipeline:
         self.out.write("".join(lines))
         if self.streaming:
             self.out.flush()
+
+    def _server(self, ip: str) -> Client:
+        return self.attributor.attribute(ip, time.time())
 
     def notice(self, text: str) -> None:
         """A progress line or warning for the human: always stderr, never mixed with data."""
@@ -335,9 +369,11 @@ class Pipeline:
         if fmt == "json":
             assert self.aggregator is not None and self.events is not None
             try:
+                extra = bypass_json(self.bypass, render.client_json)
+                extra["encrypted_dns_events"] = self._encrypted_events
                 render.write_json_document(self.out, self.meta, self.targets,
                                            self.aggregator.clients(), links, self.events,
-                                           self.notices)
+                                           self.notices, extra)
             finally:
                 self.events.close()
         elif fmt in ("table", "wide"):
@@ -353,8 +389,10 @@ class Pipeline:
                 for block in (notes, ups):
                     if block:
                         self.out.write("\n" + block)
-            else:
+            elif self.bypass.empty:
                 self.notice("No DNS queries matched.")
+            if not self.bypass.empty:
+                self.out.write("\n" + bypass_text(self.bypass, self._server))
         self.out.flush()
         return ExitCode.MATCHED if self.count else ExitCode.NO_MATCH
 

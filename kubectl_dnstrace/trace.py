@@ -53,15 +53,21 @@ from kubectl_dnstrace.progress import Progress
 STATS_INTERVAL = 5.0
 STOP_GRACE = 10.0  # how long to wait for the agents' final records after asking them to stop
 DEADLINE_GRACE = 20.0  # beyond --duration, before we stop waiting for an agent's bye
+WAIT_CONCURRENCY = 32  # capture containers waited for at once (a watch each)
 COMPACT_DOMAINS_OVER = 50  # more names than this travel compressed in the container args
 
 
 # ---- building the agent's command ---------------------------------------------------------------
 
-def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool) -> list[str]:
+def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool,
+               encrypted: bool = False, doh_resolvers: list[str] | None = None) -> list[str]:
     """The agent's arguments: ``--duration`` always (ephemeral containers cannot be killed)."""
     args = ["--duration", _num(duration), "--stop-file", stop_file,
             "--stats-interval", _num(STATS_INTERVAL)]
+    if encrypted:  # node captures: DoT/DoH attempts too (agent/encrypted.py)
+        args.append("--encrypted-dns")
+        for addr in doh_resolvers or ():
+            args += ["--doh-resolver", addr]
     if len(filters.domains) > COMPACT_DOMAINS_OVER:
         from kubectl_dnstrace.agent.main import encode_domains
 
@@ -94,12 +100,13 @@ def is_project_image(image: str) -> bool:
     return repo in (PROJECT_IMAGE, project_path) or repo.endswith("/" + project_path)
 
 
-def capture_spec(req: TraceRequest, run_id: str, user: str) -> CaptureSpec:
+def capture_spec(req: TraceRequest, run_id: str, user: str, encrypted: bool = False) -> CaptureSpec:
     from kubectl_dnstrace.agent_program import DEFAULT_IMAGE, agent_command
 
     image = req.image or DEFAULT_IMAGE
     args = agent_args(req.duration, req.filters, stop_file_path(run_id),
-                      pcap=bool(req.output.pcap_path))
+                      pcap=bool(req.output.pcap_path), encrypted=encrypted,
+                      doh_resolvers=req.doh_resolvers)
     return CaptureSpec(run_id=run_id, image=image,
                        command=agent_command(args, is_project_image(image)),
                        image_pull_policy=req.image_pull_policy, user=user)
@@ -145,6 +152,7 @@ class TraceRun:
         self.agents_started = 0.0  # wall clock when the first capture container ran
         self.startup = 0.0  # seconds from the patch to Running (slowest pod)
         self._status_at = 0.0
+        self.nodes = None  # a NodeTrace (kube/nodes.py) for node/NAME and nodes
 
     def say(self, text: str) -> None:
         self.progress.line(text)
@@ -162,10 +170,19 @@ class TraceRun:
             dns_selector=req.dns_selector,
         )
         self._report_resolution(resolution)
+        if resolution.nodes:
+            from kubectl_dnstrace.nodetrace import NodeTrace
+
+            self.nodes = NodeTrace(self, resolution)
+        elif req.via_pod or req.create_pod:
+            raise UsageError("--via-pod and --create-pod go with node/NAME or nodes targets",
+                             "for example: kubectl dnstrace node/node-7 --create-pod")
         pre = run_preflight(kube, resolution.pods)
         for note in pre.notes + [n for p in pre.namespaces.values() for n in p.notes]:
             self.say(note)
-        spec = capture_spec(req, self.run_id, kube.whoami())
+        spec = capture_spec(req, self.run_id, kube.whoami(), encrypted=bool(resolution.nodes))
+        if self.nodes is not None:
+            self.nodes.preflight(spec)
         if req.dry_run:
             return self._dry_run(spec, resolution.pods, pre)
         self.pipeline = self._pipeline(resolution)
@@ -213,6 +230,8 @@ class TraceRun:
                 "patch": build_patch(container),
             }
             self.out.write(json.dumps(doc) + "\n")
+        if self.nodes is not None:
+            self.nodes.dry_run(spec)
         self.out.flush()
         self.say(f"dry run: {len(pods)} pod(s) would get capture container "
                  f"{spec.container_name}; nothing was changed")
@@ -249,14 +268,25 @@ class TraceRun:
             # a, b" under a namespace-only grant, or "off: why".
             "attribution": attribution,
         }
+        if self.nodes is not None:
+            meta["uncovered"] = self.nodes.plan.uncovered
+            meta["dns_namespace"] = self.req.dns_namespace
         return Pipeline(self.req.output, self.out, self.err, attributor=attributor, meta=meta)
 
     def _add_all(self, spec: CaptureSpec, pods: list[PodRef], pre: Preflight) -> None:
+        if self.nodes is not None:
+            self.nodes.create_pods(spec)
         for pod in pods:
             self.progress.set(pod.key, "adding capture container")
             run = PodRun(pod, spec.container_name)
-            container = add_capture_container(
-                self.kube, spec, pod, pre.plan(pod.namespace).capabilities, notice=self.say)
+            try:
+                container = add_capture_container(
+                    self.kube, spec, pod, pre.plan(pod.namespace).capabilities, notice=self.say)
+            except DnstraceError as exc:
+                if self.nodes is None or len(pods) + len(self.runs) <= 1:
+                    raise
+                self.nodes.lost(pod, exc.message)  # one node failing does not stop the others
+                continue
             run.container = container["name"]
             run.patched_at = time.monotonic()
             self.runs[pod.key] = run
@@ -283,8 +313,14 @@ class TraceRun:
             finally:
                 k.close()
 
+        gate = threading.BoundedSemaphore(WAIT_CONCURRENCY)
+
+        def wait_gated(run: PodRun) -> None:
+            with gate:  # many nodes: a bounded number of watches (and clients) at a time
+                wait_one(run)
+
         for run in self.runs.values():
-            threading.Thread(target=wait_one, args=(run,), daemon=True,
+            threading.Thread(target=wait_gated, args=(run,), daemon=True,
                              name=f"wait-{run.pod.key}").start()
         pending = len(self.runs)
         try:
@@ -295,6 +331,10 @@ class TraceRun:
                     self.progress.spin()
                     continue
                 pending -= 1
+                if exc is not None and self.nodes is not None and len(self.runs) > 1:
+                    self.nodes.lost(run.pod, exc.message)
+                    del self.runs[run.pod.key]
+                    continue
                 if exc is not None:
                     raise exc
                 run.state = state
@@ -400,6 +440,8 @@ class TraceRun:
             self._feed_aggregate(run, rec)
         elif rtype == "hello":
             run.stats.setdefault("interfaces", rec.get("interfaces"))
+        elif rtype == "encrypted-dns":
+            self.pipeline.feed_encrypted(rec, observed_at=key)
 
     def _feed_aggregate(self, run: PodRun, rec: dict) -> None:
         """Per-second aggregates (a busy, unfiltered capture) go into the summary like events.
@@ -431,6 +473,8 @@ class TraceRun:
             if self.inventory is not None:
                 self.inventory.stop()
             self._close_streams()
+            if self.nodes is not None:
+                self.nodes.delete_pods()
 
     def _close_streams(self, wait: float = 2.0) -> None:
         """The log streams still reading (agents whose final records the trace no longer
@@ -444,7 +488,9 @@ class TraceRun:
             stream.join(max(0.0, deadline - time.monotonic()))
 
     def _say_leftovers(self) -> None:
-        msg = leftovers_message([(r.pod, r.container) for r in self.runs.values()])
+        created = self.nodes.created_keys if self.nodes is not None else set()
+        msg = leftovers_message([(r.pod, r.container) for r in self.runs.values()
+                                 if r.pod.key not in created])
         if msg:
             self.say(msg)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import IN_CI
-
 from tests.real.cluster import RealCluster, missing
 from tests.real.images import prepare_images
 

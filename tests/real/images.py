@@ -19,8 +19,12 @@ import tarfile
 import time
 from pathlib import Path
 
-from kubectl_dnstrace.agent_program import AGENT_MODULES, DEFAULT_IMAGE, PROJECT_IMAGE, PROJECT_IMAGE_LABEL
-
+from kubectl_dnstrace.agent_program import (
+    AGENT_MODULES,
+    DEFAULT_IMAGE,
+    PROJECT_IMAGE,
+    PROJECT_IMAGE_LABEL,
+)
 from tests.real.cluster import REPO, TOOLS_IMAGE, RealCluster
 
 SITE = "usr/lib/python3/dist-packages"  # Debian python3's path in the tools image

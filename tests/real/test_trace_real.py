@@ -78,7 +78,7 @@ def test_pod_workload_and_selector_targets_see_the_pods_own_queries(real, shop, 
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert clients(doc) == {f"{ns}/{web}": {DOMAIN}}
-    assert f"Added ephemeral container dnstrace-" in done.stderr and f"{ns}/{web}" in done.stderr
+    assert "Added ephemeral container dnstrace-" in done.stderr and f"{ns}/{web}" in done.stderr
     responses = [e for e in doc["events"] if e["qr"] == "response"]
     assert responses and {e["rcode"] for e in responses} == {"NOERROR"}
 

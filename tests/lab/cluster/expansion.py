@@ -27,7 +27,7 @@ def expand(text: str, env: Mapping[str, str]) -> str:
             out.append(text[checkpoint:cursor])
             read, is_var, advance = _read_name(text[cursor + 1:])
             if is_var:
-                out.append(env[read] if read in env else f"$({read})")
+                out.append(env.get(read, f"$({read})"))
             else:
                 out.append(read)
             cursor += advance

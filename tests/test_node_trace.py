@@ -151,3 +151,42 @@ def test_refusals(scenario):
     assert r.returncode == 2 and "go with node/NAME or nodes targets" in r.stderr
     r = dnstrace(sl, "nodes", "-l", "no-such=label")
     assert r.returncode == 4 and "no nodes match -l no-such=label" in r.stderr
+
+
+FANOUT = {
+    "nodes": ["node-a", "node-b"],
+    "dns": {"replicas": 1, "records": {"good.example.com": "203.0.113.7"}},
+    "pods": [
+        {"name": "kube-proxy-aaaaa", "namespace": "kube-system", "node": "node-a",
+         "workload": "DaemonSet/kube-proxy", "hostNetwork": True, "queries": []},
+        {"name": "kube-proxy-bbbbb", "namespace": "kube-system", "node": "node-b",
+         "workload": "DaemonSet/kube-proxy", "hostNetwork": True, "queries": []},
+        {"name": "web-a", "namespace": "shop", "node": "node-a",
+         "queries": [{"name": "good.example.com", "every": "1s"}]},
+    ],
+}
+
+
+def test_nodes_goes_on_when_one_node_fails(tmp_path):
+    """``nodes``: node-b's kubelet is down (its capture never starts); node-a is traced and
+    the summary says which node was not covered and why."""
+    require_lab()
+    if not os.path.exists(KUBECTL):
+        pytest.skip("kubectl binary not installed")
+    from tests.lab.scenario import ScenarioLab
+
+    cluster = SimCluster().start()
+    sl = ScenarioLab(FANOUT, cluster=cluster, workdir=tmp_path / "lab")
+    try:
+        sl.start()
+        cluster.kubelet.nodes_without_kubelet.add("node-b")
+        r = dnstrace(sl, "nodes", "--duration", "8s", "--timeout", "4s", "--no-lines")
+    finally:
+        sl.stop()
+        cluster.stop()
+    assert r.returncode == 0, r.stderr
+    assert "node node-b is not covered: kube-system/kube-proxy-bbbbb:" in r.stderr
+    assert "capturing in 1 pod(s)" in r.stderr
+    assert "web-a" in r.stdout  # node-a's pod, seen from node-a
+    tail = r.stdout.split("Nodes not covered:")[1].strip().splitlines()
+    assert len(tail) == 1 and tail[0].startswith("node-b: kube-system/kube-proxy-bbbbb:")

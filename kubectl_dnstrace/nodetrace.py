@@ -8,6 +8,7 @@ attaching to a hostNetwork pod is the ordinary ephemeral-container path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from kubectl_dnstrace.kube.ephemeral import CONTAINER_PREFIX, CaptureSpec, build
 from kubectl_dnstrace.model import PodRef
 
 if TYPE_CHECKING:
+    from kubectl_dnstrace.kube.preflight import Preflight
     from kubectl_dnstrace.kube.targets import Resolution
     from kubectl_dnstrace.trace import TraceRun
 
@@ -49,11 +51,17 @@ class NodeTrace:
     def to_create(self) -> list[nodes.NodeCapture]:
         return [c for c in self.plan.captures if c.create]
 
-    def preflight(self, spec: CaptureSpec) -> None:
+    def preflight(self, spec: CaptureSpec, pre: Preflight) -> None:
         if not self.to_create:
             return
         for note in nodes.check_create(self.trace.kube, self.namespace):
             self.trace.say(note)
+        # The agents in created pods are asked to stop like the others (pods/exec).
+        plan = pre.plan(self.namespace)
+        for verb in ("create", "get"):
+            with contextlib.suppress(DnstraceError):  # could not ask: the deadline stops it
+                plan.can_exec = plan.can_exec or self.trace.kube.can_i(
+                    verb, "pods", self.namespace, subresource="exec")[0]
         if not self.trace.req.dry_run:
             for key in nodes.delete_leftovers(self.trace.kube, self.namespace):
                 self.trace.say(f"deleted {key}, a finished capture pod of an earlier run")

@@ -182,7 +182,7 @@ class TraceRun:
             self.say(note)
         spec = capture_spec(req, self.run_id, kube.whoami(), encrypted=bool(resolution.nodes))
         if self.nodes is not None:
-            self.nodes.preflight(spec)
+            self.nodes.preflight(spec, pre)
         if req.dry_run:
             return self._dry_run(spec, resolution.pods, pre)
         self.pipeline = self._pipeline(resolution)

@@ -138,6 +138,10 @@ Examples:
   kubectl dnstrace rbac -n shop --user alice@example.com | kubectl apply -f -
 
 \b
+  # Node traces (node/NAME, nodes), with --create-pod --pod-namespace dnstrace
+  kubectl dnstrace rbac --nodes -n dnstrace | kubectl apply -f -
+
+\b
 Self-subject access reviews (the pre-flight checks) are allowed to every
 authenticated user by the default ClusterRole system:basic-user.
 """

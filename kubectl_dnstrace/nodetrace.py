@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from kubectl_dnstrace.errors import DnstraceError
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from kubectl_dnstrace.trace import TraceRun
 
 CREATED_CAPABILITIES = ["NET_RAW"]
+ADD_CONCURRENCY = 8  # capture containers added at once (each a PATCH) on many nodes
 
 
 class NodeTrace:
@@ -94,6 +97,42 @@ class NodeTrace:
             run = PodRun(cap.pod, spec.container_name)
             run.patched_at = time.monotonic()
             self.trace.runs[cap.pod.key] = run
+
+    def add_all(self, pods: list[PodRef], add_one) -> None:
+        """``add_one(kube, pod)`` for every carrier pod, ADD_CONCURRENCY at a time (each
+        worker with its own client); a failure marks that node not covered. When no pod
+        could be added at all, the first failure is raised."""
+        if len(pods) == 1 and not self.trace.runs:
+            add_one(self.trace.kube, pods[0])  # one node: its error is the run's error
+            return
+        local = threading.local()
+        clients: list = []
+        lock = threading.Lock()
+
+        def work(pod: PodRef) -> DnstraceError | None:
+            kube = getattr(local, "kube", None)
+            if kube is None:
+                kube = local.kube = self.trace.kube.clone()
+                with lock:
+                    clients.append(kube)
+            try:
+                add_one(kube, pod)
+            except DnstraceError as exc:
+                return exc
+            return None
+
+        first: DnstraceError | None = None
+        try:
+            with ThreadPoolExecutor(ADD_CONCURRENCY, thread_name_prefix="add") as pool:
+                for pod, exc in zip(pods, pool.map(work, pods), strict=True):
+                    if exc is not None:
+                        first = first or exc
+                        self.lost(pod, exc.message)
+        finally:
+            for kube in clients:
+                kube.close()
+        if not self.trace.runs and first is not None:
+            raise first
 
     def lost(self, pod: PodRef, why: str) -> None:
         """A node whose capture could not start: the others go on."""

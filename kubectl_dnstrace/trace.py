@@ -276,23 +276,24 @@ class TraceRun:
     def _add_all(self, spec: CaptureSpec, pods: list[PodRef], pre: Preflight) -> None:
         if self.nodes is not None:
             self.nodes.create_pods(spec)
+            if pods:
+                # Many nodes: a bounded pool; one node failing does not stop the others.
+                self.nodes.add_all(pods, lambda kube, pod: self._add_one(kube, spec, pod, pre))
+            return
         for pod in pods:
-            self.progress.set(pod.key, "adding capture container")
-            run = PodRun(pod, spec.container_name)
-            try:
-                container = add_capture_container(
-                    self.kube, spec, pod, pre.plan(pod.namespace).capabilities, notice=self.say)
-            except DnstraceError as exc:
-                if self.nodes is None or len(pods) + len(self.runs) <= 1:
-                    raise
-                self.nodes.lost(pod, exc.message)  # one node failing does not stop the others
-                continue
-            run.container = container["name"]
-            run.patched_at = time.monotonic()
-            self.runs[pod.key] = run
-            for text in self.kube.take_warnings():
-                self.say(f"warning from the API server ({pod.key}): {text}")
-            self.progress.set(pod.key, "waiting (container added)")
+            self._add_one(self.kube, spec, pod, pre)
+
+    def _add_one(self, kube: Kube, spec: CaptureSpec, pod: PodRef, pre: Preflight) -> None:
+        self.progress.set(pod.key, "adding capture container")
+        run = PodRun(pod, spec.container_name)
+        container = add_capture_container(
+            kube, spec, pod, pre.plan(pod.namespace).capabilities, notice=self.say)
+        run.container = container["name"]
+        run.patched_at = time.monotonic()
+        self.runs[pod.key] = run
+        for text in kube.take_warnings():
+            self.say(f"warning from the API server ({pod.key}): {text}")
+        self.progress.set(pod.key, "waiting (container added)")
 
     def _wait_all(self) -> None:
         deadline = time.monotonic() + self.req.wait_timeout

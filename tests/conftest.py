@@ -30,6 +30,12 @@ def lab():
         yield lab
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-cluster tier runs last: its cluster stays up from its first test to the end
+    of the session, and the other tiers should not share the machine with it."""
+    items.sort(key=lambda item: "/tests/real/" in str(item.path))
+
+
 STOP_FILES = "/tmp/dnstrace-*.stop"
 
 

@@ -236,12 +236,12 @@ def test_tcp_garbage_length_prefix_does_not_grow_without_bound():
 # ---- the IPv4/UDP fast path gives what the general decoder gives -----------------------
 
 _FRAME_BASES = [
-    bytes(Ether() / IP(src="10.244.0.5", dst="10.96.0.10") / UDP(sport=40000, dport=53) / query()),
-    bytes(Ether() / IP(src="10.96.0.10", dst="10.244.0.5") / UDP(sport=53, dport=40000)
+    bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.244.0.5", dst="10.96.0.10") / UDP(sport=40000, dport=53) / query()),
+    bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.96.0.10", dst="10.244.0.5") / UDP(sport=53, dport=40000)
           / response()) + b"\x00" * 6,  # Ethernet padding
-    bytes(Ether() / IP(src="10.244.0.5", dst="10.96.0.10", flags="MF") / UDP(dport=53)
+    bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.244.0.5", dst="10.96.0.10", flags="MF") / UDP(dport=53)
           / query()),
-    bytes(Ether() / IP(src="10.244.0.5", dst="10.96.0.10") / UDP(sport=40000, dport=5353)
+    bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.244.0.5", dst="10.96.0.10") / UDP(sport=40000, dport=5353)
           / query()),
 ]
 

@@ -56,9 +56,9 @@ def _exchange(src: str, name: str, qid: int, ts: float, sport: int = 40000,
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
 
-    query = Ether() / IP(src=src, dst=server) / UDP(sport=sport, dport=53) / DNS(
+    query = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=src, dst=server) / UDP(sport=sport, dport=53) / DNS(
         id=qid, rd=1, qd=DNSQR(qname=name))
-    response = Ether() / IP(src=server, dst=src) / UDP(sport=53, dport=sport) / DNS(
+    response = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=server, dst=src) / UDP(sport=53, dport=sport) / DNS(
         id=qid, qr=1, rcode=rcode, qd=DNSQR(qname=name),
         an=DNSRR(rrname=name, rdata=answer) if answer else None)
     query.time, response.time = ts, ts + latency
@@ -93,7 +93,7 @@ def test_a_malformed_dns_packet_is_counted_and_skipped(tmp_path, capsys):
 
     # A header announcing one question whose name runs past the end of the packet.
     broken = bytes.fromhex("123401000001000000000000") + b"\x05ab"
-    bad = Ether() / IP(src="10.244.0.9", dst=DNS4) / UDP(sport=1234, dport=53) / broken
+    bad = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.244.0.9", dst=DNS4) / UDP(sport=1234, dport=53) / broken
     bad.time = 1_764_165_601.0
     path = tmp_path / "mixed.pcap"
     _write_pcap(path, [bad, *_exchange("10.244.0.5", "evil.example.com", 7, 1_764_165_600.0)])

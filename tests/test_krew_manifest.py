@@ -196,12 +196,12 @@ def tiny_pcap(path: Path) -> None:
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
-    query = (Ether() / IP(src="10.244.1.7", dst="10.96.0.10") / UDP(sport=40000, dport=53)
+    query = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.244.1.7", dst="10.96.0.10") / UDP(sport=40000, dport=53)
              / DNS(id=4242, rd=1, qd=DNSQR(qname="evil.example.com", qtype="A")))
-    answer = (Ether() / IP(src="10.96.0.10", dst="10.244.1.7") / UDP(sport=53, dport=40000)
+    answer = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.96.0.10", dst="10.244.1.7") / UDP(sport=53, dport=40000)
               / DNS(id=4242, qr=1, rd=1, ra=1, qd=DNSQR(qname="evil.example.com", qtype="A"),
                     an=DNSRR(rrname="evil.example.com", type="A", ttl=30, rdata="203.0.113.9")))
-    benign = (Ether() / IP(src="10.244.2.9", dst="10.96.0.10") / UDP(sport=40001, dport=53)
+    benign = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.244.2.9", dst="10.96.0.10") / UDP(sport=40001, dport=53)
               / DNS(id=7, rd=1, qd=DNSQR(qname="api.shop.svc.cluster.local", qtype="A")))
     query.time, answer.time, benign.time = 1764000000.0, 1764000000.004, 1764000000.5
     wrpcap(str(path), [query, answer, benign])

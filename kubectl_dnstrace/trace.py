@@ -100,10 +100,12 @@ def is_project_image(image: str) -> bool:
     return repo in (PROJECT_IMAGE, project_path) or repo.endswith("/" + project_path)
 
 
-def capture_spec(req: TraceRequest, run_id: str, user: str, encrypted: bool = False) -> CaptureSpec:
+def capture_spec(req: TraceRequest, run_id: str, user: str) -> CaptureSpec:
     from kubectl_dnstrace.agent_program import DEFAULT_IMAGE, agent_command
 
     image = req.image or DEFAULT_IMAGE
+    # Node captures also report DoT/DoH connection attempts (agent/encrypted.py).
+    encrypted = any(parse_target(t).kind == "nodes" for t in req.targets)
     args = agent_args(req.duration, req.filters, stop_file_path(run_id),
                       pcap=bool(req.output.pcap_path), encrypted=encrypted,
                       doh_resolvers=req.doh_resolvers)
@@ -180,7 +182,7 @@ class TraceRun:
         pre = run_preflight(kube, resolution.pods)
         for note in pre.notes + [n for p in pre.namespaces.values() for n in p.notes]:
             self.say(note)
-        spec = capture_spec(req, self.run_id, kube.whoami(), encrypted=bool(resolution.nodes))
+        spec = capture_spec(req, self.run_id, kube.whoami())
         if self.nodes is not None:
             self.nodes.preflight(spec, pre)
         if req.dry_run:

@@ -65,6 +65,7 @@ class ResolverClassifier:
     def __init__(self, attributor: Attributor, dns_namespace: str = "kube-system",
                  node_local: tuple[str, ...] = NODE_LOCAL_ADDRESSES) -> None:
         self.attributor = attributor
+        self._inventory = attributor.inventory
         self.dns_namespace = dns_namespace
         self.node_local = frozenset(node_local)
         self._out: dict[tuple[str, bool], tuple[int, dict[str, Any]]] = {}
@@ -72,7 +73,7 @@ class ResolverClassifier:
 
     def classify(self, event: DnsEvent, client: Client) -> dict[str, Any]:
         ip = event.dst if event.qr == "query" else event.src
-        version = self.attributor.inventory.version
+        version = self._inventory.version
         asker = self._askers.get(id(client))
         if asker is None or asker[0] is not client or asker[1] != version:
             if len(self._askers) > 100_000:

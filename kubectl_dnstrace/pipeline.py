@@ -79,6 +79,8 @@ class Pipeline:
         # Which resolver each query asked, and what went around cluster DNS (bypass.py).
         self.resolvers = ResolverClassifier(self.attributor,
                                             self.meta.get("dns_namespace") or "kube-system")
+        self.classify = self.resolvers.classify
+        self._resolver_out = fmt in ("json", "ndjson")
         self.bypass = BypassReport()
         self.bypass.uncovered = list(self.meta.pop("uncovered", None) or [])
         self._encrypted_events: list[dict] = []
@@ -199,9 +201,12 @@ class Pipeline:
             self._process(event, client)
 
     def _process(self, event: DnsEvent, client: Client) -> None:
-        res = event.resolver = self.resolvers.classify(event, client)
-        if res["bypass"]:
-            self.bypass.add_query(event, client, res)
+        # Every query gets its resolver (the bypass tally, live lines); a response only
+        # where events are written out with it (-o json/ndjson).
+        if event.qr == "query" or self._resolver_out:
+            res = event.resolver = self.classify(event, client)
+            if res["bypass"]:
+                self.bypass.add_query(event, client, res)
         ann = self.linker.observe(event, client)
         a = Attributed(event, client, ann.link, ann.served)
         if self.aggregator is not None:

@@ -32,6 +32,7 @@ from kubectl_dnstrace.model import Client, DnsEvent
 
 CLUSTER_DNS_SERVICES = ("kube-dns", "kube-dns-upstream")
 NODE_LOCAL_ADDRESSES = ("169.254.20.10",)
+TEXT_LINES = 50  # lines per summary section; -o json has every entry
 RESOLVER_KINDS = ("cluster-dns", "node-local", "pod", "service", "node", "external")
 
 
@@ -68,10 +69,13 @@ class ResolverClassifier:
         self._inventory = attributor.inventory
         self.dns_namespace = dns_namespace
         self.node_local = frozenset(node_local)
-        self._out: dict[tuple[str, bool], tuple[int, dict[str, Any]]] = {}
+        self._out: dict[tuple[str, bool, bool], tuple[int, dict[str, Any]]] = {}
         self._askers: dict[int, tuple[Client, int, bool]] = {}
 
-    def classify(self, event: DnsEvent, client: Client) -> dict[str, Any]:
+    def classify(self, event: DnsEvent, client: Client,
+                 at_cluster_dns: bool = False) -> dict[str, Any]:
+        """``at_cluster_dns``: the event was captured in a CoreDNS pod (its own network
+        namespace): a query there that CoreDNS did not send went to cluster DNS."""
         ip = event.dst if event.qr == "query" else event.src
         version = self._inventory.version
         asker = self._askers.get(id(client))
@@ -80,11 +84,12 @@ class ResolverClassifier:
                 self._askers.clear()
             asker = self._askers[id(client)] = (client, version,
                                                 self._is_resolver(client, event.ts))
-        key = (ip, asker[2])
+        inbound = at_cluster_dns and not asker[2]
+        key = (ip, asker[2], inbound)
         hit = self._out.get(key)
         if hit is not None and hit[0] == version:
             return hit[1]
-        kind = self.kind(ip, event.ts)
+        kind = "cluster-dns" if inbound else self.kind(ip, event.ts)
         out = {"ip": ip, "kind": kind,
                "bypass": kind not in ("cluster-dns", "node-local") and not asker[2]}
         if len(self._out) > 100_000:
@@ -133,22 +138,38 @@ class BypassReport:
 
     def __init__(self) -> None:
         self.bypass: dict[tuple, BypassStats] = {}
+        self._fast: dict[tuple[int, int], tuple[Client, dict, BypassStats]] = {}
         self.encrypted: dict[tuple, EncryptedStats] = {}
         self.dropped = 0
         self.uncovered: list[tuple[str, str]] = []
 
     def add_query(self, event: DnsEvent, client: Client, resolver: dict[str, Any]) -> None:
+        """Count a query that bypassed cluster DNS. Per query on a busy capture: one lookup
+        by the identities of the client and resolver objects (the attributor and the
+        classifier hand out one per address); names are case-folded when shown."""
         if event.qr != "query" or not resolver["bypass"]:
             return
+        hit = self._fast.get((id(client), id(resolver)))
+        if hit is None or hit[0] is not client or hit[1] is not resolver:
+            hit = self._slow(client, resolver, event.ts)
+            if hit is None:
+                return
+        st = hit[2]
+        st.names[event.qname] += 1
+        st.last = event.ts
+
+    def _slow(self, client: Client, resolver: dict[str, Any], ts: float):
         key = (client.kind, client.namespace, client.name, client.ip, resolver["ip"])
         st = self.bypass.get(key)
         if st is None:
             if len(self.bypass) >= self.LIMIT:
                 self.dropped += 1
-                return
-            st = self.bypass[key] = BypassStats(client, resolver, first=event.ts)
-        st.names[event.qname.lower()] += 1
-        st.last = event.ts
+                return None
+            st = self.bypass[key] = BypassStats(client, resolver, first=ts)
+        if len(self._fast) >= 4 * self.LIMIT:
+            self._fast.clear()
+        hit = self._fast[(id(client), id(resolver))] = (client, resolver, st)
+        return hit
 
     def add_encrypted(self, record: dict, client: Client, observed_at: str) -> EncryptedStats:
         key = (client.kind, client.namespace, client.name, client.ip, record["protocol"],
@@ -167,6 +188,14 @@ class BypassReport:
     @property
     def empty(self) -> bool:
         return not (self.bypass or self.encrypted or self.uncovered)
+
+
+def _folded(names: Counter) -> Counter:
+    """Names as DNS compares them: case-insensitive (RFC 4343)."""
+    out: Counter = Counter()
+    for name, count in names.items():
+        out[name.lower()] += count
+    return out
 
 
 def who(c: Client) -> str:
@@ -190,22 +219,30 @@ def summary_text(report: BypassReport, server_of=None) -> str:
     blocks = []
     if report.bypass:
         lines = ["Queries that bypassed cluster DNS:"]
-        for st in sorted(report.bypass.values(), key=lambda s: (-sum(s.names.values()),
-                                                                who(s.client))):
+        ranked = sorted(report.bypass.values(), key=lambda s: -sum(s.names.values()))
+        for st in ranked[:TEXT_LINES]:
             server = server_of(st.resolver["ip"]) if server_of else None
-            names = ", ".join(f"{n} x{c}" for n, c in st.names.most_common(8))
-            more = len(st.names) - 8
+            folded = _folded(st.names)
+            names = ", ".join(f"{n} x{c}" for n, c in folded.most_common(8))
+            more = len(folded) - 8
             lines.append(f"  {who(st.client)} -> {resolver_text(st.resolver, server)} -> "
                          f"{names}{f' (+{more} more names)' if more > 0 else ''}")
+        if len(ranked) > TEXT_LINES:
+            lines.append(f"  ... and {len(ranked) - TEXT_LINES} more (client, resolver) pairs "
+                         "with fewer queries (-o json lists them all)")
         if report.dropped:
             lines.append(f"  ... and {report.dropped} more queries from other clients")
         blocks.append("\n".join(lines) + "\n")
     if report.encrypted:
         lines = ["Encrypted DNS attempts (connection openings: DoT to port 853, DoH to "
                  "public resolvers on 443; contents unseen):"]
-        for st in sorted(report.encrypted.values(), key=lambda s: (-s.count, who(s.client))):
+        ranked_enc = sorted(report.encrypted.values(), key=lambda s: -s.count)
+        for st in ranked_enc[:TEXT_LINES]:
             lines.append(f"  {who(st.client)} -> {st.dst}:{st.dport} ({st.protocol}) "
                          f"x{st.count}")
+        if len(ranked_enc) > TEXT_LINES:
+            lines.append(f"  ... and {len(ranked_enc) - TEXT_LINES} more (-o json lists them "
+                         "all)")
         blocks.append("\n".join(lines) + "\n")
     if report.uncovered:
         lines = ["Nodes not covered:"]
@@ -218,7 +255,7 @@ def summary_json(report: BypassReport, client_json) -> dict[str, Any]:
     return {
         "bypassed_cluster_dns": [
             {"client": dict(client_json(st.client), ip=st.client.ip), "resolver": st.resolver,
-             "names": dict(st.names.most_common()), "count": sum(st.names.values()),
+             "names": dict(_folded(st.names).most_common()), "count": sum(st.names.values()),
              "first": st.first, "last": st.last}
             for st in sorted(report.bypass.values(), key=lambda s: -sum(s.names.values()))],
         "encrypted_dns": [

@@ -110,6 +110,9 @@ class Pipeline:
         for t in self.targets:
             if isinstance(t, dict) and t.get("role"):
                 roles[f"{t.get('namespace')}/{t.get('name')}"] = t["role"]
+        # A capture in a CoreDNS pod's own namespace sees only what reaches CoreDNS or
+        # leaves it: a query there went to cluster DNS (bypass.py), whatever its address.
+        self._at_cluster_dns = {key for key, role in roles.items() if role == "coredns"}
         for key, role in roles.items():
             if role in RESOLVER_ROLES:
                 pods.add(key)
@@ -204,7 +207,8 @@ class Pipeline:
         # Every query gets its resolver (the bypass tally, live lines); a response only
         # where events are written out with it (-o json/ndjson).
         if event.qr == "query" or self._resolver_out:
-            res = event.resolver = self.classify(event, client)
+            res = event.resolver = self.classify(event, client,
+                                                 event.observed_at in self._at_cluster_dns)
             if res["bypass"]:
                 self.bypass.add_query(event, client, res)
         ann = self.linker.observe(event, client)

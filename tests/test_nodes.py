@@ -157,3 +157,34 @@ def test_bypass_summary_names_pod_resolver_and_names():
         "\n"
         "Nodes not covered:\n"
         "  node-b: no running hostNetwork pod\n")
+
+
+def test_a_coredns_capture_sees_queries_to_cluster_dns_whatever_the_address():
+    classifier, attributor = classify_setup()
+    ev = DnsEvent(1.9e9, "query", "udp", "10.244.0.5", 40000, "10.64.0.2", 53, 1, "x.example",
+                  "A")
+    client = attributor.attribute(ev.src, ev.ts)
+    assert classifier.classify(ev, client)["kind"] == "external"
+    assert classifier.classify(ev, client, at_cluster_dns=True) == {
+        "ip": "10.64.0.2", "kind": "cluster-dns", "bypass": False}
+    # CoreDNS's own query to its upstream, in its own capture: classified by its address.
+    up = DnsEvent(1.9e9, "query", "udp", "10.244.1.2", 5353, "8.8.8.8", 53, 2, "x.example", "A")
+    assert classifier.classify(up, attributor.attribute(up.src, up.ts), at_cluster_dns=True) == {
+        "ip": "8.8.8.8", "kind": "external", "bypass": False}
+
+
+def test_the_bypass_section_is_bounded_and_case_folds_names():
+    classifier, attributor = classify_setup()
+    report = BypassReport()
+    for i in range(60):
+        ev = DnsEvent(1.9e9, "query", "udp", "10.244.0.5", 40000, f"192.0.2.{i + 1}", 53, i,
+                      "C2.Example.NET" if i % 2 else "c2.example.net", "A")
+        client = attributor.attribute(ev.src, ev.ts)
+        for _ in range(100 - i):
+            report.add_query(ev, client, classifier.classify(ev, client))
+    lines = summary_text(report).splitlines()
+    assert len(lines) == 1 + 50 + 1
+    assert lines[1] == "  shop/web -> 192.0.2.1 (external) -> c2.example.net x100"
+    assert lines[2] == "  shop/web -> 192.0.2.2 (external) -> c2.example.net x99"
+    assert lines[-1] == ("  ... and 10 more (client, resolver) pairs with fewer queries (-o json "
+                         "lists them all)")

@@ -15,6 +15,16 @@ system time from /proc/<pid>/stat over the capture's life). Run as root:
     .venv/bin/python benchmarks/agent_throughput.py [--seconds 10] [--rates 5000,20000,40000,max]
 
 It prints a markdown table (for docs/performance.md) and the raw figures as JSON.
+
+``--flood`` measures the agent's bounds instead (docs/performance.md, "Flood"): a sender in
+the client namespace sends queries for distinct names as fast as the box allows (no
+pacing by answers, unlike dnsperf: ``tests/lab/flood.py``), the agent runs unfiltered,
+and after ``--seconds`` it is asked to stop by its deadline, SIGTERM and its stop file in
+turn. Each row gives the time from the ask to the agent's exit, its peak RSS (VmHWM, the
+ring included), kernel drops and what it shed:
+
+    .venv/bin/python benchmarks/agent_throughput.py --flood [--seconds 5] [--ring-mb 8]
+        [--agent-args '--max-rate 0;'] [--capture-in dns|node]
 """
 
 from __future__ import annotations
@@ -223,6 +233,57 @@ def hot_loop_cost(repeat: int = 10) -> dict:
     return out
 
 
+def flood_rows(seconds: float, ring_mbs: list[int], agent_args: list[list[str]],
+               where: str = "dns") -> list[dict]:
+    """The agent under the flood, for each ring size, argument set and way to stop it;
+    ``where``: in the DNS pod's namespace, or the node's (every veth: each message twice,
+    the duplicate table in use)."""
+    from tests.lab.flood import STOPS, run_flooded_agent
+
+    rows = []
+    with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        d = dnslab.dns_lab(lab, work, log_queries=False,
+                           dnsmasq_extra=["--cache-size=10000", "--dns-forward-max=5000"])
+        client, _, _ = d.add_client()
+        for ring_mb in ring_mbs:
+            for args in agent_args:
+                for stop in STOPS:
+                    argv = [*args, "--ring-mb", str(ring_mb)]
+                    ns = d.node if where == "node" else d.dns
+                    run = run_flooded_agent(ns, client, d.server.ip4, work, stop, argv,
+                                            flood_seconds=seconds, env=dnslab.agent_env())
+                    stats = run.stats
+                    row = {"args": (" ".join(args) or "(defaults)")
+                           + (", node namespace" if where == "node" else ""),
+                           "ring_mb": ring_mb,
+                           "stop": stop, "bye": run.records[-1]["reason"],
+                           "time_to_stop_s": run.time_to_stop,
+                           "peak_rss_mb": run.peak_rss_kb / 1024.0,
+                           "flood_qps": run.sent / max(run.flood_seconds, 1e-9),
+                           "cpu_pct": 100.0 * run.cpu_seconds / max(run.flood_seconds, 1e-9),
+                           **{k: stats.get(k) for k in ("seen", "matched", "emitted", "drops",
+                                                       "shed_records", "shed_packets",
+                                                       "ungrouped")}}
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def flood_table(rows: list[dict]) -> str:
+    out = ["| agent args | ring MiB | stopped by | time to stop, s | peak RSS, MB | flood q/s "
+           "(sent) | packets seen | kernel drops | shed packets | shed records | ungrouped "
+           "| dns records | CPU, % of a core |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['args']} | {r['ring_mb']} | {r['stop']} (bye: {r['bye']}) | "
+                   f"{r['time_to_stop_s']:.2f} | {r['peak_rss_mb']:.1f} | {r['flood_qps']:,.0f} | "
+                   f"{r['seen']:,} | {r['drops']:,} | {r['shed_packets']:,} | "
+                   f"{r['shed_records']:,} | {r['ungrouped']:,} | {r['emitted']:,} | "
+                   f"{r['cpu_pct']:.0f} |")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -232,9 +293,28 @@ def main() -> int:
     ap.add_argument("--captures", default="filtered,all,vvv,w",
                     help="which captures run side by side (filtered, all, vvv, w); fewer "
                          "captures leave more CPU to dnsmasq and show the agent at higher rates")
-    ap.add_argument("--agent-args", default="",
-                    help="extra arguments for both agents, e.g. --encrypted-dns (node traces)")
+    ap.add_argument("--flood", action="store_true",
+                    help="the agent's bounds under a flood of distinct names (time to stop, "
+                         "peak RSS, drops, sheds) instead of the rate steps")
+    ap.add_argument("--ring-mb", default="16",
+                    help="with --flood: ring sizes to try, comma-separated (MiB)")
+    ap.add_argument("--agent-args", default="--max-rate 0",
+                    help="with --flood: agent argument sets, separated by ';' (an empty set "
+                         "is the defaults)")
+    ap.add_argument("--capture-in", choices=("dns", "node"), default="dns",
+                    help="with --flood: the namespace the agent captures in")
+    ap.add_argument("--step-agent-args", default="",
+                    help="extra arguments for both agents of the rate steps, e.g. "
+                         "--encrypted-dns (node traces)")
     args = ap.parse_args()
+    if args.flood:
+        rows = flood_rows(args.seconds, [int(x) for x in args.ring_mb.split(",")],
+                          [a.split() for a in args.agent_args.split(";")], args.capture_in)
+        print(f"Machine: {machine.describe()}\n")
+        print(flood_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     if args.hot_loop:
         for label, us in hot_loop_cost().items():
             print(f"| {label} | {us:.2f} µs |")
@@ -250,7 +330,7 @@ def main() -> int:
         client, _, _ = d.add_client()
         for rate in args.rates.split(","):
             step = run_step(lab, d, client, qfile, rate, args.seconds, work,
-                            tuple(args.captures.split(",")), tuple(args.agent_args.split()))
+                            tuple(args.captures.split(",")), tuple(args.step_agent_args.split()))
             steps.append(step)
             print(json.dumps(step), file=sys.stderr, flush=True)
     print(f"Machine: {machine.describe()}\n")

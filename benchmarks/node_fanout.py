@@ -161,8 +161,8 @@ def main() -> None:
     result = run(args.nodes, args.duration)
     print(describe_machine())
     print()
-    print("| nodes | all captures running | whole run (--duration %ds) | peak RSS | peak threads |"
-          % args.duration)
+    print(f"| nodes | all captures running | whole run (--duration {args.duration}s) | peak RSS "
+          "| peak threads |")
     print("|---:|---:|---:|---:|---:|")
     print(f"| {result['nodes']} | {result['all_running_s']} s | {result['total_s']} s | "
           f"{result['peak_rss_mib']} MiB | {result['peak_threads']} |")

@@ -1,13 +1,21 @@
-"""The capture agent as one self-contained ``python3 -c`` program, and the container
-command that runs it.
+"""The capture agent as one self-contained program, and the container command that runs it.
 
 Why inline: the default debug image is a small official python image, so the plugin works
 on any cluster that can pull it and nobody has to build or push an image of ours. The
-agent's modules (stdlib only, python3 >= 3.8) travel inside the container's command.
-That command is stored in the pod spec for the pod's lifetime (ephemeral containers
-cannot be removed), so the program is kept small: docstrings and comments are stripped,
-the sources are compressed together (zlib) and base85-encoded, and a tiny meta-path
-importer serves them — nothing is written to the container's filesystem.
+agent's modules (stdlib only, python3 >= 3.8) travel as one program: docstrings and
+comments stripped, the sources compressed together (zlib), served by a tiny meta-path
+importer — nothing is written to the container's filesystem.
+
+Why not in the command: the container's command stays in the pod object for the pod's
+lifetime (ephemeral containers cannot be removed), and etcd refuses objects over ~1.5 MiB,
+the kubelet's own status updates included. So the command is a one-line bootstrap
+(:func:`bootstrap_command`) that reads the compressed program from the container's stdin,
+which the plugin writes through ``pods/attach`` once the container runs
+(``stdin: true, stdinOnce: true``). The bootstrap checks the program's length and SHA-256
+(both in the command, so the pod spec records exactly what ran) and arms an alarm first:
+a container whose program never arrives — the plugin died, or the image was pulled long
+after the plugin gave up — ends by itself after :data:`PROGRAM_WAIT` seconds (exit
+:data:`ALARM_EXIT`); the agent then replaces that alarm with its own deadline.
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ import ast
 import base64
 import builtins
 import functools
+import hashlib
 import itertools
 import json
 import keyword
 import re
 import zlib
+from dataclasses import dataclass
 from importlib import resources
 
 from kubectl_dnstrace import __version__
@@ -45,6 +55,13 @@ AGENT_MODULES = (
     ("kubectl_dnstrace.agent.output", False),
     ("kubectl_dnstrace.agent.volume", False),
 )
+
+# How long a started capture container waits for its program before it ends itself.
+PROGRAM_WAIT = 20
+# Its exit code then (and when the agent's own backstop alarm fires). The alarm has a
+# handler: a process that is PID 1 of its PID namespace (an ephemeral container that does
+# not share the target's) ignores a signal whose action is the default, SIGALRM included.
+ALARM_EXIT = 124
 
 # The loader: b85 blob -> {module: [is_package, source]}; runs on python3 >= 3.8.
 _BOOT = """import sys,zlib,json,base64,importlib.machinery as M
@@ -265,8 +282,57 @@ def inline_program() -> str:
     return _BOOT % base64.b85encode(blob).decode("ascii")
 
 
+# What the bootstrap runs: the stdin program's bytes, after its length and hash are checked.
+# Exit 125 with a line on stderr (the pod log) when the program came incomplete.
+_BOOTSTRAP = ("import os,signal,sys,zlib,hashlib;signal.signal(14,lambda*a:os._exit(%d));"
+              "signal.alarm(%d);d=sys.stdin.buffer.read(%d);"
+              "hashlib.sha256(d).hexdigest()[:%d]==%r or sys.exit('dnstrace: the agent program "
+              "did not arrive complete');exec(zlib.decompress(d))")
+HASH_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLaunch:
+    """The container command, and the bytes to write to the container's stdin (empty for
+    the project image, whose agent is preinstalled)."""
+
+    command: list[str]
+    program: bytes = b""
+
+
+def stdin_program(extra_args: list[str]) -> bytes:
+    """The compressed program the bootstrap reads: the inline agent with ``extra_args``
+    (a long domain list, say) appended to its command-line arguments."""
+    entry = "sys.exit(main(sys.argv[1:]))"
+    program = inline_program()
+    if entry not in program:  # _BOOT changed: the extra arguments would be lost
+        raise RuntimeError("the inline program's entry line changed")
+    source = program.replace(entry, f"sys.exit(main(sys.argv[1:]+{list(extra_args)!r}))")
+    return zlib.compress(source.encode("utf-8"), 9)
+
+
+def bootstrap_command(program: bytes, agent_args: list[str],
+                      wait: int = PROGRAM_WAIT) -> list[str]:
+    """``python3 -c BOOTSTRAP ARGS``: a few hundred bytes, whatever the program's size."""
+    digest = hashlib.sha256(program).hexdigest()[:HASH_CHARS]
+    return ["python3", "-c", _BOOTSTRAP % (ALARM_EXIT, wait, len(program), HASH_CHARS, digest),
+            *agent_args]
+
+
+def agent_launch(agent_args: list[str], preinstalled: bool,
+                 stdin_args: list[str] = ()) -> AgentLaunch:
+    """The module in the project image (``stdin_args`` join the arguments), else the
+    bootstrap and its program (``stdin_args`` travel inside the program)."""
+    if preinstalled:
+        return AgentLaunch(["python3", "-m", "kubectl_dnstrace.agent", *agent_args,
+                            *stdin_args])
+    program = stdin_program(list(stdin_args))
+    return AgentLaunch(bootstrap_command(program, agent_args), program)
+
+
 def agent_command(agent_args: list[str], preinstalled: bool) -> list[str]:
-    """The container command: the module in the project image, else the inline program."""
+    """The whole program in the command (``python3 -c PROGRAM ARGS``): kept for running the
+    agent by hand and in tests; traces use :func:`agent_launch`."""
     if preinstalled:
         return ["python3", "-m", "kubectl_dnstrace.agent", *agent_args]
     return ["python3", "-c", inline_program(), *agent_args]

@@ -27,6 +27,7 @@ from kubectl_dnstrace.model import (
     TraceRequest,
 )
 from kubectl_dnstrace.options import (
+    check_codes,
     check_names,
     load_domain_file,
     load_resolver_file,
@@ -62,6 +63,7 @@ Examples:
 Exit codes: 0 something matched, 1 nothing matched, 2 usage, 3 cluster unreachable,
   4 not found, 5 RBAC forbidden, 6 Pod Security, 7 no ephemeral containers,
   8 capture container failed, 9 agent failed, 10 bad capture file, 11 events lost,
+  12 pod object too large, 13 API server busy (429), 14 pod already traced,
   70 internal error, 130 interrupted (README.md, "Exit codes").
 """
 
@@ -245,11 +247,10 @@ def _filters(domain: list[str] | None, domain_file: str | None, qtype: list[str]
     check_names(domains, "--domain")
     if domain_file:
         domains.extend(load_domain_file(domain_file))
-    return Filters(
-        domains=domains,
-        qtypes=[q.upper() for q in qtype or []],
-        rcodes=[r.upper() for r in rcode or []],
-    )
+    qtypes = [q.upper() for q in qtype or []]
+    rcodes = [r.upper() for r in rcode or []]
+    check_codes(qtypes, rcodes)
+    return Filters(domains=domains, qtypes=qtypes, rcodes=rcodes)
 
 
 def _output(output: str, pcap: str | None) -> OutputOptions:
@@ -285,6 +286,7 @@ def trace(
     image_pull_policy: Annotated[str | None, typer.Option("--image-pull-policy", help="Always | IfNotPresent | Never")] = None,
     timeout: Annotated[str, typer.Option("--timeout", help="How long to wait for the capture containers to run.")] = "60s",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact patch for each pod and change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Trace a pod even when another trace's agent runs in it.")] = False,
     dns_namespace: Annotated[str, typer.Option("--dns-namespace", help="Namespace of the cluster DNS.")] = "kube-system",
     dns_selector: Annotated[str | None, typer.Option("--dns-selector", help="Label selector of the cluster DNS pods.")] = None,
     via_pod: Annotated[str | None, typer.Option("--via-pod", metavar="NS/NAME", help="node/NAME: capture through this hostNetwork pod on the node.")] = None,
@@ -326,6 +328,7 @@ def trace(
         create_pod=create_pod,
         pod_namespace=pod_namespace,
         doh_resolvers=load_resolver_file(doh_resolvers) if doh_resolvers else None,
+        force=force,
     )
     raise typer.Exit(int(run_trace(request)))
 

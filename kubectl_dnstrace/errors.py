@@ -23,6 +23,9 @@ class ExitCode(enum.IntEnum):
     AGENT_FAILED = 9  # the agent reported an error (e.g. no CAP_NET_RAW)
     BAD_INPUT = 10  # a capture file that cannot be read
     STREAM_LOST = 11  # events were lost (log stream gap that could not be recovered)
+    POD_TOO_LARGE = 12  # the pod object is too close to etcd's size limit for another container
+    API_BUSY = 13  # the API server kept answering 429 Too Many Requests
+    ALREADY_TRACED = 14  # another trace's agent runs in the pod (--force runs both)
     INTERNAL = 70  # a bug: please report it
     INTERRUPTED = 130  # Ctrl-C before the trace started
 
@@ -79,3 +82,15 @@ class BadInput(DnstraceError):
 
 class StreamLost(DnstraceError):
     exit_code = ExitCode.STREAM_LOST
+
+
+class PodTooLarge(DnstraceError):
+    exit_code = ExitCode.POD_TOO_LARGE
+
+
+class ApiBusy(DnstraceError):
+    exit_code = ExitCode.API_BUSY
+
+
+class AlreadyTraced(DnstraceError):
+    exit_code = ExitCode.ALREADY_TRACED

@@ -132,6 +132,7 @@ class TraceRequest:
     dry_run: bool = False
     dns_namespace: str = "kube-system"
     dns_selector: str | None = None
+    force: bool = False  # trace a pod even when another trace's agent runs in it
     # node/NAME and nodes (kube/nodes.py): attach to --via-pod, or --create-pod in
     # --pod-namespace; DoH resolver addresses from --doh-resolvers FILE (None: built-in list).
     via_pod: str | None = None

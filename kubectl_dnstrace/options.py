@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import re
 
-from kubectl_dnstrace.agent.filters import name_fault
+from kubectl_dnstrace.agent.filters import DnsFilter, name_fault
 from kubectl_dnstrace.errors import UsageError
+from kubectl_dnstrace.model import TraceRequest
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+# An image reference as the runtime parses it (distribution/reference): [host[:port]/]path
+# [:tag][@digest], lower-case path components. The API accepts any non-empty string and the
+# kubelet reports InvalidImageName only after the container was added for good.
+_IMAGE = re.compile(
+    r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$")
 
@@ -67,6 +79,44 @@ def load_domain_file(path: str) -> list[str]:
             check_names([name], f"--domain-file: {path} line {number}")
             names.append(name)
     return names
+
+
+def check_codes(qtypes: list[str], rcodes: list[str]) -> None:
+    """UsageError for a query type or rcode the agent would not know (the agent's own
+    parser decides, so the two can never disagree)."""
+    try:
+        DnsFilter((), qtypes, ())
+    except ValueError as exc:
+        raise UsageError(f"--qtype: {exc}", "use a type name like A, AAAA, TXT, MX, or "
+                         "its number (28 for AAAA)") from None
+    try:
+        DnsFilter((), (), rcodes)
+    except ValueError as exc:
+        raise UsageError(f"--rcode: {exc}", "use an rcode name like NOERROR, NXDOMAIN, "
+                         "SERVFAIL, REFUSED, or its number") from None
+
+
+def check_image(image: str | None) -> None:
+    if image is None:
+        return
+    if len(image) > 4096 or not _IMAGE.match(image):
+        raise UsageError(f"--image: {image!r} is not an image reference",
+                         "write it like registry.example.com/python:3.13-alpine")
+
+
+def check_trace_request(req: TraceRequest) -> None:
+    """Every flag value of a trace, before the first API request: a bad value found after
+    the capture container was added would leave it in the pod for good."""
+    if req.duration <= 0:
+        raise UsageError("--duration must be positive", "for example --duration 30s")
+    if req.wait_timeout <= 0:
+        raise UsageError("--timeout must be positive", "for example --timeout 60s")
+    if req.image_pull_policy and req.image_pull_policy not in PULL_POLICIES:
+        raise UsageError(f"unknown --image-pull-policy {req.image_pull_policy!r}",
+                         f"use one of: {', '.join(PULL_POLICIES)}")
+    check_image(req.image)
+    check_names(req.filters.domains, "--domain")
+    check_codes(req.filters.qtypes, req.filters.rcodes)
 
 
 def load_resolver_file(path: str) -> list[str]:

@@ -59,6 +59,11 @@ RULES: tuple[Rule, ...] = (
          "add the capture agent as an ephemeral container (a strategic-merge PATCH, as kubectl debug)"),
     Rule("", ("pods/log",), ("get",),
          "stream the agent's NDJSON events home"),
+    Rule("", ("pods/attach",), ("create", "get"),
+         "hand the agent its program: the capture container's command is a one-line "
+         "bootstrap that reads it from stdin, so the program does not stay in the pod object. "
+         "A WebSocket GET, authorized as get (and create on servers that check it). Not "
+         "needed with the project's image, which has the agent preinstalled"),
     Rule("", ("pods/exec",), ("create", "get"),
          "stop the agent cleanly on exit (touches its stop file). The client's exec is a "
          "WebSocket GET: Kubernetes 1.30+ authorizes it as create, older servers as get. "

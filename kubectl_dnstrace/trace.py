@@ -2,11 +2,14 @@
 
 The order is the promise made to users running this in production during an incident:
 1. connect and resolve every target (syntax errors before any API call);
-2. pre-flight: RBAC, Pod Security, ephemeral-container support — before touching any pod;
-3. add one capture container per pod (never two in one run), wait until each runs;
+2. pre-flight: RBAC, Pod Security, ephemeral-container support, room in each pod object
+   and no other trace running in it — before touching any pod;
+3. add one capture container per pod (never two in one run), wait until each runs, and
+   hand each its agent program (pods/attach) as it comes up;
 4. stream every agent's records home and feed them to the pipeline;
-5. on the deadline, Ctrl-C or an error, ask the agents to stop (exec) or say they stop at
-   their own deadline; then say which containers were added and that they stay in the spec.
+5. on the deadline, Ctrl-C, SIGTERM, SIGHUP or an error, ask the agents to stop (exec) or
+   say when they stop by themselves; then say which containers were added, what each
+   costs the pod object, and that they stay in the spec.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from kubectl_dnstrace.kube.ephemeral import (
     build_patch,
     container_state,
     early_exit_error,
+    send_program,
     wait_running,
 )
 from kubectl_dnstrace.kube.logstream import AgentStream, StreamItem
+from kubectl_dnstrace.kube.podguard import PodRoom, check_pods, object_size
 from kubectl_dnstrace.kube.preflight import Preflight, run_preflight
 from kubectl_dnstrace.kube.stop import (
     leftovers_message,
@@ -47,6 +52,7 @@ from kubectl_dnstrace.kube.stop import (
     stop_file_path,
 )
 from kubectl_dnstrace.kube.targets import Resolution, parse_target, resolve_targets
+from kubectl_dnstrace.lifecycle import QuietStream, Terminated, stop_signals
 from kubectl_dnstrace.model import DnsEvent, Filters, PodRef, TraceRequest
 from kubectl_dnstrace.progress import Progress
 
@@ -54,25 +60,25 @@ STATS_INTERVAL = 5.0
 STOP_GRACE = 10.0  # how long to wait for the agents' final records after asking them to stop
 DEADLINE_GRACE = 20.0  # beyond --duration, before we stop waiting for an agent's bye
 WAIT_CONCURRENCY = 32  # capture containers waited for at once (a watch each)
-COMPACT_DOMAINS_OVER = 50  # more names than this travel compressed in the container args
+COMPACT_DOMAINS_OVER = 50  # more names than this travel compressed, with the program
 
 
 # ---- building the agent's command ---------------------------------------------------------------
 
 def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool,
                encrypted: bool = False, doh_resolvers: list[str] | None = None) -> list[str]:
-    """The agent's arguments: ``--duration`` always (ephemeral containers cannot be killed)."""
+    """The agent's arguments: ``--duration`` always (ephemeral containers cannot be killed).
+
+    A long domain list is left out here: :func:`long_domain_args` carries it (in the agent
+    program on stdin, not in the pod spec).
+    """
     args = ["--duration", _num(duration), "--stop-file", stop_file,
             "--stats-interval", _num(STATS_INTERVAL)]
     if encrypted:  # node captures: DoT/DoH attempts too (agent/encrypted.py)
         args.append("--encrypted-dns")
         for addr in doh_resolvers or ():
             args += ["--doh-resolver", addr]
-    if len(filters.domains) > COMPACT_DOMAINS_OVER:
-        from kubectl_dnstrace.agent.main import encode_domains
-
-        args += ["--domains-z", encode_domains(filters.domains)]
-    else:
+    if len(filters.domains) <= COMPACT_DOMAINS_OVER:
         for d in filters.domains:
             args += ["--domain", d]
     for q in filters.qtypes:
@@ -82,6 +88,15 @@ def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool,
     if pcap:
         args.append("--pcap")
     return args
+
+
+def long_domain_args(filters: Filters) -> list[str]:
+    """``--domains-z BLOB`` for more than COMPACT_DOMAINS_OVER names, else nothing."""
+    if len(filters.domains) <= COMPACT_DOMAINS_OVER:
+        return []
+    from kubectl_dnstrace.agent.main import encode_domains
+
+    return ["--domains-z", encode_domains(filters.domains)]
 
 
 def _num(value: float) -> str:
@@ -101,7 +116,7 @@ def is_project_image(image: str) -> bool:
 
 
 def capture_spec(req: TraceRequest, run_id: str, user: str) -> CaptureSpec:
-    from kubectl_dnstrace.agent_program import DEFAULT_IMAGE, agent_command
+    from kubectl_dnstrace.agent_program import DEFAULT_IMAGE, agent_launch
 
     image = req.image or DEFAULT_IMAGE
     # Node captures also report DoT/DoH connection attempts (agent/encrypted.py).
@@ -109,9 +124,10 @@ def capture_spec(req: TraceRequest, run_id: str, user: str) -> CaptureSpec:
     args = agent_args(req.duration, req.filters, stop_file_path(run_id),
                       pcap=bool(req.output.pcap_path), encrypted=encrypted,
                       doh_resolvers=req.doh_resolvers)
-    return CaptureSpec(run_id=run_id, image=image,
-                       command=agent_command(args, is_project_image(image)),
-                       image_pull_policy=req.image_pull_policy, user=user)
+    launch = agent_launch(args, is_project_image(image), long_domain_args(req.filters))
+    return CaptureSpec(run_id=run_id, image=image, command=launch.command,
+                       image_pull_policy=req.image_pull_policy, user=user,
+                       program=launch.program)
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -122,8 +138,13 @@ class PodRun:
 
     pod: PodRef
     container: str
-    patched_at: float = 0.0
+    patched_at: float = 0.0  # 0: the patch was sent but not answered (yet)
     running_at: float = 0.0
+    program_sent: bool = False
+    hello: bool = False  # the agent said hello: it runs
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    added_bytes: int = 0  # what the container costs the pod object (spec + its status)
+    pod_bytes: int = 0  # the pod object's size with it
     state: ContainerState | None = None
     stream: AgentStream | None = None
     ended: str = ""  # why the stream ended ("bye", ...), "" while it runs
@@ -142,7 +163,7 @@ class TraceRun:
                  err: TextIO | None = None) -> None:
         self.req = req
         self.out = out or sys.stdout
-        self.err = err or sys.stderr
+        self.err = QuietStream(err or sys.stderr)  # a closed terminal must not stop cleanup
         self.progress = Progress(self.err)
         self.run_id = secrets.token_hex(3)
         self.kube: Kube | None = None
@@ -154,7 +175,9 @@ class TraceRun:
         self.agents_started = 0.0  # wall clock when the first capture container ran
         self.startup = 0.0  # seconds from the patch to Running (slowest pod)
         self._status_at = 0.0
-        self.nodes = None  # a NodeTrace (kube/nodes.py) for node/NAME and nodes
+        self.spec: CaptureSpec | None = None
+        self.rooms: dict[str, PodRoom] = {}
+        self.nodes = None  # a NodeTrace (nodetrace.py) for node/NAME and nodes
 
     def say(self, text: str) -> None:
         self.progress.line(text)
@@ -162,10 +185,69 @@ class TraceRun:
     # The whole run ------------------------------------------------------------------------
 
     def run(self) -> ExitCode:
+        with stop_signals():
+            try:
+                return self._run()
+            finally:
+                if self.kube is not None:
+                    self.kube.on_notice = None
+
+    def _run(self) -> ExitCode:
         req = self.req
         for text in req.targets:  # syntax errors before any API call
             parse_target(text)
+        try:
+            prepared = self._prepare()
+        except KeyboardInterrupt as exc:
+            if self.inventory is not None:
+                self.inventory.stop()
+            self.say(f"{_why_interrupted(exc)} before any change: nothing was changed in "
+                     "the cluster")
+            return ExitCode.INTERRUPTED
+        if isinstance(prepared, ExitCode):
+            return prepared
+        spec, pods, pre = prepared
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            self._add_all(spec, pods, pre)
+            self._wait_all()
+            self._stream_all()
+            late = self._drain(deadline=time.monotonic() + req.duration + DEADLINE_GRACE)
+            if late:
+                self.say(f"no final record from {', '.join(late)} {DEADLINE_GRACE:.0f}s after "
+                         "the deadline: stopping")
+        except KeyboardInterrupt as exc:
+            if self.runs:
+                self.say(f"{_why_interrupted(exc)}: stopping the capture agents (Ctrl-C again "
+                         "to stop waiting)")
+            else:
+                self.say(f"{_why_interrupted(exc)} before the first container was added")
+            interrupted = exc
+        except BaseException:
+            # Refusals and bugs alike: stop what we started and say what stays behind.
+            self._cleanup(pre, reason="error")
+            self._say_leftovers()
+            raise
+        self._cleanup(pre, reason="interrupt" if interrupted else "end")
+        try:
+            if interrupted and not self.started_streaming:
+                return ExitCode.INTERRUPTED
+            return self._outcome()
+        except OSError:
+            if isinstance(interrupted, Terminated):  # the terminal went away with SIGHUP
+                return ExitCode.INTERRUPTED
+            raise
+        finally:
+            self._say_leftovers()
+
+    def _prepare(self):
+        """Everything before the first change: connect, resolve, pre-flight, the pods' room.
+
+        Returns ``(spec, pods, preflight)``, or the exit code of a dry run.
+        """
+        req = self.req
         kube = self.kube = Kube.connect(req.cluster)
+        kube.on_notice = self.say
         resolution = resolve_targets(
             kube, req.targets, req.selector, namespace=req.cluster.namespace,
             all_namespaces=req.cluster.all_namespaces, dns_namespace=req.dns_namespace,
@@ -179,39 +261,20 @@ class TraceRun:
         elif req.via_pod or req.create_pod:
             raise UsageError("--via-pod and --create-pod go with node/NAME or nodes targets",
                              "for example: kubectl dnstrace node/node-7 --create-pod")
-        pre = run_preflight(kube, resolution.pods)
+        spec = self.spec = capture_spec(req, self.run_id, kube.whoami())
+        pre = run_preflight(kube, resolution.pods, attach=bool(spec.program))
         for note in pre.notes + [n for p in pre.namespaces.values() for n in p.notes]:
             self.say(note)
-        spec = capture_spec(req, self.run_id, kube.whoami())
         if self.nodes is not None:
             self.nodes.preflight(spec, pre)
         if req.dry_run:
             return self._dry_run(spec, resolution.pods, pre)
+        self.rooms = check_pods(
+            kube, resolution.pods,
+            lambda pod: build_container(spec, pod, pre.plan(pod.namespace).capabilities),
+            force=req.force, notice=self.say)
         self.pipeline = self._pipeline(resolution)
-        interrupted = False
-        try:
-            self._add_all(spec, resolution.pods, pre)
-            self._wait_all()
-            self._stream_all()
-            late = self._drain(deadline=time.monotonic() + req.duration + DEADLINE_GRACE)
-            if late:
-                self.say(f"no final record from {', '.join(late)} {DEADLINE_GRACE:.0f}s after "
-                         "the deadline: stopping")
-        except KeyboardInterrupt:
-            self.say("Interrupted: stopping the capture agents (Ctrl-C again to stop waiting)")
-            interrupted = True
-        except BaseException:
-            # Refusals and bugs alike: stop what we started and say what stays behind.
-            self._cleanup(pre, reason="error")
-            self._say_leftovers()
-            raise
-        self._cleanup(pre, reason="interrupt" if interrupted else "end")
-        try:
-            if interrupted and not self.started_streaming:
-                return ExitCode.INTERRUPTED
-            return self._outcome()
-        finally:
-            self._say_leftovers()
+        return spec, resolution.pods, pre
 
     # Steps --------------------------------------------------------------------------------
 
@@ -235,6 +298,10 @@ class TraceRun:
         if self.nodes is not None:
             self.nodes.dry_run(spec)
         self.out.flush()
+        if spec.program:
+            self.say(f"dry run: once each container runs, its agent program ({len(spec.program)} "
+                     "bytes, compressed; length and SHA-256 in the command) would be written to "
+                     "its stdin through pods/attach")
         self.say(f"dry run: {len(pods)} pod(s) would get capture container "
                  f"{spec.container_name}; nothing was changed")
         return ExitCode.MATCHED
@@ -250,6 +317,7 @@ class TraceRun:
             home = self.req.cluster.namespace or self.kube.namespace or "default"
             inv = self.inventory = Inventory.from_cluster(
                 self.kube, namespaces=[*res.namespaces, home])
+            inv.on_notice = self.say
             inv.start_watch(self.kube)
             attributor = Attributor(inv)
             attribution = scope_label(inv)
@@ -288,14 +356,47 @@ class TraceRun:
     def _add_one(self, kube: Kube, spec: CaptureSpec, pod: PodRef, pre: Preflight) -> None:
         self.progress.set(pod.key, "adding capture container")
         run = PodRun(pod, spec.container_name)
-        container = add_capture_container(
-            kube, spec, pod, pre.plan(pod.namespace).capabilities, notice=self.say)
+        self.runs[pod.key] = run  # before the patch: an interrupt must check for it
+        try:
+            container = add_capture_container(
+                kube, spec, pod, pre.plan(pod.namespace).capabilities,
+                notice=self.say, on_patched=lambda obj, r=run: self._measure(r, obj))
+        except BaseException:
+            if not run.patched_at:
+                self._confirm_patch(run)
+            raise
         run.container = container["name"]
-        run.patched_at = time.monotonic()
-        self.runs[pod.key] = run
         for text in kube.take_warnings():
             self.say(f"warning from the API server ({pod.key}): {text}")
         self.progress.set(pod.key, "waiting (container added)")
+
+    def _measure(self, run: PodRun, pod_obj: dict) -> None:
+        """The pod as the patch returned it: what this trace added to it."""
+        from kubectl_dnstrace.kube.podguard import SERVER_BYTES
+
+        run.patched_at = time.monotonic()
+        room = self.rooms.get(run.pod.key)
+        if isinstance(pod_obj, dict) and pod_obj.get("spec"):
+            run.pod_bytes = object_size(pod_obj) + SERVER_BYTES
+            if room is not None:
+                run.added_bytes = run.pod_bytes - room.size
+        if not run.added_bytes and room is not None:
+            run.added_bytes, run.pod_bytes = room.cost, room.after
+
+    def _confirm_patch(self, run: PodRun) -> None:
+        """An interrupted or failed patch may still have been applied: look, and forget the
+        run only when the pod does not have the container."""
+        try:
+            obj = self.kube.get("pods", run.pod.name, run.pod.namespace)
+        except (DnstraceError, KeyboardInterrupt):
+            self.say(f"could not check whether {run.container} was added to {run.pod.key}")
+            run.patched_at = time.monotonic()
+            return
+        names = [c.get("name") for c in (obj.get("spec") or {}).get("ephemeralContainers") or []]
+        if run.container in names:
+            self._measure(run, obj)
+        else:
+            self.runs.pop(run.pod.key, None)
 
     def _wait_all(self) -> None:
         deadline = time.monotonic() + self.req.wait_timeout
@@ -310,6 +411,8 @@ class TraceRun:
             k = self.kube.clone()
             try:
                 state = wait_running(k, run.pod, run.container, deadline, on_state, cancel)
+                if state.phase == "running":
+                    self._hand_program(k, run, cancel)
                 results.put((run, state, None))
             except DnstraceError as exc:
                 results.put((run, None, exc))
@@ -322,7 +425,7 @@ class TraceRun:
             with gate:  # many nodes: a bounded number of watches (and clients) at a time
                 wait_one(run)
 
-        for run in self.runs.values():
+        for run in list(self.runs.values()):
             threading.Thread(target=wait_gated, args=(run,), daemon=True,
                              name=f"wait-{run.pod.key}").start()
         pending = len(self.runs)
@@ -335,7 +438,7 @@ class TraceRun:
                     continue
                 pending -= 1
                 if exc is not None and self.nodes is not None and len(self.runs) > 1:
-                    self.nodes.lost(run.pod, exc.message)
+                    self.nodes.lost(run.pod, exc.message)  # the other nodes go on
                     del self.runs[run.pod.key]
                     continue
                 if exc is not None:
@@ -353,6 +456,19 @@ class TraceRun:
             self.progress.done()
         self.startup = max(r.running_at - r.patched_at for r in self.runs.values())
 
+
+    def _hand_program(self, kube: Kube, run: PodRun, cancel: threading.Event) -> None:
+        """The bootstrap waits for its program: write it now, unless the run was interrupted
+        (then the container ends by itself, never having captured)."""
+        spec = self.spec
+        if spec is None or not spec.program:
+            return
+        with run.lock:
+            if cancel.is_set():
+                return
+            self.progress.set(run.pod.key, "running (sending the agent program)")
+            send_program(kube, run.pod, run.container, spec.program)
+            run.program_sent = True
 
     def _stream_all(self) -> None:
         for run in self.runs.values():
@@ -442,6 +558,7 @@ class TraceRun:
         elif rtype == "agg":
             self._feed_aggregate(run, rec)
         elif rtype == "hello":
+            run.hello = True
             run.stats.setdefault("interfaces", rec.get("interfaces"))
         elif rtype == "encrypted-dns":
             self.pipeline.feed_encrypted(rec, observed_at=key)
@@ -492,10 +609,13 @@ class TraceRun:
 
     def _say_leftovers(self) -> None:
         created = self.nodes.created_keys if self.nodes is not None else set()
-        msg = leftovers_message([(r.pod, r.container) for r in self.runs.values()
-                                 if r.pod.key not in created])
+        kept = [r for r in self.runs.values() if r.pod.key not in created]  # ours are deleted
+        msg = leftovers_message([(r.pod, r.container) for r in kept],
+                                {r.pod.key: (r.added_bytes, r.pod_bytes) for r in kept})
         if msg:
             self.say(msg)
+        elif not self.req.dry_run and self.spec is not None and self.pipeline is not None:
+            self.say("nothing was changed in the cluster")
 
     def _until_deadline(self) -> str:
         """When the agents' own deadline passes (they started at about the first Running)."""
@@ -503,17 +623,37 @@ class TraceRun:
         return time.strftime("%H:%M:%S", time.gmtime(start + self.req.duration))
 
     def _stop_agents(self, live: list[PodRun], pre: Preflight, reason: str) -> None:
-        # Only a running container can be exec'd into; one still waiting may start later and
-        # then stops at its own deadline.
+        from kubectl_dnstrace.agent_program import PROGRAM_WAIT
+
+        # Only a running container can be exec'd into. With the bootstrap (the inline agent),
+        # one that never got its program ends by itself and never captures.
         for r in live:
             if r.state is None or r.state.phase != "running":
                 r.state = self._current_state(r)
-        waiting = [r for r in live if r.state is None or r.state.phase != "running"]
+            with r.lock:  # no program is handed over from now on (the waits are cancelled)
+                pass
+        ended = [r for r in live if r.state is not None
+                 and (r.state.phase == "terminated" or r.state.never_starts)]
+        bootstrap = bool(self.spec and self.spec.program)
+        idle = [r for r in live if r not in ended and bootstrap and not r.program_sent]
+        if idle:
+            starting = [r for r in idle if r.state is None or r.state.phase != "running"]
+            started = [r for r in idle if r not in starting]
+            if started:
+                self.say("never got its agent program (it did not capture): "
+                         + ", ".join(r.pod.key for r in started)
+                         + f"; the container ends by itself within {PROGRAM_WAIT}s")
+            if starting:
+                self.say("not started: " + ", ".join(
+                    r.pod.key + (f" ({r.state.reason})" if r.state and r.state.reason else "")
+                    for r in starting)
+                    + f"; if one starts later it gets no agent program and ends by itself "
+                    f"within {PROGRAM_WAIT}s, without capturing")
+        waiting = [r for r in live if r not in ended and r not in idle
+                   and (r.state is None or r.state.phase != "running")]
         if waiting:
-            self.say("not started yet: " + ", ".join(r.pod.key for r in waiting)
-                     + f"; if they start later their agents stop at the deadline "
-                     f"(--duration {_num(self.req.duration)}s after they start)")
-        live = [r for r in live if r not in waiting]
+            self._stop_as_they_start(waiting, pre)
+        live = [r for r in live if r not in ended and r not in idle and r not in waiting]
         can = [r for r in live if pre.plan(r.pod.namespace).can_exec]
         cannot = [r for r in live if not pre.plan(r.pod.namespace).can_exec]
         if cannot:
@@ -525,7 +665,8 @@ class TraceRun:
             failed = request_stop(self.kube, [r.pod for r in can], can[0].container,
                                   stop_file_path(self.run_id), notice=self.say)
             if failed:
-                self.say("those agents stop at their own deadline")
+                self.say(f"those agents stop at their own deadline ({self._until_deadline()} "
+                         "UTC)")
             if len(failed) < len(can):
                 self.say(f"asked {len(can) - len(failed)} agent(s) to stop (pods/exec)")
         if not self.started_streaming:
@@ -541,6 +682,40 @@ class TraceRun:
         late = self._drain(deadline=time.monotonic() + wait)
         if late:
             self.say(f"not waiting for the final records of {', '.join(late)}")
+
+    def _stop_as_they_start(self, waiting: list[PodRun], pre: Preflight) -> None:
+        """The project image's agent captures as soon as its container starts (it needs no
+        program): wait for those still starting and stop each as it comes up, for as long
+        as --timeout allowed them to start. Ctrl-C again stops waiting."""
+        can = [r for r in waiting if pre.plan(r.pod.namespace).can_exec]
+        later = (f"its agent captures until --duration ({_num(self.req.duration)}s) after "
+                 "it starts")
+        for r in waiting:
+            if r not in can:
+                self.say(f"not started yet: {r.pod.key}, and no pods/exec permission to stop "
+                         f"it: if it starts, {later}")
+        if not can:
+            return
+        limit = min(self.req.wait_timeout, 60.0)
+        self.say("not started yet: " + ", ".join(r.pod.key for r in can)
+                 + f"; waiting up to {limit:.0f}s to stop each as it starts (Ctrl-C again to "
+                 f"stop waiting: then, if it starts, {later})")
+        deadline = time.monotonic() + limit
+        started: list[PodRun] = []
+        for r in can:
+            try:
+                r.state = wait_running(self.kube, r.pod, r.container, deadline)
+            except DnstraceError as exc:
+                self.say(f"{r.pod.key}: {exc.message}; if it starts later, {later}")
+                continue
+            if r.state.phase == "running":
+                started.append(r)
+        if started:
+            failed = request_stop(self.kube, [r.pod for r in started], started[0].container,
+                                  stop_file_path(self.run_id), notice=self.say)
+            if len(failed) < len(started):
+                self.say(f"stopped {len(started) - len(failed)} agent(s) as they started "
+                         "(pods/exec)")
 
     def _current_state(self, run: PodRun) -> ContainerState | None:
         try:
@@ -560,9 +735,15 @@ class TraceRun:
             if run.stats.get("drops"):
                 self.pipeline.notice(f"{run.pod.key}: the kernel dropped {run.stats['drops']} "
                                      "packet(s) before the agent read them")
+            for notice in shed_notices(run.pod.key, run.stats):
+                self.pipeline.notice(notice)
         errors = [(r, m) for r in runs for m in r.errors if m]
         events = sum(r.events for r in runs)
         lost = sum(r.lost for r in runs)
+        silent = [r for r in runs if not r.hello and r.ended]
+        if silent and not events and not errors:
+            # Before the summary: "No DNS queries matched" would be a lie.
+            raise self._silent_agent(silent[0])
         code = self.pipeline.finish()
         if errors and not events:
             run, message = errors[0]
@@ -573,6 +754,44 @@ class TraceRun:
                                  "above are incomplete")
             return ExitCode.STREAM_LOST
         return code
+
+
+    def _silent_agent(self, run: PodRun) -> DnstraceError:
+        """The container ended without one record: a clean "nothing matched" would be a lie."""
+        from kubectl_dnstrace.agent_program import ALARM_EXIT, PROGRAM_WAIT
+        from kubectl_dnstrace.errors import ContainerFailed
+
+        state = self._current_state(run)
+        if state is not None and state.exit_code == ALARM_EXIT:
+            return ContainerFailed(
+                f"the capture container {run.container} in {run.pod.key} did not get its agent "
+                f"program within {PROGRAM_WAIT}s of starting, and ended without capturing",
+                "the API server was slow to accept pods/attach; run again",
+            )
+        return early_exit_error(self.kube, run.pod, run.container,
+                                state or ContainerState("terminated"), _agent_error_message)
+
+
+def _why_interrupted(exc: BaseException) -> str:
+    if isinstance(exc, Terminated):
+        return f"{exc.args[0] if exc.args else 'a signal'} received"
+    return "Interrupted"
+
+
+def shed_notices(pod_key: str, stats: dict) -> list[str]:
+    """What an agent gave up to stay within its memory and CPU bounds (docs/protocol.md,
+    ``stats``): counted there, so said here, never lost silently."""
+    out = []
+    if stats.get("shed_packets"):
+        out.append(f"{pod_key}: the agent could not keep up and gave {stats['shed_packets']} "
+                   "packet(s) back to the kernel unread (to stay within its memory bound)")
+    if stats.get("shed_records"):
+        out.append(f"{pod_key}: the agent fell behind and counted {stats['shed_records']} "
+                   "message(s) in per-second aggregates instead of single lines")
+    if stats.get("ungrouped"):
+        out.append(f"{pod_key}: {stats['ungrouped']} message(s) are in the aggregate totals only "
+                   "(too many distinct names in one second to keep each); narrow with --domain")
+    return out
 
 
 def _agent_error_message(text: str) -> str | None:
@@ -592,14 +811,12 @@ def _agent_error_message(text: str) -> str | None:
     return None
 
 
-PULL_POLICIES = ("Always", "IfNotPresent", "Never")
-
-
 def run_trace(req: TraceRequest, out: TextIO | None = None, err: TextIO | None = None) -> ExitCode:
-    """Run one trace; returns the exit code (refusals raise DnstraceError for cli.main)."""
-    if req.duration <= 0:
-        raise UsageError("--duration must be positive", "for example --duration 30s")
-    if req.image_pull_policy and req.image_pull_policy not in PULL_POLICIES:
-        raise UsageError(f"unknown --image-pull-policy {req.image_pull_policy!r}",
-                         f"use one of: {', '.join(PULL_POLICIES)}")
+    """Run one trace; returns the exit code (refusals raise DnstraceError for cli.main).
+
+    Every flag value is checked here, before the first API request (``--dry-run`` too).
+    """
+    from kubectl_dnstrace.options import check_trace_request
+
+    check_trace_request(req)
     return TraceRun(req, out, err).run()

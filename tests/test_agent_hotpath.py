@@ -124,3 +124,21 @@ def test_hot_loop_tallies_equal_general_tallies():
     assert sorted(a["groups"], key=key) == sorted(b["groups"], key=key)
     assert a["total"] == b["total"] > 0
     assert {"client": C4, "qname": "evil.example.com", "qtype": "A", "rcode": "NOERROR", "count": 1} in a["groups"]
+
+
+def test_hot_loop_tallies_stay_within_the_group_table():
+    """Distinct names at any rate: the interval's table holds at most max_keys groups, the
+    rest are counted (ungrouped) and make up the total."""
+    items = []
+    for i in range(50):
+        up = bytes(IP(src=C4, dst=S4) / UDP(sport=30000 + i, dport=53) / q(f"n{i}.example.com", i))
+        items.append((up, 2, 0, 100.0 + i * 0.001))
+    a, _ = agent(["--max-rate", "1"])
+    a.volume.max_keys = 10
+    a.volume.aggregating = True
+    a.volume._agg_start = 0.0
+    a.run_block(ring(items), 0, len(items))
+    assert len(a.volume.raw) == 10 and a.volume.ungrouped == 40
+    rec = a.volume.take(1000.0, a.text_key)
+    assert rec["total"] == 50 and rec["ungrouped"] == 40 and len(rec["groups"]) == 10
+    assert a.stats_record()["ungrouped"] == 40

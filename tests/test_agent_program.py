@@ -4,7 +4,6 @@ python 3.8 when this machine has it), and captures exactly like the installed mo
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 
@@ -20,16 +19,25 @@ from kubectl_dnstrace.agent_program import (
     project_image,
 )
 from tests.lab import dnslab
+from tests.py38 import require_python38
 
-PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"
-INTERPRETERS = ["python3"] + ([PY38] if os.path.exists(PY38) else []) + \
-    [p for p in ("python3.8",) if shutil.which(p) and not os.path.exists(PY38)]
+# python3.8 is always a case: tests/py38.py finds one, or under CI=true has vermin judge
+# the agent's code instead, or skips on a laptop saying so.
+INTERPRETERS = ["python3", "python3.8"]
 
-# Kept in the pod spec for the pod's lifetime: it must stay small (about 22 KB today:
-# ~46 KB of minified source; the DNS parser is a third of it). Growth past this limit
-# should be a decision, not an accident: 20,000 -> 23,000 for encrypted-DNS attempts
-# (agent/encrypted.py: the kernel filter, the public resolver list), issue 16.
-SIZE_LIMIT = 23_000
+
+def interpreter(python: str) -> str | None:
+    if python != "python3.8":
+        return python
+    return require_python38("the inline agent program on python 3.8")
+
+# Kept in the pod spec for the pod's lifetime: it must stay small (about 21 KB today:
+# ~51 KB of minified source, 16 KB compressed; the DNS parser is a third of it). Growth
+# past this limit should be a decision, not an accident. 20,000 -> 21,500: the agent's
+# bounds at any packet rate (issue 15: a turn per ring block, shedding, bounded tables);
+# 21,500 -> 24,000: encrypted-DNS attempts (issue 16: agent/encrypted.py, the kernel
+# filter and the public resolver list).
+SIZE_LIMIT = 24_000
 
 
 def run_inline(python: str, *args: str, cwd: str = "/", **kw) -> subprocess.CompletedProcess:
@@ -59,6 +67,9 @@ def test_commands():
 
 @pytest.mark.parametrize("python", INTERPRETERS)
 def test_inline_program_runs_isolated(python):
+    python = interpreter(python)
+    if python is None:
+        return  # vermin stood in for python 3.8 (tests/py38.py)
     res = run_inline(python, "--qtype", "BOGUS")
     assert res.returncode == 2, res.stderr
     assert res.stderr == ""
@@ -104,6 +115,9 @@ def test_minify_keeps_behaviour_and_drops_what_is_unused():
 
 @pytest.mark.parametrize("python", INTERPRETERS)
 def test_inline_program_captures_in_a_namespace(lab, tmp_path, python):
+    python = interpreter(python)
+    if python is None:
+        return  # vermin stood in for python 3.8 (tests/py38.py)
     d = dnslab.dns_lab(lab, tmp_path)
     client, ip4, _ = d.add_client()
     stop = tmp_path / "stop"

@@ -215,14 +215,34 @@ def test_agent_args_always_carry_the_deadline_and_the_stop_file() -> None:
     assert "--pcap" in args
 
 
-def test_thousands_of_domains_travel_compressed() -> None:
-    from kubectl_dnstrace.agent.main import build_parser, read_domains
+def test_thousands_of_domains_travel_with_the_program_not_in_the_pod_spec() -> None:
+    import subprocess
+    import sys
+
+    from kubectl_dnstrace import protocol
+    from kubectl_dnstrace.agent_program import agent_launch
+    from kubectl_dnstrace.trace import long_domain_args
 
     names = [f"host{i}.bad.example" for i in range(5000)]
-    args = agent_args(60, Filters(domains=names), "/tmp/x.stop", pcap=False)
-    assert "--domain" not in args and "--domains-z" in args
-    assert sum(len(a) for a in args) < 40_000
-    assert read_domains(build_parser().parse_args(args)) == names  # the agent reads them back
+    filters = Filters(domains=names)
+    args = agent_args(60, filters, "/tmp/x.stop", pcap=False)
+    assert "--domain" not in args and "--domains-z" not in args
+    launch = agent_launch([*args, "--qtype", "BOGUS"], preinstalled=False,
+                          stdin_args=long_domain_args(filters))
+    assert sum(len(a) for a in launch.command) < 1_000  # the command stays a bootstrap
+    # The agent reads them back from the program on stdin: its hello counts them (the bogus
+    # type ends it right after, with an error record).
+    res = subprocess.run([sys.executable, "-I", "-S", *launch.command[1:]], input=launch.program,
+                         capture_output=True, timeout=60)
+    records = [protocol.decode(line) for line in res.stdout.decode().splitlines()]
+    assert records[1]["type"] == "error" and "BOGUS" in records[1]["message"]
+    big = agent_launch([*args, "--duration", "0.1"], preinstalled=False,
+                       stdin_args=long_domain_args(filters))
+    res = subprocess.run([sys.executable, "-I", "-S", *big.command[1:]], input=big.program,
+                         capture_output=True, timeout=60)
+    hello = protocol.decode(res.stdout.decode().splitlines()[0])
+    assert hello["type"] == "hello"
+    assert hello["filters"]["domain_count"] == 5000, hello
 
 
 @pytest.mark.parametrize(("image", "project"), [

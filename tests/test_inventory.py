@@ -457,3 +457,30 @@ def test_a_list_whose_snapshot_expired_between_pages_starts_over(cluster):
     assert err.value.exit_code == 3
     assert "expired the list of pods in namespace shop while it was read in pages" in str(err.value)
     assert "too old to display a consistent list result" in str(err.value)
+
+
+def test_a_watch_that_keeps_failing_is_said_and_stops_holding_events_until_it_works(cluster):
+    from kubectl_dnstrace.kube.inventory import WATCH_GIVE_UP
+
+    sim, kube, _ = cluster
+    sim.faults.deny("admin", "watch", "pods")  # the list works, every watch is refused
+    inv = Inventory.from_cluster(kube)
+    said: list[str] = []
+    inv.on_notice = said.append
+    inv.start_watch(kube, timeout_seconds=5)
+    try:
+        assert inv.watching  # events may wait for the watch while it has a chance
+        _wait(lambda: said, timeout=WATCH_GIVE_UP * 1.0 + 5)
+        assert said == [f"warning: the pod watch failed {WATCH_GIVE_UP} times in a row "
+                        f"({inv.watch_error}); pods created from now on may show as unknown "
+                        "addresses. Still retrying"]
+        assert "may not watch pods" in inv.watch_error
+        assert not inv.watching  # the pipeline no longer holds events for it
+        sim.faults.denials.clear()
+        start = time.time()
+        sim.store.create(pod("late", "10.244.0.77", start=start))
+        _wait(lambda: inv.holders("10.244.0.77", start + 0.5), timeout=15)
+        assert said[-1] == "the pod watch works again" and inv.watching
+        assert inv.watch_error == ""
+    finally:
+        inv.stop()

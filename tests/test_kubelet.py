@@ -361,6 +361,12 @@ def test_stop_also_kills_processes_started_by_exec(v1, cluster):
 
 def test_missing_command_is_a_start_error(v1):
     add(v1, "nocmd", ["no-such-binary-dnstrace", "--help"])
-    term = wait_state(v1, "nocmd", "terminated")["state"]["terminated"]
+    deadline = time.monotonic() + 10
+    while (state_of(v1, "nocmd").get("state") or {}).get("waiting", {}).get("reason") != "RunContainerError":
+        assert time.monotonic() < deadline, state_of(v1, "nocmd")
+        time.sleep(0.1)
+    status = state_of(v1, "nocmd")  # as the real kubelet: waiting for good, the error last
+    term = status["lastState"]["terminated"]
+    assert status["restartCount"] == 0 and status["state"]["waiting"]["message"] == term["message"]
     assert (term["exitCode"], term["reason"]) == (128, "StartError")
     assert term["message"].endswith('exec: "no-such-binary-dnstrace": executable file not found in $PATH: unknown')

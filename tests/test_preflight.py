@@ -50,6 +50,19 @@ def test_missing_required_permission_is_named_with_its_namespace(cluster, tmp_pa
     assert _ephemeral(cluster) == []  # nothing touched
 
 
+@pytest.mark.parametrize("verb", ["get", "create"])
+def test_attach_is_required_for_the_inline_agent_only(cluster, tmp_path, verb) -> None:
+    cluster.faults.deny("admin", verb, "pods", "attach", "shop")
+    kube = connect(cluster, tmp_path)
+    with pytest.raises(Forbidden) as info:
+        run_preflight(kube, _pods(kube), attach=True)
+    assert f"{verb} pods/attach in namespace shop" in info.value.message
+    assert "hand the agent its program (pods/attach)" in info.value.message
+    assert "needs no attach" in info.value.hint  # the project image is the way around
+    assert run_preflight(kube, _pods(kube), attach=False).plan("shop").can_exec is True
+    assert _ephemeral(cluster) == []
+
+
 def test_exec_allowed_as_get_counts_for_servers_before_1_30(cluster, tmp_path) -> None:
     cluster.faults.deny("admin", "create", "pods", "exec", "shop")
     kube = connect(cluster, tmp_path)

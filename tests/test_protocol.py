@@ -71,6 +71,21 @@ def test_extra_fields_are_allowed_so_a_newer_agent_can_add_some():
     assert protocol.decode(json.dumps(rec)) == rec
 
 
+def test_the_shedding_fields_are_extras_both_ways():
+    """stats' shed_records, shed_packets, ungrouped, peak_rss_kb and agg's ungrouped and
+    behind came later (docs/protocol.md): a record with them decodes, and so does one from
+    an older agent without them."""
+    new_stats = protocol.stats(9, 100, 90, 10, 3, shed_records=80, shed_packets=7,
+                               ungrouped=5, peak_rss_kb=30000)
+    new_agg = {"type": "agg", "seq": 10, "ts": 1.5, "interval": 1.0, "threshold": 1560,
+               "groups": [{"client": "10.0.0.1", "qname": "a.example", "qtype": "A",
+                           "rcode": None, "count": 1}],
+               "total": 6, "other_groups": 0, "other_count": 5, "ungrouped": 5, "behind": True}
+    for rec in (new_stats, new_agg, protocol.stats(9, 100, 90, 10, 3)):
+        assert protocol.decode(protocol.encode(rec)) == rec
+    assert protocol.decode(protocol.encode(dict(new_stats, peak_rss_kb=None)))["peak_rss_kb"] is None
+
+
 def test_whitespace_around_a_record_is_ignored():
     assert protocol.decode("  " + json.dumps(QUERY) + " \r\n") == QUERY
 

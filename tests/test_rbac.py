@@ -93,6 +93,7 @@ def test_cluster_mode_grants_exactly_what_a_trace_needs():
         ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
         ("", "pods/ephemeralcontainers", "patch"), ("", "pods/ephemeralcontainers", "get"),
         ("", "pods/log", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get"),
+        ("", "pods/attach", "create"), ("", "pods/attach", "get"),
         ("", "nodes", "get"), ("", "nodes", "list"),  # get: node/NAME targets
         ("", "services", "get"), ("", "services", "list"),
         ("", "namespaces", "get"),

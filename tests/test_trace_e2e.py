@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kubectl_dnstrace.agent_program import ALARM_EXIT, PROGRAM_WAIT
 from tests.conftest import require_lab
 from tests.lab.cluster import SimCluster
 
@@ -162,7 +163,8 @@ def start_and_wait_capturing(sl, *args: str) -> tuple[subprocess.Popen, list[str
     return proc, err_lines
 
 
-def test_ctrl_c_stops_every_agent(scenario) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_sigterm_and_sighup_stop_every_agent(scenario, sig) -> None:
     proc, err_lines = start_and_wait_capturing(scenario, "coredns", "deploy/web", "-n", "shop",
                                                "-o", "ndjson", "--duration", "120s")
     assert any(line.startswith("capturing in 2 pod(s)") for line in err_lines), "".join(err_lines)
@@ -170,13 +172,14 @@ def test_ctrl_c_stops_every_agent(scenario) -> None:
     assert agents_left(scenario, rid)  # they run
     time.sleep(1.5)
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)  # to the kubectl process itself
+    proc.send_signal(sig)  # to the kubectl process itself
     out, err = proc.communicate(timeout=30)
     took = time.monotonic() - t0
     err = "".join(err_lines) + err
     assert proc.returncode == 0, err
     assert took < 15
-    assert "Interrupted: stopping the capture agents" in err
+    said = "Interrupted" if sig == signal.SIGINT else f"{signal.Signals(sig).name} received"
+    assert f"{said}: stopping the capture agents" in err
     assert "Traceback" not in err
     assert events(out)
     assert wait_no_agents(scenario, rid) == []
@@ -294,11 +297,57 @@ def test_ctrl_c_while_containers_start_exits_130_and_says_what_stays(scenario) -
     _out, err = proc.communicate(timeout=30)
     err = "".join(err_lines) + err
     assert proc.returncode == 130, err
-    assert f"not started yet: shop/{WEB}; if they start later their agents stop at the deadline" in err
+    assert (f"not started: shop/{WEB} (ContainerCreating); if one starts later it gets no agent "
+            f"program and ends by itself within {PROGRAM_WAIT}s, without capturing") in err
     assert "Added ephemeral container dnstrace-" in err and "Traceback" not in err
     rid = re.search(r"dnstrace-([0-9a-f]{6}) to pod", err).group(1)
-    time.sleep(5)  # it starts late, runs its 3 s, and ends by itself
-    assert wait_no_agents(scenario, rid, within=10.0) == []
+    # It starts late, gets no program, and ends by itself, having captured nothing.
+    run = scenario.cluster.kubelet.run("shop", WEB, f"dnstrace-{rid}")
+    end = time.monotonic() + 10 + PROGRAM_WAIT + 5
+    while run.exit_code is None and time.monotonic() < end:
+        time.sleep(0.2)
+    assert run.started and run.exit_code == ALARM_EXIT and run.lines == []
+    assert wait_no_agents(scenario, rid, within=2.0) == []
+
+
+def test_ctrl_c_while_the_project_images_agent_starts_stops_it_as_it_comes_up(scenario) -> None:
+    """The project image needs no program, so its agent captures as soon as it starts: an
+    interrupted trace waits for it and stops it then, instead of leaving it for --duration."""
+    scenario.cluster.faults.slow_start(4)
+    proc = subprocess.Popen([KUBECTL, "dnstrace", f"pod/{WEB}", "-n", "shop", "-o", "ndjson",
+                             "--image", "ghcr.io/kubectl-dnstrace/agent:0.1.0",
+                             "--duration", "300s"], env=scenario.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines: list[str] = []
+    while True:
+        line = proc.stderr.readline()
+        err_lines.append(line)
+        if not line or "waiting (ContainerCreating)" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    err = "".join(err_lines) + err
+    assert proc.returncode == 130, err
+    assert f"not started yet: shop/{WEB}; waiting up to 60s to stop each as it starts" in err
+    assert "stopped 1 agent(s) as they started (pods/exec)" in err
+    rid = re.search(r"dnstrace-([0-9a-f]{6}) to pod", err).group(1)
+    assert wait_no_agents(scenario, rid, within=5.0) == []
+    run = scenario.cluster.kubelet.run("shop", WEB, f"dnstrace-{rid}")
+    assert b'"reason":"stop-file"' in b"".join(line for _, line in run.lines)
+
+
+@pytest.mark.parametrize("how", ["late", "cut"])
+def test_an_agent_whose_program_never_arrived_is_a_failure_not_no_match(scenario, how) -> None:
+    scenario.cluster.faults.lose_attach_input(close=how == "cut")
+    proc = dnstrace(scenario, f"pod/{WEB}", "-n", "shop", "--duration", "60s",
+                    timeout=PROGRAM_WAIT + 60)
+    assert proc.returncode == 8, proc.stderr
+    said = {"late": f"did not get its agent program within {PROGRAM_WAIT}s of starting, and "
+                    "ended without capturing",
+            "cut": "the agent program did not reach the capture container"}[how]
+    assert said in proc.stderr
+    assert "No DNS queries matched" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_namespace_only_grants_name_their_namespaces_pods_and_no_one_else(tmp_path) -> None:

@@ -39,6 +39,7 @@ PACKET_OUTGOING = 4
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 SNAPLEN = 262144
+RECV_BATCH = 2000  # packets per read without a ring (its one turn of the agent's loop)
 LOOPBACK_IFINDEX = 1  # loopback is interface 1 in every Linux network namespace
 
 # struct tpacket3_hdr (48 bytes) followed by struct sockaddr_ll: next offset, seconds,
@@ -152,7 +153,7 @@ class Capture(object):
     for everything ready, where ``ifkey`` is an interface index (ring) or name (fallback);
     ``iface_name(ifkey)`` turns it into a name."""
 
-    def __init__(self, interface=None, ring_mb=16, use_ring=True, block_kb=256, program=None):
+    def __init__(self, interface=None, ring_mb=8, use_ring=True, block_kb=256, program=None):
         self.interface = interface
         self.program = program  # a classic BPF program (default: port53_filter())
         self.ring_mb = ring_mb
@@ -161,9 +162,10 @@ class Capture(object):
         self.sock = None
         self.mode = None
         self._ring = None
-        self._block_nr = 0
+        self.ring_blocks = 0
         self._block = 0
         self._names = {}
+        self._recv_capped = False
         self.kernel_packets = 0
         self.kernel_drops = 0
 
@@ -231,7 +233,7 @@ class Capture(object):
         sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         self._ring = mmap.mmap(sock.fileno(), block_size * block_nr, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE)
-        self._block_nr = block_nr
+        self.ring_blocks = block_nr
 
     def _drain(self):
         self.sock.setblocking(False)
@@ -258,13 +260,14 @@ class Capture(object):
         """Hand every ready packet to ``handle``; return how many were read.
 
         With a ring, ``block_handler(ring, pos, num)`` (when given) walks each block itself:
-        the agent's hot loop, which saves a Python call per packet.
+        the agent's hot loop, which saves a Python call per packet. ``max_blocks`` bounds
+        the work of one call: under a flood the next block is always ready, and the caller
+        must get its turn to watch the clock, signals and the stop file.
         """
         if self._ring is None:
             return self._read_recvfrom(handle)
         ring = self._ring
         bsize = self.block_size
-        nr = self._block_nr
         unpack_block = _BLOCK_HDR.unpack_from
         unpack_pkt = PKT_HDR.unpack_from
         count = 0
@@ -284,22 +287,63 @@ class Capture(object):
                     handle(ring[start:start + snap], sec + nsec * 1e-9, ifindex, pkttype)
                     pos += nxt
             count += num
-            # Give the block back to the kernel (block_status = TP_STATUS_KERNEL).
-            ring[base + 8:base + 12] = b"\x00\x00\x00\x00"
-            self._block = (self._block + 1) % nr
+            self._release_block(base)
             blocks += 1
+        return count
+
+    def _release_block(self, base):
+        """Give the block back to the kernel (block_status = TP_STATUS_KERNEL)."""
+        self._ring[base + 8:base + 12] = b"\x00\x00\x00\x00"
+        self._block = (self._block + 1) % self.ring_blocks
+
+    def backlog(self):
+        """How full the kernel's queue is, from 0 (nothing waiting) to 1 (full: the kernel
+        drops what comes next). With a ring: the share of its blocks handed to user space
+        and not yet read. Without one: 1 when the last read stopped at its cap."""
+        if self._ring is None:
+            return 1.0 if self._recv_capped else 0.0
+        ring = self._ring
+        bsize = self.block_size
+        nr = self.ring_blocks
+        block = self._block
+        unpack_block = _BLOCK_HDR.unpack_from
+        ready = 0
+        while ready < nr and unpack_block(ring, ((block + ready) % nr) * bsize)[0] & TP_STATUS_USER:
+            ready += 1
+        return ready / nr
+
+    def skip(self, max_blocks):
+        """Give up to ``max_blocks`` ready blocks back to the kernel unread; return the
+        packets they held. The agent sheds this way when it cannot keep up: exact counts
+        at no cost per packet, where a full ring would make the kernel drop uncounted work
+        of ours (its drops are counted too, but they leave the ring full and our reading
+        seconds behind the traffic)."""
+        if self._ring is None:
+            return 0
+        ring = self._ring
+        unpack_block = _BLOCK_HDR.unpack_from
+        count = 0
+        for _ in range(max_blocks):
+            base = self._block * self.block_size
+            status, num, _off = unpack_block(ring, base)
+            if not status & TP_STATUS_USER:
+                break
+            count += num
+            self._release_block(base)
         return count
 
     def _read_recvfrom(self, handle):
         recvfrom = self.sock.recvfrom
         count = 0
-        while count < 10000:
+        self._recv_capped = False
+        while count < RECV_BATCH:
             try:
                 data, addr = recvfrom(SNAPLEN)
             except (BlockingIOError, InterruptedError):
-                break
+                return count
             handle(data, time.time(), addr[0], addr[2])
             count += 1
+        self._recv_capped = True
         return count
 
     def iface_name(self, ifkey):

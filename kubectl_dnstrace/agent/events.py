@@ -80,9 +80,14 @@ class EventBuilder(object):
             self._questions[key] = entry
         return entry
 
-    def _question(self, seg):
+    def _question(self, seg, timing=True):
         """(is_response, id, latency_ms, question) for a matching message, else None;
-        ``question`` as ``_first_question`` gives it."""
+        ``question`` as ``_first_question`` gives it. Without ``timing`` (aggregates carry
+        no latency) queries are not remembered and responses not timed.
+
+        A pending query is remembered by the hash of (transport, client address, port, id),
+        not the tuple: a third of the memory per entry (64-bit SipHash; a collision within
+        the window would time one response from the wrong query, not lose a record)."""
         p = seg.payload
         if type(p) is not bytes:
             p = seg.payload = bytes(p)
@@ -99,6 +104,8 @@ class EventBuilder(object):
             return None
         if q is None or not q[2]:
             return None
+        if not timing:
+            return bool(flags & 0x8000), ident, None, q
         ts = seg.ts
         if self._pending_start is None or ts - self._pending_start > self.pending_seconds or \
                 len(self._pending) >= self.pending_max:
@@ -106,7 +113,7 @@ class EventBuilder(object):
             self._pending = {}
             self._pending_start = ts
         if flags & 0x8000:
-            key = (seg.proto, seg.dst, seg.dport, ident)
+            key = hash((seg.proto, seg.dst, seg.dport, ident))
             qts = self._pending.pop(key, None)
             if qts is None:
                 qts = self._pending_old.pop(key, None)
@@ -114,7 +121,7 @@ class EventBuilder(object):
             # microsecond timestamps, at a third of its cost (which goes through text).
             latency = None if qts is None else round(max(0.0, ts - qts) * 1e6) / 1000.0
             return True, ident, latency, q
-        self._pending[(seg.proto, seg.src, seg.sport, ident)] = ts
+        self._pending[hash((seg.proto, seg.src, seg.sport, ident))] = ts
         return False, ident, None, q
 
     def type_name(self, qtype):
@@ -213,7 +220,7 @@ class EventBuilder(object):
         The cheap path for the agent's aggregate mode: no full parse; the rcode comes from
         the header alone (EDNS extended rcodes are not worth a full parse there).
         """
-        m = self._question(seg)
+        m = self._question(seg, timing=False)
         if m is None:
             return None
         is_response, _ident, _latency, (qname, _qt, _wanted, _qend, tname) = m

@@ -103,9 +103,11 @@ class _Flow(object):
 class FrameDecoder(object):
     """Turns frames into DnsSegments; owns the bounded per-flow TCP reassembly state."""
 
-    def __init__(self, flow_limit=TCP_FLOW_LIMIT, idle_seconds=TCP_IDLE_SECONDS):
+    def __init__(self, flow_limit=TCP_FLOW_LIMIT, idle_seconds=TCP_IDLE_SECONDS,
+                 tcp_budget=TCP_TOTAL_BUDGET):
         self.flows = {}
         self.flow_limit = flow_limit
+        self.tcp_budget = tcp_budget
         self.idle_seconds = idle_seconds
         self._next_sweep = 0.0
         self.skipped = 0  # frames that were not decodable IP (counted, never raised)
@@ -298,7 +300,7 @@ class FrameDecoder(object):
             if pos:
                 flow.buf = buf[pos:]
             if len(flow.buf) > TCP_BIG_BUFFER and (
-                    len(flow.buf) > TCP_BUFFER_LIMIT or self.buffered() > TCP_TOTAL_BUDGET):
+                    len(flow.buf) > TCP_BUFFER_LIMIT or self.buffered() > self.tcp_budget):
                 del flows[key]  # not DNS, or too much held: forget this flow
                 return out
         if flags & _FIN_RST and flow is not None and key in flows:

@@ -33,12 +33,20 @@ from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import LINKTYPE_RAW, DnsSegment, FrameDecoder
 from kubectl_dnstrace.agent.output import Output
-from kubectl_dnstrace.agent.volume import VolumeGate
+from kubectl_dnstrace.agent.volume import Shedder, VolumeGate
 
 _PORTS = struct.Struct("!HH")
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _QUESTION_HEADER = b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+
+RING_MB_MAX = 32  # the ring is resident memory of the pod traced (budget: docs/performance.md)
+PENDING_MAX = 20000  # queries awaiting their response, per generation (events.py)
+DEDUPE_MAX = 32768  # messages remembered for duplicate suppression, per generation
+TCP_BUDGET = 4 * 1024 * 1024  # bytes of DNS-over-TCP held for reassembly, all flows
+TEXT_CACHE_MAX = 10000  # names and addresses kept as text (an interval has at most MAX_KEYS)
+BLOCKS_PER_TURN = 1  # ring blocks read between two looks at the clock, signals, stop file
+FINAL_READ_SECONDS = 0.3  # at the end, what the ring holds is read for this long at most
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -85,7 +93,8 @@ def build_parser():
     p.add_argument("--doh-resolver", action="append", default=None,
                    help="with --encrypted-dns: a DoH/DoT resolver address (repeatable; "
                         "replaces the built-in list)")
-    p.add_argument("--ring-mb", type=int, default=16, help="capture ring size in MiB")
+    p.add_argument("--ring-mb", type=int, default=8,
+                   help="capture ring size in MiB (default 8; see docs/performance.md)")
     p.add_argument("--no-ring", action="store_true", help="read with recvfrom, no ring")
     return p
 
@@ -104,6 +113,8 @@ def parse_args(argv):
         parse_addresses(opts.doh_resolver or ())
     except ValueError as exc:
         raise UsageError("--doh-resolver: %s" % exc) from None
+    if not 1 <= opts.ring_mb <= RING_MB_MAX:
+        raise UsageError("--ring-mb must be 1 to %d" % RING_MB_MAX)
     return opts
 
 
@@ -138,6 +149,19 @@ def encode_domains(names):
     return base64.b64encode(zlib.compress("\n".join(names).encode("utf-8"), 9)).decode("ascii")
 
 
+def peak_rss_kb():
+    """The process's peak resident set in KiB (VmHWM), the capture ring included, or None.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that over ``exec`` from the process
+    that started us (a container runtime's init, a test runner forked), so it can report
+    someone else's size."""
+    try:
+        with open("/proc/self/status") as fh:
+            return int(fh.read().split("VmHWM:")[1].split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Agent(object):
     def __init__(self, opts, out, dns_filter):
         self.opts = opts
@@ -147,10 +171,13 @@ class Agent(object):
         self.capture = Capture(interface=opts.interface, ring_mb=opts.ring_mb,
                                use_ring=not opts.no_ring,
                                program=self.encrypted and self.encrypted.program)
-        self.decoder = FrameDecoder()
-        self.deduper = Deduper()
-        self.builder = EventBuilder(dns_filter, with_raw=opts.pcap)
+        # Tables sized for the agent's memory budget (docs/performance.md, "Flood"); the
+        # kubectl side's readers of capture files keep the larger defaults.
+        self.decoder = FrameDecoder(tcp_budget=TCP_BUDGET)
+        self.deduper = Deduper(max_entries=DEDUPE_MAX)
+        self.builder = EventBuilder(dns_filter, with_raw=opts.pcap, pending_max=PENDING_MAX)
         self.volume = VolumeGate(opts.max_rate)
+        self.shedder = Shedder(self.capture, self.volume)
         self.seen = 0
         self.stop_reason = None
         self._only_ifindex = 0  # the one interface seen so far (0: none yet, -1: several)
@@ -216,6 +243,8 @@ class Agent(object):
         qtypes = flt.qtypes
         raw_tally_ok = not flt.rcodes and not text_only
         tallies = volume.raw
+        max_keys = volume.max_keys
+        ungrouped = 0
         ntop = socket.inet_ntop
         matched = 0
         # Duplicates need two interfaces (loopback's second copy is dropped below): until a
@@ -292,7 +321,13 @@ class Agent(object):
                     if name is None:
                         name = p[12:i + 1].lower()
                     tkey = (client, name, qtype, (p[3] & 0x0F) if is_response else -1)
-                    tallies[tkey] = tallies.get(tkey, 0) + 1
+                    c = tallies.get(tkey)
+                    if c is not None:
+                        tallies[tkey] = c + 1
+                    elif len(tallies) < max_keys:
+                        tallies[tkey] = 1
+                    else:
+                        ungrouped += 1  # the interval's table is full: counted, not kept
                     matched += 1
                     continue
             except (IndexError, struct.error):
@@ -301,6 +336,7 @@ class Agent(object):
                               ntop(fam, pkt[a + alen:a + alen + alen]), dport, p, pkt), ifindex)
         self.seen += num
         self.builder.matched += matched
+        volume.ungrouped += ungrouped
 
     def text_key(self, key):
         """A raw tally key (address bytes, lower-case wire name, type, rcode or -1) as the
@@ -314,14 +350,14 @@ class Agent(object):
                 qname = dnswire.parse_question(_QUESTION_HEADER + wire + b"\x00\x01\x00\x01")[2]
             except dnswire.DnsParseError:
                 qname = "?"
-            if len(names) >= 100000:
+            if len(names) >= TEXT_CACHE_MAX:
                 names.clear()
             names[wire] = qname
         addrs = self._addr_texts
         addr = addrs.get(client)
         if addr is None:
             addr = socket.inet_ntop(_AF_INET if len(client) == 4 else _AF_INET6, client)
-            if len(addrs) >= 100000:
+            if len(addrs) >= TEXT_CACHE_MAX:
                 addrs.clear()
             addrs[client] = addr
         return (addr, qname, self.builder.type_name(qtype),
@@ -349,6 +385,10 @@ class Agent(object):
             duplicates=self.deduper.duplicates, malformed=self.builder.malformed,
             mode="aggregate" if self.volume.aggregating else "records",
             tcp_flows=len(self.decoder.flows),
+            shed_records=self.volume.shed_records,
+            shed_packets=self.shedder.shed_packets,
+            ungrouped=self.volume.ungrouped_total + self.volume.ungrouped,
+            peak_rss_kb=peak_rss_kb(),
         )
 
     def _on_signal(self, signum, frame):
@@ -389,9 +429,10 @@ class Agent(object):
         run_block = self.run_block
 
         def read():
-            capture.read(count_handle, run_block)
+            return capture.read(count_handle, run_block, BLOCKS_PER_TURN)
 
         volume = self.volume
+        shedder = self.shedder
         next_stats = start + opts.stats_interval
         stop_file = opts.stop_file
         next_stop_check = start
@@ -399,7 +440,9 @@ class Agent(object):
         mode_aggregating = False
         try:
             while True:
-                read()
+                # One turn: at most one ring block, then the clock, signals and stop file,
+                # so they take effect at any packet rate (docs/performance.md, "Flood").
+                got = read()
                 out.flush()
                 now = time.monotonic()
                 if self.stop_reason is not None:
@@ -412,8 +455,10 @@ class Agent(object):
                     if os.path.exists(stop_file):
                         reason = "stop-file"
                         break
+                if got:
+                    shedder.check(time.time())
                 if volume.aggregating and volume.due(time.time()):
-                    rec = volume.take(time.time(), self.text_key)
+                    rec = volume.take(time.time(), self.text_key, shedder.caught_up)
                     if rec is not None:
                         out.add(rec)
                 if volume.aggregating != mode_aggregating:
@@ -428,6 +473,8 @@ class Agent(object):
                         self._only_ifindex = -1  # a second interface appeared: dedupe from now
                     out.add(self.stats_record())
                     out.flush()
+                if got:
+                    continue  # the next block may be ready: no need to ask the kernel
                 timeout = min(deadline, next_stats) - now
                 if stop_file:
                     timeout = min(timeout, 0.2)
@@ -436,7 +483,14 @@ class Agent(object):
                 poller.poll(max(0, int(timeout * 1000)) + 1)
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     os.read(wake_r, 512)
-            read()  # what the kernel already holds is part of the capture
+            # What the kernel already holds is part of the capture, as far as a short
+            # while allows; the rest is counted as shed, never left to delay the end.
+            end_read = time.monotonic() + FINAL_READ_SECONDS
+            for _ in range(max(1, capture.ring_blocks)):
+                if not read() or time.monotonic() >= end_read:
+                    break
+                out.flush()
+            shedder.leave()
             if volume.aggregating:
                 rec = volume.take(time.time(), self.text_key)
                 if rec is not None:
@@ -469,5 +523,7 @@ def main(argv=None):
         return agent.run()
     except Exception as exc:  # an agent bug must still end the stream properly
         out.emit(protocol.error(0, "capture agent failed: %s: %s" % (type(exc).__name__, exc)))
+        with contextlib.suppress(Exception):  # what it counted, drops and sheds, if it can
+            out.emit(agent.stats_record())
         out.emit(protocol.bye(0, "error"))
         return EXIT_FAILED

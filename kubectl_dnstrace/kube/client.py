@@ -37,12 +37,14 @@ from kubernetes.config import ConfigException, kube_config
 
 from kubectl_dnstrace import __version__
 from kubectl_dnstrace.errors import (
+    ApiBusy,
     ClusterUnreachable,
     ContainerFailed,
     DnstraceError,
     Forbidden,
     NotFound,
     PodSecurityDenied,
+    PodTooLarge,
     Unsupported,
 )
 from kubectl_dnstrace.model import ClusterOptions
@@ -116,6 +118,13 @@ def _kubeconfig_paths(opts: ClusterOptions) -> str:
     return os.path.expanduser("~/.kube/config")
 
 
+# API Priority and Fairness answers 429 with Retry-After when a priority level is full: the
+# request was not executed, so it is sent again after the wait, at most this often and this
+# long in all, and the user is told (the trace is waiting, not hanging).
+THROTTLE_RETRIES = 5
+THROTTLE_MAX_WAIT = 10.0  # one wait at most, whatever Retry-After says
+THROTTLE_TOTAL = 40.0  # all waits of one request
+
 LIST_CHUNK = 500  # items per list page: kubectl's default --chunk-size
 LIST_ATTEMPTS = 3  # a paged list whose snapshot expired is started over this often at most
 
@@ -145,6 +154,9 @@ class Kube:
         self._stream_resp: Any = None  # the open watch or followed log, for ``interrupt``
         self.warnings: list[str] = []
         self._warned: set[str] = set()
+        # Where "the API server is throttling us, retrying in N s" goes (stderr in a trace).
+        self.on_notice: Callable[[str], None] | None = None
+        self.sleep: Callable[[float], None] = _sleep
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -217,8 +229,10 @@ class Kube:
 
     def clone(self) -> Kube:
         """The same cluster and user on a fresh ApiClient (own pool): one per stream."""
-        return Kube(self.configuration, self.namespace, self.request_timeout, self.user,
+        twin = Kube(self.configuration, self.namespace, self.request_timeout, self.user,
                     self.context, self.version)
+        twin.on_notice, twin.sleep = self.on_notice, self.sleep
+        return twin
 
     def close(self) -> None:
         # Closing a pool must never mask the real outcome of a run.
@@ -259,16 +273,28 @@ class Kube:
         if content_type:
             headers["Content-Type"] = content_type
         query_params = [(k, v) for k, v in (query or {}).items() if v is not None]
-        try:
-            resp = self.api_client.call_api(
-                path, method, query_params=query_params, header_params=headers, body=body,
-                auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=self._timeout(read_timeout),
-            )
-        except ApiException as exc:
-            raise translate_api_exception(exc, what, self.server) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self._unreachable(exc) from None
+        waited = 0.0
+        for attempt in range(THROTTLE_RETRIES + 1):
+            try:
+                resp = self.api_client.call_api(
+                    path, method, query_params=query_params, header_params=headers, body=body,
+                    auth_settings=["BearerToken"], _preload_content=False,
+                    _request_timeout=self._timeout(read_timeout),
+                )
+                break
+            except ApiException as exc:
+                if exc.status != 429:
+                    raise translate_api_exception(exc, what, self.server) from None
+                wait = retry_after(exc, attempt)
+                if attempt == THROTTLE_RETRIES or waited + wait > THROTTLE_TOTAL:
+                    raise throttled(exc, what, waited) from None
+                self._notice(f"the API server is busy (429 Too Many Requests) for "
+                             f"{what.verb} {what.resource}{what.where()}: retrying in "
+                             f"{wait:.0f}s (attempt {attempt + 2} of {THROTTLE_RETRIES + 1})")
+                self.sleep(wait)
+                waited += wait
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise self._unreachable(exc) from None
         self._collect_warnings(resp)
         if stream:
             return resp
@@ -284,6 +310,10 @@ class Kube:
             return json.loads(data)
         except ValueError:
             return data.decode("utf-8", "replace")
+
+    def _notice(self, text: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(text)
 
     def _collect_warnings(self, resp: Any) -> None:
         """Keep the API's ``Warning: 299 - "text"`` headers (e.g. a Pod Security warn level)."""
@@ -544,6 +574,78 @@ class Kube:
             ) from None
 
 
+    def attach_write(self, namespace: str, pod: str, container: str, data: bytes,
+                     timeout: float = 20.0) -> None:
+        """Write ``data`` to a running container's stdin through pods/attach, then hang up.
+
+        The capture container is created with ``stdin: true, stdinOnce: true``: the runtime
+        keeps its stdin open until the first attach ends, then closes it, so nobody can
+        write to it afterwards. Attach is a websocket GET, authorized as ``create
+        pods/attach`` (and as ``get`` by servers before 1.30). A refused handshake comes
+        back from the client as a status-less ApiException naming the HTTP status.
+        """
+        from kubernetes.stream import stream
+
+        api = k8s_client.CoreV1Api(self.api_client)
+        what = Action("get", "pods/attach", namespace, pod)
+        try:
+            ws = stream(api.connect_get_namespaced_pod_attach, pod, namespace,
+                        container=container, stdin=True, stdout=False, stderr=False, tty=False,
+                        _preload_content=False, _request_timeout=timeout)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        except Exception as exc:
+            api_exc = _websocket_failure(exc)
+            if api_exc is None:
+                raise DnstraceError(
+                    f"attaching to {namespace}/{pod} container {container} failed: {exc}",
+                    "run again; DNSTRACE_DEBUG=1 shows the details",
+                ) from None
+            raise translate_api_exception(api_exc, what, self.server) from None
+        try:
+            ws.write_stdin(data)
+            ws.close_channel(0)  # v5: end of stdin; v4 servers see it when we hang up
+            ws.update(timeout=0.2)
+        except Exception as exc:  # websocket-client raises its own exception tree
+            raise DnstraceError(
+                f"writing the agent program to {namespace}/{pod} container {container} "
+                f"through pods/attach failed: {exc}",
+                f"the container ends by itself within {timeout:.0f}s; run again",
+            ) from None
+        finally:
+            with contextlib.suppress(Exception):
+                ws.close()
+
+
+def _websocket_failure(exc: BaseException) -> ApiException | None:
+    """The ApiException behind a failed websocket request, with its HTTP status and body.
+
+    The client (36.x) reports a refused upgrade as status 0 with a reason like ``Handshake
+    status 403 Forbidden -+-+- {headers} -+-+- {"kind":"Status",...}``, and then trips over
+    its own body-less exception (``AttributeError: 'NoneType' object has no attribute
+    'decode'``): the ApiException is found in the chain, its status and body read back.
+    """
+    seen = 0
+    while exc is not None and not isinstance(exc, ApiException) and seen < 5:
+        exc = exc.__context__
+        seen += 1
+    if not isinstance(exc, ApiException):
+        return None
+    if exc.status:
+        return exc
+    reason = str(exc.reason or "")
+    m = re.search(r"Handshake status (\d{3})", reason)
+    if not m:
+        return exc
+    parts = reason.split(" -+-+- ")
+    out = ApiException(status=int(m.group(1)), reason=parts[0])
+    body = parts[-1].strip() if len(parts) >= 3 else ""
+    if body.startswith("b'") and body.endswith("'"):
+        body = body[2:-1]
+    out.body = body or None
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """What a request was for, in RBAC words: verb, resource[/subresource], namespace, name."""
@@ -593,6 +695,37 @@ class StreamBroken(ClusterUnreachable):
     def __init__(self, detail: str) -> None:
         super().__init__(f"the connection to the API server broke: {detail}",
                          "check the network path to the API server and run again")
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def retry_after(exc: ApiException, attempt: int) -> float:
+    """The server's Retry-After (seconds; APF sends 1 or more), else 1, 2, 4... s; capped."""
+    headers = getattr(exc, "headers", None) or {}
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        wait = float(value) if value is not None else float(2 ** attempt)
+    except ValueError:
+        wait = float(2 ** attempt)
+    return min(max(wait, 1.0), THROTTLE_MAX_WAIT)
+
+
+def throttled(exc: ApiException, what: Action, waited: float) -> ApiBusy:
+    body = status_body(exc)
+    err = ApiBusy(
+        f"the API server kept refusing to {what.verb} {what.resource}{what.where()} with "
+        f"429 Too Many Requests (waited {waited:.0f}s in all): "
+        f"{body.get('message') or exc.reason or 'too many requests'}",
+        "the API server is overloaded or its priority-and-fairness limits are reached for "
+        "your user; try again in a minute, or ask an admin about the FlowSchema that "
+        "matches you (kubectl get flowschemas)",
+    )
+    err.status = 429  # type: ignore[attr-defined]
+    return err
 
 
 def _why(exc: BaseException) -> str:
@@ -696,6 +829,17 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
         err = ContainerFailed(
             f"the API server refused to {what.verb} {what.resource} of {what.object()}: {api_message}",
             "check the container is running (`kubectl describe pod`)",
+        )
+    elif status == 413 or "request is too large" in api_message:
+        # etcd refuses a write over its --max-request-bytes (1.5 MiB by default): the API
+        # server passes "etcdserver: request is too large" on (as a 500 on 1.35).
+        err = PodTooLarge(
+            f"the API server could not store the change to {what.object()}: the object is "
+            f"too large for etcd ({api_message})",
+            "the pod has reached etcd's size limit (about 1.5 MiB); earlier ephemeral "
+            "containers fill it and stay until the pod is recreated (e.g. kubectl rollout "
+            "restart, or delete the pod if a controller recreates it). Until then no change "
+            "to it is accepted, not even the kubelet's status updates",
         )
     elif status >= 500:
         err = ClusterUnreachable(

@@ -29,8 +29,9 @@ from kubectl_dnstrace.kube.client import Kube, psa_hint
 from kubectl_dnstrace.model import PodRef
 
 CONTAINER_PREFIX = "dnstrace-"
-# Each capture container stays in the pod object (~10-13 KB with the inline agent) until the
-# pod is recreated, and etcd refuses objects over ~1.5 MiB: warn well before that.
+# Each capture container stays in the pod object until the pod is recreated (the figure per
+# trace is in docs/performance.md); kube/podguard refuses a trace near etcd's limit, and
+# this many earlier ones get a word of warning first.
 WARN_EXISTING = 50
 
 # Waiting reasons that will not resolve by waiting longer.
@@ -54,6 +55,8 @@ class CaptureSpec:
     command: list[str]
     image_pull_policy: str | None = None
     user: str = ""
+    # The agent program the bootstrap command reads from stdin (empty: the image has it).
+    program: bytes = b""
 
     @property
     def container_name(self) -> str:
@@ -94,10 +97,13 @@ def build_container(spec: CaptureSpec, pod: PodRef, capabilities: list[str]) -> 
         "command": [kubelet_literal(part) for part in spec.command],
         "env": env,
         "securityContext": security,
-        "stdin": False,
         "tty": False,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if spec.program:
+        # The runtime keeps stdin open until the first attach ends, then closes it: the
+        # program is written once, by this run, and nobody can write to it afterwards.
+        container["stdin"] = True
+        container["stdinOnce"] = True
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     if pod.containers:
@@ -117,7 +123,7 @@ def our_containers(pod_obj: dict) -> list[str]:
 
 def existing_warning(pod: PodRef, count: int) -> str:
     return (
-        f"{pod.key} already carries {count} dnstrace capture containers; each adds ~10 KB to "
+        f"{pod.key} already carries {count} dnstrace capture containers; each stays in "
         "the pod object for its lifetime (etcd refuses objects over ~1.5 MiB). Reset them "
         "by recreating the pod (e.g. kubectl rollout restart deployment/NAME -n "
         f"{pod.namespace}, or delete the pod if a controller recreates it)"
@@ -126,7 +132,8 @@ def existing_warning(pod: PodRef, count: int) -> str:
 
 def add_capture_container(kube: Kube, spec: CaptureSpec, pod: PodRef,
                           capabilities: list[str],
-                          notice: Callable[[str], None] = lambda s: None) -> dict:
+                          notice: Callable[[str], None] = lambda s: None,
+                          on_patched: Callable[[dict], None] = lambda obj: None) -> dict:
     """Patch the container into the pod; returns the container actually added.
 
     A Pod Security denial read from the 403 body (a cluster-wide default level carries no
@@ -143,14 +150,16 @@ def add_capture_container(kube: Kube, spec: CaptureSpec, pod: PodRef,
         notice("warning: " + existing_warning(pod, existing))
     container = build_container(spec, pod, capabilities)
     try:
-        kube.patch_ephemeral_containers(pod.namespace, pod.name, build_patch(container))
+        on_patched(kube.patch_ephemeral_containers(pod.namespace, pod.name,
+                                                   build_patch(container)))
     except PodSecurityDenied as exc:
         level = getattr(exc, "psa_level", "")
         if level == "baseline" and capabilities:
             notice(f"{pod.namespace} enforces Pod Security baseline (from the API's answer): "
                    "retrying without added capabilities, as root")
             container = build_container(spec, pod, [])
-            kube.patch_ephemeral_containers(pod.namespace, pod.name, build_patch(container))
+            on_patched(kube.patch_ephemeral_containers(pod.namespace, pod.name,
+                                                       build_patch(container)))
         elif level == "restricted":
             raise PodSecurityDenied(
                 f"namespace {pod.namespace} enforces Pod Security level restricted, which "
@@ -164,6 +173,11 @@ def add_capture_container(kube: Kube, spec: CaptureSpec, pod: PodRef,
     return container
 
 
+def send_program(kube: Kube, pod: PodRef, name: str, program: bytes) -> None:
+    """Write the agent program to the running bootstrap's stdin (pods/attach)."""
+    kube.attach_write(pod.namespace, pod.name, name, program)
+
+
 # ---- waiting ---------------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -175,6 +189,13 @@ class ContainerState:
     message: str = ""
     exit_code: int | None = None
     started_at: str = ""
+    last_reason: str = ""  # lastState.terminated.reason: "StartError" when runc could not start it
+
+    @property
+    def never_starts(self) -> bool:
+        """Ended for good without running: ephemeral containers are never restarted. The
+        real kubelet shows ``waiting: RunContainerError`` with the StartError in lastState."""
+        return self.reason == "StartError" or self.last_reason == "StartError"
 
 
 def container_state(pod_obj: dict, name: str) -> ContainerState:
@@ -185,6 +206,11 @@ def container_state(pod_obj: dict, name: str) -> ContainerState:
         if st.get("name") != name:
             continue
         state = st.get("state") or {}
+        last = ((st.get("lastState") or {}).get("terminated") or {}).get("reason", "")
+        if "waiting" in state and last:
+            w = state["waiting"] or {}
+            return ContainerState("waiting", w.get("reason", ""), w.get("message", ""),
+                                  last_reason=last)
         if "running" in state:
             return ContainerState("running", started_at=(state["running"] or {}).get("startedAt", ""))
         if "terminated" in state:
@@ -255,6 +281,8 @@ def _check(pod: PodRef, name: str, state: ContainerState,
            last: ContainerState) -> ContainerState:
     if (state.phase, state.reason) != (last.phase, last.reason):
         on_state(pod, state)
+    if state.never_starts:
+        raise start_error(pod, name, state)
     if state.phase == "waiting" and state.reason in FATAL_WAITING:
         raise ContainerFailed(
             f"the capture container {name} in {pod.key} cannot start: {state.reason} "
@@ -262,6 +290,20 @@ def _check(pod: PodRef, name: str, state: ContainerState,
             image_hint(state.reason),
         )
     return state
+
+
+# What the bootstrap writes (to the pod log) when the program came incomplete.
+PROGRAM_CUT = "the agent program did not arrive complete"
+
+
+def start_error(pod: PodRef, name: str, state: ContainerState) -> ContainerFailed:
+    """runc could not start the command (no python3 on the image's PATH, say)."""
+    return ContainerFailed(
+        f"the capture container {name} in {pod.key} could not start (StartError"
+        + (f": {state.message}" if state.message else "")
+        + "); it has ended and will never start again (ephemeral containers are not restarted)",
+        "use an image with python3 (>= 3.8) on its PATH: pass --image",
+    )
 
 
 def image_hint(reason: str) -> str:
@@ -280,6 +322,16 @@ def early_exit_error(kube: Kube, pod: PodRef, name: str, state: ContainerState,
         text = kube.read_log_text(pod.namespace, pod.name, name)
     except DnstraceError:
         text = ""
+    if state.never_starts:
+        return start_error(pod, name, state)
+    if PROGRAM_CUT in text:
+        return ContainerFailed(
+            f"the agent program did not reach the capture container {name} in {pod.key} "
+            "complete (pods/attach); it ended without capturing",
+            "run again; if it persists, the connection to the API server cuts long "
+            "WebSocket messages: use the project's image (--image "
+            "ghcr.io/kubectl-dnstrace/agent:VERSION), which needs no program",
+        )
     agent_message = decode_error(text)
     if agent_message:
         return AgentFailed(

@@ -43,6 +43,9 @@ from kubectl_dnstrace.errors import DnstraceError, Forbidden
 INF = float("inf")
 # finishedAt / startTime / creationTimestamp are RFC 3339 with whole seconds (truncated).
 TRUNCATION_SLACK = 1.0
+# Failed pod watches in a row before the user is told and events stop waiting for it.
+WATCH_GIVE_UP = 5
+
 # Tolerance before the first known holder of an address: clocks of nodes and API server
 # differ a little, and startTime is truncated.
 FIRST_HOLDER_SLACK = 2.0
@@ -240,6 +243,9 @@ class Inventory:
         self.watching: bool = False
         self.version = 0
         self.watch_error: str = ""
+        self.watch_failures = 0  # in a row; WATCH_GIVE_UP of them and the watch is reported
+        # Where "the pod watch keeps failing" (and "is back") goes: stderr in a trace.
+        self.on_notice: Any = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -370,6 +376,7 @@ class Inventory:
                     rv = self._relist(kube, namespace)
                 for etype, obj in kube.watch("pods", namespace, resource_version=rv,
                                              timeout_seconds=timeout_seconds):
+                    self._watch_ok()
                     if self._stop.is_set():
                         return
                     meta = obj.get("metadata") or {}
@@ -384,13 +391,40 @@ class Inventory:
             except DnstraceError as exc:
                 if self._stop.is_set():
                     return  # our own ``stop`` ended the read
-                self.watch_error = exc.message
-                self._stop.wait(1.0)
+                self._stop.wait(self._watch_failed(exc.message))
             except Exception as exc:  # the watch must never take the trace down
                 if self._stop.is_set():
                     return
-                self.watch_error = f"{type(exc).__name__}: {exc}"
-                self._stop.wait(1.0)
+                self._stop.wait(self._watch_failed(f"{type(exc).__name__}: {exc}"))
+
+    def _watch_failed(self, why: str) -> float:
+        """Count a failed watch; the WATCH_GIVE_UP-th in a row is said, and from then on no
+        event waits for the watch (``watching`` off) — a pipeline holding events for a watch
+        that does not come would hold them for nothing. Returns the wait before retrying
+        (1 s, growing to 10 s while it keeps failing)."""
+        with self._lock:
+            self.watch_error = why
+            self.watch_failures += 1
+            failures = self.watch_failures
+            if failures == WATCH_GIVE_UP:
+                self.watching = False
+        if failures == WATCH_GIVE_UP and self.on_notice is not None:
+            self.on_notice(
+                f"warning: the pod watch failed {failures} times in a row ({why}); pods "
+                "created from now on may show as unknown addresses. Still retrying")
+        return min(1.0 * max(1, failures - WATCH_GIVE_UP + 1), 10.0)
+
+    def _watch_ok(self) -> None:
+        if not self.watch_failures:
+            return
+        with self._lock:
+            back = self.watch_failures >= WATCH_GIVE_UP
+            self.watch_failures = 0
+            self.watch_error = ""
+            if not self._stop.is_set():
+                self.watching = True
+        if back and self.on_notice is not None:
+            self.on_notice("the pod watch works again")
 
     def _relist(self, kube: Any, namespace: str | None, now: float | None = None) -> str:
         """List the pods (of ``namespace``, or all) a page at a time — 10,000 pods as the API

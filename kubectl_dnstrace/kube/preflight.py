@@ -2,7 +2,8 @@
 
 Per namespace of the chosen pods:
 - RBAC, asked with SelfSubjectAccessReview (any authenticated user may ask about itself):
-  ``patch pods/ephemeralcontainers`` and ``get pods/log`` are required; ``create pods/exec``
+  ``patch pods/ephemeralcontainers``, ``get pods/log`` and (for the inline agent, whose
+  program travels over attach) ``get``/``create pods/attach`` are required; ``create pods/exec``
   (or ``get`` on servers before 1.30) is optional and only decides whether we can ask the
   agents to stop early.
 - Pod Security Admission, read from the namespace's ``pod-security.kubernetes.io/enforce``
@@ -33,6 +34,13 @@ REQUIRED_ACCESS = (
     # The client's exec is a WebSocket GET: 1.30+ authorizes it as create, older servers as get.
     ("create", "pods", "exec", False),
     ("get", "pods", "exec", False),
+)
+# The inline agent's program is written to the capture container's stdin through attach, a
+# WebSocket GET too: the real 1.35 API server checked ``get`` on the upgrade (create alone
+# was refused), servers with the 1.30 create check want ``create``; both are asked for.
+ATTACH_ACCESS = (
+    ("get", "pods", "attach", True),
+    ("create", "pods", "attach", True),
 )
 
 
@@ -74,12 +82,17 @@ def check_ephemeral_support(kube: Kube) -> None:
         )
 
 
-def check_access(kube: Kube, namespaces: list[str], result: Preflight) -> None:
-    """SelfSubjectAccessReview per namespace; one Forbidden naming every missing permission."""
+def check_access(kube: Kube, namespaces: list[str], result: Preflight,
+                 attach: bool = False) -> None:
+    """SelfSubjectAccessReview per namespace; one Forbidden naming every missing permission.
+
+    ``attach``: the agent program travels through pods/attach (every image but the project's).
+    """
     missing: list[str] = []
+    access = REQUIRED_ACCESS + (ATTACH_ACCESS if attach else ())
     for ns in namespaces:
         plan = result.plan(ns)
-        for verb, resource, sub, required in REQUIRED_ACCESS:
+        for verb, resource, sub, required in access:
             try:
                 allowed, _reason = kube.can_i(verb, resource, ns, subresource=sub)
             except DnstraceError as exc:
@@ -94,11 +107,15 @@ def check_access(kube: Kube, namespaces: list[str], result: Preflight) -> None:
         verb, what, _in, _ns, ns = missing[0].split(" ")
         nss = sorted({m.rsplit(" ", 1)[1] for m in missing})
         rbac = f"kubectl dnstrace rbac -n {nss[0]}" if len(nss) == 1 else "kubectl dnstrace rbac --cluster"
+        needs = "add the capture container, read its output"
+        if attach:
+            needs += " and hand the agent its program (pods/attach)"
         raise Forbidden(
-            "you may not " + "; ".join(missing) + " (RBAC): a trace needs both to add the "
-            "capture container and read its output",
+            "you may not " + "; ".join(missing) + f" (RBAC): a trace needs to {needs}",
             f"ask a cluster admin to apply what `{rbac}` prints for you; check with "
-            f"`kubectl auth can-i {verb} {what} -n {ns}`",
+            f"`kubectl auth can-i {verb} {what} -n {ns}`"
+            + ("; the project's image (--image ghcr.io/kubectl-dnstrace/agent:VERSION) needs "
+               "no attach" if attach else ""),
         )
 
 
@@ -129,11 +146,11 @@ def check_pod_security(kube: Kube, namespaces: list[str], result: Preflight) -> 
             )
 
 
-def run_preflight(kube: Kube, pods: list[PodRef]) -> Preflight:
+def run_preflight(kube: Kube, pods: list[PodRef], attach: bool = False) -> Preflight:
     """All checks, in the order a user would want to hear about problems."""
     result = Preflight()
     namespaces = sorted({p.namespace for p in pods})
     check_ephemeral_support(kube)
-    check_access(kube, namespaces, result)
+    check_access(kube, namespaces, result, attach=attach)
     check_pod_security(kube, namespaces, result)
     return result

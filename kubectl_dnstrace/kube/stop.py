@@ -9,11 +9,14 @@ pods/exec``; without it the agents run until their own ``--duration`` deadline.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
-from kubectl_dnstrace.errors import DnstraceError
+from kubectl_dnstrace.errors import DnstraceError, Forbidden
 from kubectl_dnstrace.kube.client import Kube
 from kubectl_dnstrace.model import PodRef
+
+STOP_ATTEMPTS = 2
 
 
 def stop_file_path(run_id: str) -> str:
@@ -38,11 +41,21 @@ def request_stop(kube: Kube, pods: list[PodRef], container: str, path: str,
     def one(pod: PodRef) -> None:
         k = kube.clone()
         try:
-            k.exec(pod.namespace, pod.name, container, stop_command(path), timeout=timeout)
-        except DnstraceError as exc:
+            for attempt in range(STOP_ATTEMPTS):
+                try:
+                    k.exec(pod.namespace, pod.name, container, stop_command(path),
+                           timeout=timeout)
+                    return
+                except Forbidden as exc:  # asking again will not help
+                    error = exc
+                    break
+                except DnstraceError as exc:  # a busy kubelet or API server: once more
+                    error = exc
+                    if attempt + 1 < STOP_ATTEMPTS:
+                        time.sleep(1.0)
             with lock:
                 failed.append(pod.key)
-            notice(f"could not ask the agent in {pod.key} to stop: {exc.message}")
+            notice(f"could not ask the agent in {pod.key} to stop: {error.message}")
         finally:
             k.close()
 
@@ -50,15 +63,22 @@ def request_stop(kube: Kube, pods: list[PodRef], container: str, path: str,
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout + 2.0)
+        t.join(STOP_ATTEMPTS * (timeout + 1.0) + 2.0)
     return failed
 
 
-def leftovers_message(added: list[tuple[PodRef, str]]) -> str:
-    """What the user must know after a run: containers stay in the pod spec."""
+def leftovers_message(added: list[tuple[PodRef, str]],
+                      sizes: dict[str, tuple[int, int]] | None = None) -> str:
+    """What the user must know after a run: containers stay in the pod spec, and what each
+    costs the pod object (``sizes``: pod key -> (bytes added, pod bytes now))."""
     if not added:
         return ""
-    lines = [f"Added ephemeral container {name} to pod {pod.key}" for pod, name in added]
+    lines = []
+    for pod, name in added:
+        added_bytes, pod_bytes = (sizes or {}).get(pod.key, (0, 0))
+        size = (f" (+{added_bytes / 1024:.1f} KB to the pod object, now "
+                f"{pod_bytes / 1024:.0f} KB of etcd's 1.5 MiB limit)" if added_bytes else "")
+        lines.append(f"Added ephemeral container {name} to pod {pod.key}{size}")
     lines.append(
         "Kubernetes keeps ephemeral containers in the pod spec (stopped) until the pod is "
         "recreated; they cannot be removed through the API. Packet-socket alerts (e.g. "

@@ -87,6 +87,8 @@ def _verb(ex: Exchange, route: Route) -> str:
     m = ex.method
     if route.sub == "exec":
         return "create"
+    if route.sub == "attach":  # the real 1.35 server checks get on the websocket upgrade
+        return "get" if m == "GET" else "create"
     if m == "GET":
         if route.name:
             return "get"
@@ -189,6 +191,10 @@ class Api:
         if sub == "exec":
             self._check_ns(route)
             self.kubelet.serve_exec(ex, self.store.get(res, route.name, route.namespace))
+            return
+        if sub == "attach":
+            self._check_ns(route)
+            self.kubelet.serve_attach(ex, self.store.get(res, route.name, route.namespace))
             return
         if sub == "ephemeralcontainers":
             self._ephemeral(ex, route, verb, user)

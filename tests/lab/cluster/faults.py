@@ -8,7 +8,10 @@
   second) still progresses N lines per cut, as with a real flaky connection;
 - ``disable_ephemeral``: the cluster has no ephemeralcontainers subresource (404, no name);
 - ``expire_continue``: the next ``times`` continued list pages are 410 Expired, as when etcd
-  compacted the list's snapshot between two pages.
+  compacted the list's snapshot between two pages;
+- ``lose_attach_input``: pods/attach sessions succeed but their stdin never reaches the
+  container; ``close`` says whether the session still ends the container's stdin (the
+  program cut off) or leaves it open (a program that comes too late).
 Pod Security levels are not a switch here: they are the namespace's
 ``pod-security.kubernetes.io/*`` labels, as on a real cluster (see ``SimCluster.set_psa``).
 """
@@ -39,6 +42,8 @@ class Faults:
     failing_images: set[str] = field(default_factory=set)
     start_delay: float = 0.0
     ephemeral_disabled: bool = False
+    attach_input_lost: bool = False
+    attach_input_closes: bool = True
     _continue_expiries: int = 0
     _log_breaks: list[int] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -72,6 +77,10 @@ class Faults:
         with self._lock:
             if self._log_breaks:
                 self._log_breaks.pop(0)
+
+    def lose_attach_input(self, close: bool = True) -> None:
+        self.attach_input_lost = True
+        self.attach_input_closes = close
 
     def disable_ephemeral(self) -> None:
         self.ephemeral_disabled = True

@@ -11,9 +11,11 @@ What it mirrors (recorded with a real kubelet + containerd, live/*.json):
   the project image ``ghcr.io/kubectl-dnstrace/agent:*`` runs the agent module from this
   repository; anything else never starts (ErrImagePull, then ImagePullBackOff "Back-off
   pulling image ..."; ErrImageNeverPull with imagePullPolicy Never); a command that is not
-  found ends as terminated/StartError with exit code 128 and runc's message;
-- pods/log and pods/exec are served from the processes' output and environment (see
-  ``podlog`` and ``podexec``); a node without a kubelet gives the 500 "dial tcp ...:10250";
+  found stays waiting/RunContainerError for good, with lastState terminated/StartError,
+  exit code 128 and runc's message (as the real 1.35 kubelet reports it);
+- pods/log, pods/exec and pods/attach are served from the processes' output, environment
+  and stdin (see ``podlog``, ``podexec``, ``podattach``); a node without a kubelet gives the
+  500 "dial tcp ...:10250";
 - pods/exec runs in the same netns, environment and identity as the container;
 - the process gets the container's uid and capabilities (see ``security``), so a
   restricted-profile capture container fails to open its packet socket like on containerd.
@@ -35,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import expansion, podexec, podlog, security
+from . import expansion, podattach, podexec, podlog, security
 from . import status as st
 from .defaults import now_rfc3339
 from .faults import Faults
@@ -89,6 +91,8 @@ class ContainerRun:
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     exited_at: float | None = None
     cut_mark: int = 0  # log position of the last simulated connection break
+    stdin_once: bool = False
+    last_terminated: dict | None = None  # lastState.terminated (a start error)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def status(self) -> dict:
@@ -103,7 +107,8 @@ class ContainerRun:
                 term["message"] = self.message
             term.update({"startedAt": self.started, "finishedAt": self.finished, "containerID": self.container_id})
             state = {"terminated": term}
-        out = {"name": self.name, "state": state, "lastState": {}, "ready": False, "restartCount": 0}
+        last = {"terminated": self.last_terminated} if self.last_terminated else {}
+        out = {"name": self.name, "state": state, "lastState": last, "ready": False, "restartCount": 0}
         if self.container_id:
             out.update({"image": normalize_image(self.image),
                         "imageID": "sha256:" + hashlib.sha256(self.image.encode()).hexdigest(),
@@ -274,7 +279,12 @@ class Kubelet:
             self._start_error(run)
             return
         try:
-            run.proc = subprocess.Popen(self._wrap(run, run.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            # stdin: true gives the process a pipe that attach writes to; stdinOnce closes it
+            # after the first attach session (podattach).
+            run.stdin_once = bool(ec.get("stdinOnce"))
+            run.proc = subprocess.Popen(self._wrap(run, run.argv),
+                                        stdin=subprocess.PIPE if ec.get("stdin") else subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, env=run.env, cwd=run.cwd, start_new_session=True)
         except OSError as exc:
             run.state, run.reason = "waiting", "CreateContainerError"
@@ -303,14 +313,18 @@ class Kubelet:
             self._publish(run)
 
     def _start_error(self, run: ContainerRun) -> None:
-        """runc cannot exec the command: terminated, exit code 128, reason StartError."""
+        """runc cannot exec the command. As the real 1.35 kubelet reports it: the state is
+        ``waiting: RunContainerError`` for good (an ephemeral container is never retried),
+        and ``lastState.terminated`` holds exit code 128, reason StartError, runc's message."""
         binary = run.argv[0] if run.argv else ""
         run.container_id = "containerd://" + hashlib.sha256(f"{run.pod}/{run.name}/{time.time_ns()}".encode()).hexdigest()
-        run.state, run.reason, run.exit_code = "terminated", "StartError", 128
-        run.message = ("failed to create containerd task: failed to create shim task: OCI runtime create failed: "
-                       "runc create failed: unable to start container process: exec: "
-                       f'"{binary}": executable file not found in $PATH: unknown')
-        run.started = run.finished = "1970-01-01T00:00:00Z"  # as reported: the process never started
+        message = ("failed to create containerd task: failed to create shim task: OCI runtime create failed: "
+                   "runc create failed: unable to start container process: exec: "
+                   f'"{binary}": executable file not found in $PATH: unknown')
+        run.last_terminated = {"containerID": run.container_id, "exitCode": 128, "reason": "StartError",
+                               "message": message, "startedAt": "1970-01-01T00:00:00Z",
+                               "finishedAt": now_rfc3339()}
+        run.state, run.reason, run.message = "waiting", "RunContainerError", message
         with run.cond:
             run.exited_at = time.monotonic()
             run.cond.notify_all()
@@ -433,3 +447,6 @@ class Kubelet:
 
     def serve_exec(self, ex, pod: dict) -> None:
         podexec.serve_exec(self, ex, pod)
+
+    def serve_attach(self, ex, pod: dict) -> None:
+        podattach.serve_attach(self, ex, pod)

@@ -1,0 +1,82 @@
+"""How a trace ends when it is told to: Ctrl-C, SIGTERM, SIGHUP — all the same way.
+
+A `timeout -s TERM`, a cancelled CI job, a closed terminal or SSH session must not leave
+capture agents running to their deadline with no summary: SIGTERM and SIGHUP are turned
+into the same exception as Ctrl-C (a ``KeyboardInterrupt``), so the one interrupt path of
+the trace stops the agents, prints the summary and sets the documented exit code.
+
+After SIGHUP the terminal is gone: writing to it fails (EIO). The streams a trace writes
+to are wrapped so that a failed write is dropped instead of aborting the cleanup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import TextIO
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` in the main thread while inside."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    old = {s: signal.getsignal(s) for s in wanted}
+    for s in wanted:
+        if old[s] is not signal.SIG_IGN:  # nohup: the user asked to survive a hangup
+            signal.signal(s, _raise)
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+class QuietStream:
+    """A text stream whose failed writes (a closed terminal or pipe) are dropped."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if self.broken:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            self.broken = True
+            return len(text)
+
+    def flush(self) -> None:
+        if self.broken:
+            return
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self.broken = True
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

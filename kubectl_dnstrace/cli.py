@@ -290,7 +290,7 @@ def trace(
     dns_namespace: Annotated[str, typer.Option("--dns-namespace", help="Namespace of the cluster DNS.")] = "kube-system",
     dns_selector: Annotated[str | None, typer.Option("--dns-selector", help="Label selector of the cluster DNS pods.")] = None,
     via_pod: Annotated[str | None, typer.Option("--via-pod", metavar="NS/NAME", help="node/NAME: capture through this hostNetwork pod on the node.")] = None,
-    create_pod: Annotated[bool, typer.Option("--create-pod", help="node/NAME, nodes: create a short-lived hostNetwork pod on nodes without one to attach to.")] = False,
+    create_pod: Annotated[bool, typer.Option("--create-pod", help="node/NAME, nodes: capture in a short-lived hostNetwork pod created on each node (instead of attaching to its pods).")] = False,
     pod_namespace: Annotated[str | None, typer.Option("--pod-namespace", metavar="NAMESPACE", help="Where --create-pod creates its pods (default: the current namespace).")] = None,
     doh_resolvers: Annotated[str | None, typer.Option("--doh-resolvers", metavar="FILE", help="Node traces: DoH/DoT resolver addresses, one per line (replaces the built-in list).")] = None,
     kubeconfig: KubeconfigOpt = None,

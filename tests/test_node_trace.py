@@ -151,6 +151,8 @@ def test_refusals(scenario):
     assert r.returncode == 2 and "it is not a hostNetwork pod" in r.stderr
     r = dnstrace(sl, "pod/" + WEB, "-n", "shop", "--create-pod")
     assert r.returncode == 2 and "go with node/NAME or nodes targets" in r.stderr
+    r = dnstrace(sl, "node/node-a", "--via-pod", f"kube-system/{PROXY}", "--create-pod")
+    assert r.returncode == 2 and "choose one" in r.stderr
     r = dnstrace(sl, "nodes", "-l", "no-such=label")
     assert r.returncode == 4 and "no nodes match -l no-such=label" in r.stderr
 

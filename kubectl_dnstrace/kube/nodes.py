@@ -1,6 +1,6 @@
 """``node/NAME`` and ``nodes``: how a capture gets into a node's network namespace.
 
-No SSH and no DaemonSet. Two ways, in order of preference:
+No SSH and no DaemonSet. Two ways, chosen by the user:
 
 1. **Attach** the agent as an ephemeral container to a running hostNetwork pod on the node
    (kube-proxy, a CNI agent, node-local-dns — usually DaemonSet pods). Its network
@@ -9,8 +9,9 @@ No SSH and no DaemonSet. Two ways, in order of preference:
    change to a mirror pod's spec, ephemeral containers included — they are recognised by
    the ``kubernetes.io/config.mirror`` annotation or an owner reference to the Node.
    ``--via-pod NS/NAME`` names the pod instead.
-2. **Create** (``--create-pod``, explicit consent) a short-lived hostNetwork pod pinned to
-   the node (``nodeName``: no scheduler) whose one container is the agent. Its
+2. **Create** (``--create-pod``, explicit consent; then on every node, so that nothing is
+   added to the node's own pods) a short-lived hostNetwork pod pinned to the node
+   (``nodeName``: no scheduler) whose one container is the agent. Its
    ``activeDeadlineSeconds`` makes the kubelet kill it with the trace's deadline even if
    the plugin is killed; the plugin deletes it at the end, and a later run deletes
    finished leftovers of earlier ones (label ``app.kubernetes.io/managed-by``).
@@ -119,26 +120,34 @@ def plan_nodes(kube: Kube, nodes: list[str], *, via_pod: str | None, create_pod:
                pod_namespace: str, container_name: str) -> NodePlan:
     """Choose how each node is captured. ``via_pod`` ("NS/NAME") only with one node."""
     plan = NodePlan()
+    if via_pod and create_pod:
+        raise UsageError("--via-pod and --create-pod are two ways to the same node: choose one",
+                         "--via-pod attaches to a pod there, --create-pod creates one")
     if via_pod:
         plan.captures.append(_via_pod(kube, nodes, via_pod))
         return plan
-    if len(nodes) == 1:
+    pods: list[dict] = []
+    if create_pod:
+        pass  # every node gets its own capture pod: no need to look at theirs
+    elif len(nodes) == 1:
         pods, _ = kube.list("pods", None, field_selector=f"spec.nodeName={nodes[0]}")
     else:
         pods, _ = kube.list("pods", None)
     for node in nodes:
+        if create_pod:
+            ref = PodRef(namespace=pod_namespace, name=f"{container_name}-{node}"[:63].rstrip("-."),
+                         node=node, host_network=True, role=NODE_ROLE,
+                         containers=[container_name])
+            plan.captures.append(NodeCapture(
+                node, ref, f"node {node}: creating capture pod {ref.key} pinned to it "
+                "(--create-pod: no ephemeral container is added to the node's own pods)",
+                create=True))
+            continue
         good, refused = candidate_pods(pods, node)
         if good:
             chosen = good[0]
             plan.captures.append(NodeCapture(node, pod_ref(chosen, NODE_ROLE),
                                              describe_choice(chosen, node, len(good) - 1)))
-        elif create_pod:
-            ref = PodRef(namespace=pod_namespace, name=f"{container_name}-{node}"[:63].rstrip("-."),
-                         node=node, host_network=True, role=NODE_ROLE,
-                         containers=[container_name])
-            plan.captures.append(NodeCapture(
-                node, ref, f"node {node}: no hostNetwork pod to attach to; creating pod "
-                f"{ref.key} pinned to it (--create-pod)", create=True))
         else:
             why = "no running hostNetwork pod that can take an ephemeral container"
             if refused:

@@ -89,11 +89,12 @@ def test_refusals_without_a_hostnetwork_pod(real, bypass):
 
 def test_create_pod_captures_the_node_and_deletes_its_pod(real, bypass):
     ns, rogue_ip, dot_ip = bypass
-    if hostnet_pods(real):
-        pytest.skip(f"the node has hostNetwork pods now: {hostnet_pods(real)}")
+    before = hostnet_pods(real)
     trace = BackgroundTrace(real, f"node/{NODE}", "--create-pod", "--pod-namespace", ns,
                             "--duration", "20s", "-o", "ndjson")
     trace.wait_capturing()
+    assert "(--create-pod: no ephemeral container is added to the node's own pods)" in \
+        trace.wait_for(r"creating capture pod")
     created = trace.wait_for(r"^created pod ")
     name = created.split()[2].split("/")[1]
     pod = real.get_json("pod", name, "-n", ns)
@@ -106,6 +107,8 @@ def test_create_pod_captures_the_node_and_deletes_its_pod(real, bypass):
     assert f"deleted capture pod {ns}/{name}" in done.stderr
     gone = real.kubectl("get", "pod", name, "-n", ns, check=False)
     assert gone.returncode != 0 or "Terminating" in gone.stdout
+    # Nothing was added to the node's own hostNetwork pods.
+    assert not [a for a in real.added if a[0:2] in {tuple(p.split("/")) for p in before}]
 
 
 def test_attach_to_a_hostnetwork_daemonset_pod(real, bypass):

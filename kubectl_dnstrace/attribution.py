@@ -49,6 +49,9 @@ class Attributed:
     client: Client
     link: Any = None  # linking.Link
     served: str = ""
+    # Addresses of the event (its server, its answers) that are Services: ip -> "ns/name",
+    # shown as svc/NS/NAME (a resolver behind a Service is known by the Service's name).
+    services: dict[str, str] | None = None
 
 
 @dataclass(slots=True)

@@ -64,6 +64,7 @@ Exit codes: 0 something matched, 1 nothing matched, 2 usage, 3 cluster unreachab
   4 not found, 5 RBAC forbidden, 6 Pod Security, 7 no ephemeral containers,
   8 capture container failed, 9 agent failed, 10 bad capture file, 11 events lost,
   12 pod object too large, 13 API server busy (429), 14 pod already traced,
+  15 a traced pod went away unreplaced,
   70 internal error, 130 interrupted (README.md, "Exit codes").
 """
 

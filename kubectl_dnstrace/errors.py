@@ -26,6 +26,7 @@ class ExitCode(enum.IntEnum):
     POD_TOO_LARGE = 12  # the pod object is too close to etcd's size limit for another container
     API_BUSY = 13  # the API server kept answering 429 Too Many Requests
     ALREADY_TRACED = 14  # another trace's agent runs in the pod (--force runs both)
+    COVERAGE_GAP = 15  # a traced pod went away and no replacement of its workload was traced
     INTERNAL = 70  # a bug: please report it
     INTERRUPTED = 130  # Ctrl-C before the trace started
 

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kubectl_dnstrace.model import Client, DnsEvent
+from kubectl_dnstrace.pairing import exchange_key
 
 WINDOW = 5.0  # seconds: a forward follows its cause within milliseconds; retries within ~2 s
 
@@ -120,8 +121,7 @@ class Linker:
         if self._count % 4096 == 0:
             self._prune(ev.ts)
         if ev.qr == "response":
-            q = self._pending.pop((ev.observed_at, ev.dst, ev.dport, ev.src, ev.sport, ev.id),
-                                  None)
+            q = self._pending.pop(exchange_key(ev), None)
             if q is None or q.forward is not None:
                 return _NOTHING
             q.answered_at = ev.ts
@@ -151,7 +151,7 @@ class Linker:
         recent.append(q)
         while recent and recent[0].ts < ev.ts - self.window:
             recent.popleft()
-        self._pending[(ev.observed_at, ev.src, ev.sport, ev.dst, ev.dport, ev.id)] = q
+        self._pending[exchange_key(ev)] = q
         if link is None and key in self._unresolved:
             self._late_cause(key, q)
         return _NOTHING if link is None else Annotation(link=link)
@@ -226,7 +226,7 @@ def describe_client(c: Client) -> str:
     if c.kind == "node":
         return f"node/{c.name}"
     if c.kind == "service":
-        return f"service {c.namespace}/{c.name}"
+        return f"svc/{c.namespace}/{c.name}"
     if c.kind == "ambiguous":
         return f"{c.ip} (one of {', '.join(c.candidates)})"
     return c.ip

@@ -103,6 +103,7 @@ class OutputOptions:
     format: str = "table"
     pcap_path: str | None = None
     live: bool = True  # one line per query while the trace runs (table/wide only)
+    width: int | None = None  # the terminal's columns; None: COLUMNS, the tty's, else 120
 
 
 @dataclass(slots=True)

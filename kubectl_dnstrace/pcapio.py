@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import heapq
 import io
 import logging
 import os
@@ -254,7 +255,17 @@ def _quiet_scapy() -> None:
 
 
 class EvidenceWriter:
-    """Packets of matched events into a pcap or pcapng file created 0600."""
+    """Packets of matched events into a pcap or pcapng file created 0600, in time order.
+
+    A live trace's events come from several captures, each over its own log stream with its
+    own lag: in arrival order the file's packets went back in time by up to 6 ms across
+    capture points on a real cluster (tools that read it warn, and deltas go negative).
+    Packets wait in a heap until the newest event is ``REORDER`` seconds past them (or the
+    heap holds ``HELD_MAX``, a bound on memory), then go out oldest first.
+    """
+
+    REORDER = 5.0  # seconds (event time) a packet waits for earlier ones
+    HELD_MAX = 50_000
 
     def __init__(self, path: str) -> None:
         from scapy.utils import RawPcapNgWriter, RawPcapWriter
@@ -277,20 +288,31 @@ class EvidenceWriter:
         self._writer.linktype = LINKTYPE_RAW
         self._writer.write_header(None)
         self._writer.header_present = True
+        self._held: list[tuple[float, int, bytes, str, str]] = []
+        self._newest = float("-inf")
 
     def write(self, packet: bytes | None, ts: float, comment: str = "", where: str = "") -> None:
         if not packet:
             self.skipped += 1
             return
+        self.count += 1
+        heapq.heappush(self._held, (ts, self.count, packet, comment, where))
+        self._newest = max(self._newest, ts)
+        held = self._held
+        while held and (held[0][0] < self._newest - self.REORDER or len(held) > self.HELD_MAX):
+            self._write(*heapq.heappop(held))
+
+    def _write(self, ts: float, _n: int, packet: bytes, comment: str, where: str) -> None:
         pkt = _Packet(packet)
         if self.pcapng:
             pkt.comments = [comment.encode("utf-8")] if comment else None
             pkt.sniffed_on = where or None
         self._writer.write_packet(pkt, sec=ts)
-        self.count += 1
 
     def close(self) -> str:
-        """Close the file and return its SHA-256 (hex)."""
+        """Write what is held, close the file and return its SHA-256 (hex)."""
+        while self._held:
+            self._write(*heapq.heappop(self._held))
         self._writer.close()
         digest = hashlib.sha256()
         with open(self.path, "rb") as fh:

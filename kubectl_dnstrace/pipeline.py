@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Any, TextIO
 
-from kubectl_dnstrace import gcpolicy, render
+from kubectl_dnstrace import columns, gcpolicy, render
 from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
 from kubectl_dnstrace.bypass import BypassReport, ResolverClassifier
@@ -28,8 +28,10 @@ from kubectl_dnstrace.bypass import summary_text as bypass_text
 from kubectl_dnstrace.errors import ExitCode
 from kubectl_dnstrace.linking import Linker, describe_client
 from kubectl_dnstrace.model import Client, DnsEvent, OutputOptions
+from kubectl_dnstrace.pairing import Pairing
 
 LIVE_WAIT = 3.0  # seconds (event time) a query waits for its answer before its line prints
+LIVE_REORDER = 1.0  # seconds a live line waits for earlier ones from slower log streams
 WATCH_WAIT = 2.0  # seconds (wall) an event from an unheld pod address waits for the pod watch
 UNHELD_MEMO = 10.0  # seconds (wall) an address that waited in vain is not waited for again
 LINK_WAIT = 3.0  # seconds (wall) a forward's -o ndjson line waits for a cause from a slower stream
@@ -68,13 +70,17 @@ class Pipeline:
         self.live = fmt in ("table", "wide") and output.live
         self.aggregator = Aggregator() if fmt in ("table", "wide", "json") else None
         self.events = render.EventSpool() if fmt == "json" else None
-        self._pending: dict[tuple, Attributed] = {}
+        self._pairing: Pairing[Attributed] = Pairing(
+            _event_of, LIVE_WAIT, hold=LIVE_REORDER if streaming else 0.0)
+        self.width = output.width or columns.terminal_width(self.out)
+        self._layout = render.LiveLayout(self.wide, self.width)
         self._waiting: deque[tuple[float, DnsEvent]] = deque()
         self._unheld: dict[str, float] = {}  # address -> until when it is not waited for
         self._held: deque[tuple[float, Attributed]] = deque()  # forwards awaiting a cause
         self._late_seen = 0  # the linker's late_causes when the held lines were last looked at
         self._header_done = False
         self._nodelocal_said = False
+        self.coverage: list[str] = []  # the pods a followed workload had, when they changed
         self.linker = self._linker()
         # Which resolver each query asked, and what went around cluster DNS (bypass.py).
         self.resolvers = ResolverClassifier(self.attributor,
@@ -84,6 +90,7 @@ class Pipeline:
         self.bypass = BypassReport()
         self.bypass.uncovered = list(self.meta.pop("uncovered", None) or [])
         self._encrypted_events: list[dict] = []
+        self._services = self.attributor.inventory.services  # cluster ip -> (ns, name)
         self._ndjson = render.NdjsonWriter()
         self._lines: list[str] = []  # -o ndjson lines of the events fed so far, not yet written
         # Where an attributed event goes after aggregation and pcap: chosen once, not per event
@@ -121,7 +128,11 @@ class Pipeline:
                     info = inv.pod_by_key(key)
                     if info is not None and info.node:
                         nodes.add(info.node)
-        if nodes:
+        # Said where it applies: a trace at the cluster DNS, or a file of unknown origin;
+        # a trace of application pods sees their own addresses whatever the DNS does.
+        pods_only = any(isinstance(t, dict) and t.get("role") for t in self.targets) and all(
+            t.get("role") == "pod" for t in self.targets if isinstance(t, dict))
+        if nodes and not pods_only:
             self._say_nodelocal(len(nodes))
         return Linker(pods, nodes, captures, server_of=self.attributor.attribute)
 
@@ -213,12 +224,26 @@ class Pipeline:
                 self.bypass.add_query(event, client, res)
         ann = self.linker.observe(event, client)
         a = Attributed(event, client, ann.link, ann.served)
+        if self._services:
+            a.services = self._services_of(event)
         if self.aggregator is not None:
             self.aggregator.add(a)
         if self.pcap is not None:
             self.pcap.write(event.raw, event.ts, _comment(a), event.observed_at)
         if self._show is not None:
             self._show(a)
+
+    def _services_of(self, ev: DnsEvent) -> dict[str, str] | None:
+        """The event's server and answer addresses that are Services (or None)."""
+        services = self._services
+        found = None
+        for ip in (ev.dst if ev.qr == "query" else ev.src, *ev.answers):
+            svc = services.get(ip)
+            if svc is not None:
+                if found is None:
+                    found = {}
+                found[ip] = f"{svc[0]}/{svc[1]}"
+        return found
 
     def _show_ndjson(self, a: Attributed) -> None:
         """The event's line goes to ``_lines``, written by ``_write_ndjson`` once the events
@@ -264,6 +289,8 @@ class Pipeline:
 
     def tick(self) -> None:
         """Nothing arrived for a while: let waiting events and held lines go when due."""
+        if self.live and len(self._pairing):
+            self._write_pairs(self._pairing.expire())
         if self._waiting:
             self._release(everything=False)
         if self._held:
@@ -315,32 +342,14 @@ class Pipeline:
             self.out.flush()
 
     def _live(self, a: Attributed) -> None:
-        ev = a.event
-        lines = []
-        while self._pending:
-            first = next(iter(self._pending))
-            if self._pending[first].event.ts >= ev.ts - LIVE_WAIT:
-                break
-            lines.append(render.live_line(self._pending.pop(first), None, self.wide))
-        if ev.qr == "query":
-            key = (ev.observed_at, ev.src, ev.sport, ev.dst, ev.dport, ev.id)
-            old = self._pending.pop(key, None)
-            if old is not None:
-                lines.append(render.live_line(old, None, self.wide))
-            self._pending[key] = a
-        else:
-            query = self._pending.pop((ev.observed_at, ev.dst, ev.dport, ev.src, ev.sport, ev.id),
-                                      None)
-            lines.append(render.live_line(query, a, self.wide))
-        self._write_lines(lines)
+        self._write_pairs(self._pairing.add(a))
 
-    def _write_lines(self, lines: list[str]) -> None:
-        if not lines:
+    def _write_pairs(self, pairs: list) -> None:
+        text = self._layout.lines(pairs)
+        if not text:
             return
-        if not self._header_done:
-            self._header_done = True
-            self.out.write(render.live_header(self.wide))
-        self.out.write("".join(lines))
+        self._header_done = True
+        self.out.write(text)
         if self.streaming:
             self.out.flush()
 
@@ -362,9 +371,7 @@ class Pipeline:
             self._release_held(float("-inf"), everything=True)
         self._write_ndjson()
         if self.live:
-            rest = [render.live_line(a, None, self.wide) for a in self._pending.values()]
-            self._pending.clear()
-            self._write_lines(rest)
+            self._write_pairs(self._pairing.flush())
         if self.pcap is not None:
             digest = self.pcap.close()
             kind = "pcapng" if self.pcap.pcapng else "pcap"
@@ -392,10 +399,13 @@ class Pipeline:
                 if self._header_done:
                     self.out.write("\n")
                 when = render.report_clock(clients, links)
-                self.out.write(render.summary_table(clients, self.wide, when))
-                notes = render.explanations(clients)
-                ups = render.links_text(links, when)
-                for block in (notes, ups):
+                width = None if self.wide else self.width
+                self.out.write(render.summary_table(clients, self.wide, when, width,
+                                                    self._services))
+                notes = render.explanations(clients, width)
+                ups = render.links_text(links, when, width)
+                pods = render.coverage_text(self.coverage, width)
+                for block in (notes, ups, pods):
                     if block:
                         self.out.write("\n" + block)
             elif self.bypass.empty:
@@ -404,6 +414,10 @@ class Pipeline:
                 self.out.write("\n" + bypass_text(self.bypass, self._server))
         self.out.flush()
         return ExitCode.MATCHED if self.count else ExitCode.NO_MATCH
+
+
+def _event_of(a: Attributed) -> DnsEvent:
+    return a.event
 
 
 def _comment(a: Attributed) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
-from kubectl_dnstrace import aggregate, jsontext
+from kubectl_dnstrace import aggregate, columns, jsontext
 from kubectl_dnstrace.aggregate import ClientStats, percentile
 from kubectl_dnstrace.attribution import Attributed, clock
 from kubectl_dnstrace.linking import Link, describe_client, describe_link
@@ -65,7 +66,7 @@ def client_cells(c: Client) -> tuple[str, str, str, str]:
         cands = ("one of: " + ", ".join(c.candidates)) if c.candidates else "node process"
         return "-", f"node/{c.name}", cands, c.node
     if c.kind == "service":
-        return c.namespace, f"service/{c.name}", "-", "-"
+        return c.namespace, f"svc/{c.namespace}/{c.name}", "-", "-"
     if c.kind == "ambiguous":
         return "-", f"{c.ip} (ambiguous)", "one of: " + ", ".join(c.candidates), "-"
     return "-", f"{c.ip} ({c.kind})", "-", "-"
@@ -108,6 +109,9 @@ def event_json(a: Attributed) -> dict[str, Any]:
     """One enriched event: the ``dns`` record's fields plus ``client`` (and link data)."""
     out = record_json(a.event)
     out["client"] = client_json(a.client)
+    if a.services:
+        out["services"] = {ip: dict(zip(("namespace", "name"), name.split("/", 1), strict=True))
+                           for ip, name in sorted(a.services.items())}
     if a.served:
         out["served"] = a.served
     if a.link is not None:
@@ -222,7 +226,7 @@ class NdjsonWriter:
         return hit
 
     def line(self, a: Attributed) -> str:
-        if a.served or a.link is not None:
+        if a.served or a.link is not None or a.services:
             return ndjson_line(a)
         ev = a.event
         get = self._strings.get
@@ -278,8 +282,9 @@ def live_header(wide: bool = False) -> str:
     return _row(LIVE_COLUMNS, LIVE_WIDTHS)
 
 
-def live_line(query: Attributed | None, response: Attributed | None, wide: bool = False) -> str:
-    """One line per exchange: the query's time and client, the response's outcome.
+def live_cells(query: Attributed | None, response: Attributed | None,
+               wide: bool = False) -> tuple[str, ...]:
+    """The cells of one exchange's line: the query's time and client, the reply's outcome.
 
     ``response`` None: no answer was seen; ``query`` None: the capture saw only the answer.
     """
@@ -287,10 +292,11 @@ def live_line(query: Attributed | None, response: Attributed | None, wide: bool 
     assert first is not None
     ev = first.event
     ns, pod, workload, _node = client_cells(first.client)
+    services = (response.services if response is not None else None) or first.services
     if response is not None:
         r = response.event
         rcode = r.rcode or "-"
-        answers = ",".join(r.answers) or "-"
+        answers = ",".join([_svc(x, services) for x in r.answers]) or "-"
         lat = latency(r.latency_ms)
     else:
         rcode, answers, lat = "-", "-", "-"
@@ -301,10 +307,70 @@ def live_line(query: Attributed | None, response: Attributed | None, wide: bool 
     cells = (clock_ms(ev.ts), ns, pod, workload, ev.qname, ev.qtype, rcode, answers, lat,
              ev.observed_at or "-", note)
     if wide:
-        server = ev.dst if ev.qr == "query" else ev.src
+        server = _svc(ev.dst if ev.qr == "query" else ev.src, services)
         cells = (*cells[:3], first.client.ip, *cells[3:9], server, *cells[9:])
-        return _row(cells, WIDE_LIVE_WIDTHS)
-    return _row(cells, LIVE_WIDTHS)
+    return cells
+
+
+def _svc(ip: str, services: dict[str, str] | None) -> str:
+    """``svc/NS/NAME`` for an address that is a Service, else the address."""
+    if services:
+        name = services.get(ip)
+        if name is not None:
+            return f"svc/{name}"
+    return ip
+
+
+def live_line(query: Attributed | None, response: Attributed | None, wide: bool = False) -> str:
+    """One exchange's line at the fixed widths (``-o wide``'s layout: every text whole)."""
+    return _row(live_cells(query, response, wide), WIDE_LIVE_WIDTHS if wide else LIVE_WIDTHS)
+
+
+# How each live column gives way when the terminal is narrow: (least, weight, most).
+_LIVE_FIT = {
+    "TIME": (12, 1.0, 12), "NAMESPACE": (6, 0.8, 20), "CLIENT": (10, 2.0, 56),
+    "WORKLOAD": (8, 1.2, 40), "QNAME": (12, 2.5, 64), "QTYPE": (5, 1.0, 5),
+    "RCODE": (8, 1.0, 8), "ANSWERS": (7, 1.0, 40), "LATENCY": (7, 1.0, 7),
+    "SEEN-AT": (8, 0.7, 48), "NOTE": (11, 1.5, 64),
+}
+
+
+class LiveLayout:
+    """The live table's columns, set by the first lines printed and the terminal's width.
+
+    A live table cannot wait for all its rows: the widths are set from the first batch of
+    lines (what the captures delivered first) within ``width``, spare room shared out so
+    later, longer texts mostly fit; a text that does not is shortened in the middle, and
+    no line is longer than ``width``. ``-o wide`` keeps every text whole at fixed widths.
+    """
+
+    def __init__(self, wide: bool = False, width: int = columns.NOT_A_TTY_WIDTH) -> None:
+        self.wide = wide
+        self.width = width
+        self.widths: list[int] | None = None
+
+    def lines(self, pairs: list[tuple[Attributed | None, Attributed | None]]) -> str:
+        """The lines of finished exchanges, the header before the first ones."""
+        rows = [live_cells(q, r, self.wide) for q, r in pairs]
+        if not rows:
+            return ""
+        if self.wide:
+            head = live_header(True) if self.widths is None else ""
+            self.widths = list(WIDE_LIVE_WIDTHS)
+            return head + "".join(_row(cells, WIDE_LIVE_WIDTHS) for cells in rows)
+        head = ""
+        if self.widths is None:
+            cols = []
+            for i, name in enumerate(LIVE_COLUMNS):
+                least, weight, most = _LIVE_FIT[name]
+                if name in ("TIME", "QTYPE", "RCODE", "LATENCY"):
+                    cols.append(columns.Column(name, least, least, weight, most, least, True))
+                else:
+                    cols.append(columns.Column.of(name, [c[i] for c in rows], least, weight,
+                                                  most))
+            self.widths = columns.fit(cols, self.width, spare=True)
+            head = columns.row(LIVE_COLUMNS, self.widths)
+        return head + "".join(columns.row(cells, self.widths) for cells in rows)
 
 
 def encrypted_line(record: dict, client: Client, observed_at: str, wide: bool = False) -> str:
@@ -346,13 +412,6 @@ def _note(query: Attributed | None, response: Attributed | None) -> str:
 # ---- the summary table ----------------------------------------------------------------
 
 
-def _names_cell(cs: ClientStats) -> str:
-    names = sorted(cs.names.values(), key=lambda n: (-n.count, n.name.lower()))
-    shown = [n.name for n in names[:NAMES_SHOWN]]
-    more = len(names) - len(shown)
-    return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
-
-
 def report_clock(clients: list[ClientStats], links: list[Link]) -> Callable[[float], str]:
     """How the summary and the upstream lookups under it print times: ``clock`` (HH:MM:SS)
     while they fall on one UTC day, as a live trace's do; a capture that spans midnight or
@@ -364,9 +423,21 @@ def report_clock(clients: list[ClientStats], links: list[Link]) -> Callable[[flo
     return lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
+# How each summary column gives way when the terminal is narrow: (least, weight).
+_SUMMARY_FIT = {
+    "NAMESPACE": (9, 0.8), "POD": (12, 2.0), "WORKLOAD": (8, 1.5), "NODE": (6, 0.8),
+    "NAMES": (16, 1.5), "QTYPES": (6, 1.2), "RCODES": (8, 1.5),
+}
+
+
 def summary_table(clients: list[ClientStats], wide: bool = False,
-                  when: Callable[[float], str] | None = None) -> str:
-    """The per-client table kubectl users expect: plain, upper-case headers."""
+                  when: Callable[[float], str] | None = None, width: int | None = None,
+                  services: dict[str, tuple[str, str]] | None = None) -> str:
+    """The per-client table kubectl users expect: plain, upper-case headers.
+
+    ``width``: no line longer than this; cells shortened in the middle, NAMES listing as
+    many names as fit with "(+N more)". None (``-o wide``): every text whole.
+    """
     headers = ["NAMESPACE", "POD", "WORKLOAD", "NODE", "NAMES", "COUNT", "QTYPES", "RCODES",
                "FIRST", "LAST"]
     if wide:
@@ -380,40 +451,99 @@ def summary_table(clients: list[ClientStats], wide: bool = False,
                when(cs.first), when(cs.last)]
         if wide:
             lat = cs.latencies()
-            row += [",".join(sorted(cs.ips)), ",".join(cs.servers()),
+            servers = cs.servers()
+            names = {ip: "/".join(services[ip]) for ip in servers if ip in services} \
+                if services else None
+            row += [",".join(sorted(cs.ips)), ",".join(_svc(ip, names) for ip in servers),
                     ",".join(cs.observed_at()), latency(percentile(lat, 50)),
                     latency(percentile(lat, 95))]
         rows.append(row)
-    return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True) + "\n"
+    if width is None:
+        return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True) + "\n"
+    cols = []
+    for i, name in enumerate(headers):
+        cells = [r[i] for r in rows]
+        if name == "NAMES":  # a list: it gives way by naming fewer, down to one and "+N more"
+            full = max(map(len, cells))
+            cells = [_names_cell(cs, 0) for cs in clients]
+        col = columns.Column.of(name, cells, *_SUMMARY_FIT.get(name, (0, 1.0)))
+        col.fixed = name not in _SUMMARY_FIT
+        col.most = full if name == "NAMES" else col.need
+        cols.append(col)
+    widths = columns.fit(cols, width, spare=True)
+    names_at = headers.index("NAMES")
+    out = [columns.row(headers, widths)]
+    for cs, cells in zip(clients, rows, strict=True):
+        cells[names_at] = _names_cell(cs, widths[names_at])
+        out.append(columns.row(cells, widths))
+    return "".join(out)
 
 
-def explanations(clients: list[ClientStats]) -> str:
+def _names_cell(cs: ClientStats, width: int | None = None) -> str:
+    """The names a client asked, busiest first: NAMES_SHOWN of them, or as many as fit in
+    ``width`` with "(+N more)" (the first one shortened in the middle if it alone is too
+    long); the JSON outputs list them all."""
+    names = sorted(cs.names.values(), key=lambda n: (-n.count, n.name.lower()))
+    shown = [n.name for n in names[:NAMES_SHOWN]]
+    if width is not None:
+        while len(shown) > 1 and (not width or len(_names_text(shown, len(names))) > width):
+            shown.pop()
+        text = _names_text(shown, len(names))
+        if width and len(text) > width:
+            more = text[len(shown[0]):]
+            text = columns.shorten(shown[0], max(1, width - len(more))) + more
+        return text
+    return _names_text(shown, len(names))
+
+
+def _names_text(shown: list[str], total: int) -> str:
+    more = total - len(shown)
+    return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _wrap(text: str, width: int | None) -> str:
+    """A note line, indented two, wrapped (further lines indented four) within ``width``."""
+    if width is None:
+        return f"  {text}\n"
+    return textwrap.fill(text, width, initial_indent="  ", subsequent_indent="    ",
+                         break_on_hyphens=False) + "\n"
+
+
+def explanations(clients: list[ClientStats], width: int | None = None) -> str:
     """Why a client is not a plain pod: one line each, under the table."""
     lines = []
     for cs in clients:
         c = cs.client
         if c.kind != "pod" and c.reason:
             ips = ",".join(sorted(cs.ips))
-            lines.append(f"  {describe_client(c)} [{ips}]: {c.reason}\n")
+            lines.append(_wrap(f"{describe_client(c)} [{ips}]: {c.reason}", width))
     for cs in clients:
         if cs.folded_names:
             folded = sorted((n for n in cs.names.values() if n.folded),
                             key=lambda n: (-n.count, n.name))
             shown = ", ".join(f"{n.name} ({n.count})" for n in folded[:3])
             more = f" and {len(folded) - 3} more" if len(folded) > 3 else ""
-            lines.append(f"  {describe_client(cs.client)}: asked more than "
-                         f"{aggregate.MAX_NAMES:,} names (or the trace more than "
-                         f"{aggregate.MAX_NAMES_TOTAL:,}): the rest are counted under their "
-                         f"parent domains: {shown}{more}\n")
+            lines.append(_wrap(f"{describe_client(cs.client)}: asked more than "
+                               f"{aggregate.MAX_NAMES:,} names (or the trace more than "
+                               f"{aggregate.MAX_NAMES_TOTAL:,}): the rest are counted under "
+                               f"their parent domains: {shown}{more}", width))
     return ("Notes:\n" + "".join(lines)) if lines else ""
 
 
-def links_text(links: list[Link], when: Callable[[float], str] | None = None) -> str:
+def links_text(links: list[Link], when: Callable[[float], str] | None = None,
+               width: int | None = None) -> str:
     ups = [lk for lk in links if lk.upstream]
     if not ups:
         return ""
     when = when or report_clock([], ups)
-    return "Upstream lookups:\n" + "".join(f"  {describe_link(lk, when)}\n" for lk in ups)
+    return "Upstream lookups:\n" + "".join(_wrap(describe_link(lk, when), width) for lk in ups)
+
+
+def coverage_text(lines: list[str], width: int | None = None) -> str:
+    """The pods a followed workload had during the run, when they changed."""
+    if not lines:
+        return ""
+    return "Pods traced:\n" + "".join(_wrap(line, width) for line in lines)
 
 
 # ---- the JSON document ----------------------------------------------------------------
@@ -480,7 +610,7 @@ class EventSpool:
         if a.link is not None and not a.link.causes:
             self._held[self.count] = a
             self._file.write(f"{sep}\0{self.count}\0")
-        elif a.served or a.link is not None:
+        elif a.served or a.link is not None or a.services:
             self._file.write(sep + jsontext.element(event_json(a)))
         else:
             # Most events: the record's fields, then the client, whose text is the same for

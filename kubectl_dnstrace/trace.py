@@ -30,6 +30,7 @@ from kubectl_dnstrace.errors import (
     ExitCode,
     UsageError,
 )
+from kubectl_dnstrace.following import Following
 from kubectl_dnstrace.kube.client import Kube
 from kubectl_dnstrace.kube.ephemeral import (
     CaptureSpec,
@@ -174,10 +175,12 @@ class TraceRun:
         self.started_streaming = False
         self.agents_started = 0.0  # wall clock when the first capture container ran
         self.startup = 0.0  # seconds from the patch to Running (slowest pod)
+        self.following: Following | None = None  # workload targets' new and gone pods
         self._status_at = 0.0
         self.spec: CaptureSpec | None = None
         self.rooms: dict[str, PodRoom] = {}
         self.nodes = None  # a NodeTrace (nodetrace.py) for node/NAME and nodes
+        self.resolution: Resolution | None = None
 
     def say(self, text: str) -> None:
         self.progress.line(text)
@@ -212,6 +215,7 @@ class TraceRun:
             self._add_all(spec, pods, pre)
             self._wait_all()
             self._stream_all()
+            self.following = Following(self, self.resolution, pre)
             late = self._drain(deadline=time.monotonic() + req.duration + DEADLINE_GRACE)
             if late:
                 self.say(f"no final record from {', '.join(late)} {DEADLINE_GRACE:.0f}s after "
@@ -274,6 +278,7 @@ class TraceRun:
             lambda pod: build_container(spec, pod, pre.plan(pod.namespace).capabilities),
             force=req.force, notice=self.say)
         self.pipeline = self._pipeline(resolution)
+        self.resolution = resolution
         return spec, resolution.pods, pre
 
     # Steps --------------------------------------------------------------------------------
@@ -481,8 +486,12 @@ class TraceRun:
                  f"{self._until_deadline()} UTC or Ctrl-C")
 
     def _drain(self, deadline: float) -> list[str]:
-        """Feed the pipeline until every stream has ended; returns the pods still going."""
-        while any(not r.ended for r in self.runs.values()):
+        """Feed the pipeline until every stream has ended (and, following workloads, the
+        run's time is up); returns the pods still going."""
+        following = self.following
+        while any(not r.ended for r in self.runs.values()) or (following and following.active):
+            if following is not None:
+                following.step()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return [r.pod.key for r in self.runs.values() if not r.ended]
@@ -582,6 +591,8 @@ class TraceRun:
     # Stopping and the outcome -----------------------------------------------------------------
 
     def _cleanup(self, pre: Preflight, reason: str) -> None:
+        if self.following is not None:
+            self.following.stop()  # no new pods from here on
         live = [r for r in self.runs.values() if not r.ended]
         try:
             if live:
@@ -744,6 +755,10 @@ class TraceRun:
         if silent and not events and not errors:
             # Before the summary: "No DNS queries matched" would be a lie.
             raise self._silent_agent(silent[0])
+        gaps = self.following.gaps() if self.following is not None else []
+        if self.following is not None and self.following.report():
+            self.pipeline.coverage = self.following.report()
+            self.pipeline.meta["coverage"] = self.following.coverage.json(time.time())
         code = self.pipeline.finish()
         if errors and not events:
             run, message = errors[0]
@@ -753,6 +768,10 @@ class TraceRun:
             self.pipeline.notice(f"warning: {lost} record(s) were lost in total; the results "
                                  "above are incomplete")
             return ExitCode.STREAM_LOST
+        if gaps:
+            self.pipeline.notice(f"warning: {', '.join(gaps)} went away and no replacement was "
+                                 "traced: the trace does not cover the whole run")
+            return ExitCode.COVERAGE_GAP
         return code
 
 

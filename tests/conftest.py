@@ -49,3 +49,11 @@ def _stop_files_removed():
     for path in set(glob.glob(STOP_FILES)) - before:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch):
+    """Tables fit the terminal (COLUMNS, else 120 off a tty) by shortening texts in the
+    middle. Tests that read names out of tables see them whole at 250 columns; the tests of
+    the layout itself set their own COLUMNS (or pass a width)."""
+    monkeypatch.setenv("COLUMNS", "250")

@@ -563,8 +563,9 @@ def test_the_link_types_really_differ(captures):
 
 
 @pytest.mark.lab
-def test_analyze_table_names_the_pod_from_a_pods_file(captures, capsys, tmp_path):
+def test_analyze_table_names_the_pod_from_a_pods_file(captures, capsys, tmp_path, monkeypatch):
     tmp, (ip4, ip6) = captures
+    monkeypatch.setenv("COLUMNS", "200")  # every text whole (at 120 they are shortened)
     client = pod("client-0", ip4, namespace="lab", owner=("StatefulSet", "client"))
     client["status"]["podIPs"].append({"ip": ip6})
     pods = tmp_path / "pods.json"

@@ -61,6 +61,7 @@ def events() -> list[DnsEvent]:
 
 def run(fmt: str, evs: list[DnsEvent] | None = None, **output) -> tuple[str, str, ExitCode]:
     out, err = io.StringIO(), io.StringIO()
+    output.setdefault("width", 120)
     p = Pipeline(OutputOptions(format=fmt, **output), out, err,
                  attributor=Attributor(inventory()),
                  meta={"command": "trace", "targets": ["coredns"], "roles": {COREDNS: "coredns"}})
@@ -71,36 +72,37 @@ def run(fmt: str, evs: list[DnsEvent] | None = None, **output) -> tuple[str, str
 
 
 EXPECTED_TABLE = """\
-TIME          NAMESPACE     CLIENT                        WORKLOAD              QNAME                         QTYPE  RCODE     ANSWERS           LATENCY   SEEN-AT                   NOTE
-14:00:00.001  kube-system   coredns-7db6d8ff4d-abcde      Deployment/coredns    evil.example.com              A      NOERROR   203.0.113.66      10.0ms    kube-system/coredns-7db6d8ff4d-abcde  upstream for shop/web-5d8f7c9b6-x2k4p (Deployment/web)
-14:00:00.000  shop          web-5d8f7c9b6-x2k4p           Deployment/web        evil.example.com              A      NOERROR   203.0.113.66      12.0ms    kube-system/coredns-7db6d8ff4d-abcde  forwarded
-14:00:01.250  -             node/node-a                   one of: kube-system/kube-proxy-a, monitoring/agent-x7k2p  good.example.com              A      NOERROR   203.0.113.7       0.5ms     kube-system/coredns-7db6d8ff4d-abcde  cache
-14:00:02.500  shop          web-5d8f7c9b6-x2k4p           Deployment/web        evil.example.com              A      NOERROR   203.0.113.66      0.4ms     kube-system/coredns-7db6d8ff4d-abcde  cache
-14:00:03.500  -             192.168.50.7 (unknown)        -                     evil.example.com              AAAA   NXDOMAIN  -                 1.0ms     kube-system/coredns-7db6d8ff4d-abcde  cache
-14:00:03.000  shop          web-5d8f7c9b6-x2k4p           Deployment/web        slow.example.com              TXT    -         -                 -         kube-system/coredns-7db6d8ff4d-abcde  no response
+TIME          NAM…CE  CLIENT        WORKLOAD  QNAME             QTYPE  RCODE     ANSWERS  LATENCY  SEEN-AT   NOTE
+14:00:00.000  shop    web-5d…x2k4p  Depl…web  evil.example.com  A      NOERROR   203….66  12.0ms   kube…cde  forwarded
+14:00:00.001  kub…em  coredn…abcde  Depl…dns  evil.example.com  A      NOERROR   203….66  10.0ms   kube…cde  upstr…/web)
+14:00:01.250  -       node/node-a   one …k2p  good.example.com  A      NOERROR   203…3.7  0.5ms    kube…cde  cache
+14:00:02.500  shop    web-5d…x2k4p  Depl…web  evil.example.com  A      NOERROR   203….66  0.4ms    kube…cde  cache
+14:00:03.000  shop    web-5d…x2k4p  Depl…web  slow.example.com  TXT    -         -        -        kube…cde  no response
+14:00:03.500  -       192.16…nown)  -         evil.example.com  AAAA   NXDOMAIN  -        1.0ms    kube…cde  cache
 
-NAMESPACE    POD                       WORKLOAD                                                  NODE    NAMES                               COUNT    QTYPES     RCODES      FIRST     LAST
-shop         web-5d8f7c9b6-x2k4p       Deployment/web                                            node-a  evil.example.com, slow.example.com  3        A:2 TXT:1  NOERROR:2   14:00:00  14:00:03
--            192.168.50.7 (unknown)    -                                                         -       evil.example.com                    1        AAAA:1     NXDOMAIN:1  14:00:03  14:00:03
--            node/node-a               one of: kube-system/kube-proxy-a, monitoring/agent-x7k2p  node-a  good.example.com                    1        A:1        NOERROR:1   14:00:01  14:00:01
-kube-system  coredns-7db6d8ff4d-abcde  Deployment/coredns                                        node-b  evil.example.com                    1        A:1        NOERROR:1   14:00:00  14:00:00
+NAMESPACE  POD                   WORKLOAD         NODE    NAMES             COUNT  QTYPES  RCODES     FIRST     LAST
+shop       web-5d8f7c9b6-x2k4p   Deployment/web   node-a  evi…om (+1 more)  3      A:2…:1  NOERROR:2  14:00:00  14:00:03
+-          192.168.50…(unknown)  -                -       evil.example.com  1      AAAA:1  NXDO…IN:1  14:00:03  14:00:03
+-          node/node-a           one of:…t-x7k2p  node-a  good.example.com  1      A:1     NOERROR:1  14:00:01  14:00:01
+kube…stem  coredns-7d…f4d-abcde  Deploym…coredns  node-b  evil.example.com  1      A:1     NOERROR:1  14:00:00  14:00:00
 
 Notes:
   192.168.50.7 [192.168.50.7]: not a pod, node or Service address known to the inventory
   node/node-a [172.18.0.10]: InternalIP of node node-a: a node process or one of its hostNetwork pods
 
 Upstream lookups:
-  upstream lookup of evil.example.com A at 14:00:00 by kube-system/coredns-7db6d8ff4d-abcde (Deployment/coredns) to 172.18.0.53 caused by shop/web-5d8f7c9b6-x2k4p (Deployment/web)
+  upstream lookup of evil.example.com A at 14:00:00 by kube-system/coredns-7db6d8ff4d-abcde (Deployment/coredns) to
+    172.18.0.53 caused by shop/web-5d8f7c9b6-x2k4p (Deployment/web)
 """
 
 EXPECTED_WIDE = """\
 TIME          NAMESPACE     CLIENT                        IP               WORKLOAD              QNAME                         QTYPE  RCODE     ANSWERS           LATENCY   SERVER           SEEN-AT                   NOTE
-14:00:00.001  kube-system   coredns-7db6d8ff4d-abcde      10.244.1.2       Deployment/coredns    evil.example.com              A      NOERROR   203.0.113.66      10.0ms    172.18.0.53      kube-system/coredns-7db6d8ff4d-abcde  upstream for shop/web-5d8f7c9b6-x2k4p (Deployment/web)
 14:00:00.000  shop          web-5d8f7c9b6-x2k4p           10.244.0.5       Deployment/web        evil.example.com              A      NOERROR   203.0.113.66      12.0ms    10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  forwarded
+14:00:00.001  kube-system   coredns-7db6d8ff4d-abcde      10.244.1.2       Deployment/coredns    evil.example.com              A      NOERROR   203.0.113.66      10.0ms    172.18.0.53      kube-system/coredns-7db6d8ff4d-abcde  upstream for shop/web-5d8f7c9b6-x2k4p (Deployment/web)
 14:00:01.250  -             node/node-a                   172.18.0.10      one of: kube-system/kube-proxy-a, monitoring/agent-x7k2p  good.example.com              A      NOERROR   203.0.113.7       0.5ms     10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  cache
 14:00:02.500  shop          web-5d8f7c9b6-x2k4p           10.244.0.5       Deployment/web        evil.example.com              A      NOERROR   203.0.113.66      0.4ms     10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  cache
-14:00:03.500  -             192.168.50.7 (unknown)        192.168.50.7     -                     evil.example.com              AAAA   NXDOMAIN  -                 1.0ms     10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  cache
 14:00:03.000  shop          web-5d8f7c9b6-x2k4p           10.244.0.5       Deployment/web        slow.example.com              TXT    -         -                 -         10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  no response
+14:00:03.500  -             192.168.50.7 (unknown)        192.168.50.7     -                     evil.example.com              AAAA   NXDOMAIN  -                 1.0ms     10.244.1.2       kube-system/coredns-7db6d8ff4d-abcde  cache
 
 NAMESPACE    POD                       WORKLOAD                                                  NODE    NAMES                               COUNT    QTYPES     RCODES      FIRST     LAST      IPS           DNS-SERVERS    SEEN-AT                               P50     P95
 shop         web-5d8f7c9b6-x2k4p       Deployment/web                                            node-a  evil.example.com, slow.example.com  3        A:2 TXT:1  NOERROR:2   14:00:00  14:00:03  10.244.0.5    10.244.1.2     kube-system/coredns-7db6d8ff4d-abcde  0.4ms   12.0ms
@@ -136,7 +138,7 @@ def test_a_capture_across_midnight_dates_its_summary_times():
     morning = q(13 * 3600.0, "10.244.0.5", "10.244.1.2", 2, "evil.example.com", sport=40001)
     forward = q(13 * 3600.0 + 0.001, "10.244.1.2", "172.18.0.53", 3, "evil.example.com",
                 sport=51000)
-    out, _, code = run("table", [evening, morning, forward], live=False)
+    out, _, code = run("table", [evening, morning, forward], live=False, width=250)
     assert code == ExitCode.MATCHED
     table = out.split("\n\n")[0].splitlines()
     assert table[0].split()[-2:] == ["FIRST", "LAST"]
@@ -153,7 +155,7 @@ def test_names_past_the_limit_are_summed_under_their_domain_and_said_so(monkeypa
     monkeypatch.setattr(aggregate, "MAX_NAMES", 2)
     evs = [q(0.1 * i, "10.244.0.5", "10.244.1.2", i, f"x{i}.t.evil.example.com", sport=40000 + i)
            for i in range(5)]
-    out, _, _ = run("table", evs, live=False)
+    out, _, _ = run("table", evs, live=False, width=250)
     assert ("  shop/web-5d8f7c9b6-x2k4p (Deployment/web): asked more than 2 names (or the trace "
             "more than 100,000): the rest are counted under their parent domains: "
             "*.t.evil.example.com (3)\n") in out
@@ -342,6 +344,23 @@ def test_nodelocal_dns_is_detected_and_said_in_one_line():
     assert err.getvalue() == (
         "NodeLocal DNSCache is on (1 node): CoreDNS sees node addresses, not pods; clients are "
         "named from the node-local-dns captures, which see the pods' own addresses\n")
+
+
+def test_nodelocal_notice_is_not_said_on_a_trace_of_application_pods():
+    """pod/, deploy/ ... captures sit in the pods themselves: they see their own addresses
+    whatever NodeLocal DNSCache does."""
+    from kubectl_dnstrace.model import PodRef
+
+    inv = Inventory.from_objects([pod("node-local-dns-a", "172.18.0.10", namespace="kube-system",
+                                      host_network=True, labels={"k8s-app": "node-local-dns"})],
+                                 [node("node-a", "172.18.0.10", "10.244.0.0/24")], since=T0)
+    err = io.StringIO()
+    Pipeline(OutputOptions(format="table"), io.StringIO(), err, attributor=Attributor(inv),
+             meta={"targets": [PodRef("shop", "web-1", role="pod")]})
+    assert err.getvalue() == ""
+    Pipeline(OutputOptions(format="table"), io.StringIO(), err, attributor=Attributor(inv),
+             meta={"targets": [PodRef("kube-system", "coredns-1", role="coredns")]})
+    assert err.getvalue().startswith("NodeLocal DNSCache is on (1 node)")
 
 
 def _with_packets(evs: list[DnsEvent]) -> list[DnsEvent]:
@@ -573,3 +592,87 @@ def test_a_late_cause_releases_its_forward_even_behind_another_held_one():
     assert json.loads(out.getvalue().splitlines()[1])["forward"]["caused_by"]
     p.finish()
     assert json.loads(out.getvalue().splitlines()[2])["qname"] == "other.example.com"
+
+
+def test_tables_fit_the_terminal_and_stay_lined_up(monkeypatch):
+    """Long real names (search-path expansions, CoreDNS pod names, "one of: ...") shortened in
+    the middle with "…"; every line within COLUMNS; the columns start where the header's do."""
+    long_name = "api.payments.svc.cluster.local.svc.cluster.local.cluster.local"
+    evs = [*events(), q(4.0, "10.244.0.5", "10.244.1.2", 9, long_name, sport=40009)]
+    monkeypatch.setenv("COLUMNS", "120")
+    out = io.StringIO()
+    p = Pipeline(OutputOptions(format="table"), out, io.StringIO(),
+                 attributor=Attributor(inventory()),
+                 meta={"targets": ["coredns"], "roles": {COREDNS: "coredns"}})
+    for ev in evs:
+        p.feed(ev)
+    p.finish()
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 120
+    live, summary = text.split("\n\n")[:2]
+    for block in (live, summary):
+        rows = block.splitlines()
+        starts = [m.start() for m in re.finditer(r"(?<=  )\S", rows[0])]
+        for line in rows[1:]:
+            for s in starts:  # every cell starts under its header (a last empty one: none)
+                assert len(line) <= s or (line[s - 2:s] == "  " and line[s] != " "), (line, s)
+    assert "…" in live and long_name not in live
+    assert "api.paym" in live  # the start of the name stays...
+    assert "r.local  " in live  # ...and its end
+    monkeypatch.setenv("COLUMNS", "250")
+    json_out, _, _ = run("json", evs)
+    assert long_name in json_out  # the JSON keeps it whole
+
+
+def test_width_falls_back_to_120_when_not_a_tty(monkeypatch):
+    from kubectl_dnstrace.columns import shorten, terminal_width
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert terminal_width(io.StringIO()) == 120
+    monkeypatch.setenv("COLUMNS", "90")
+    assert terminal_width(io.StringIO()) == 90
+    assert shorten("coredns-5d78c9869d-x7k2p", 12) == "coredn…x7k2p"
+    assert shorten("short", 12) == "short"
+
+
+def test_service_addresses_are_named_svc_ns_name_in_tables_and_carried_in_json():
+    """A rogue resolver behind a Service, and an answer that is a Service's ClusterIP."""
+    from tests.test_inventory import service
+
+    inv = inventory()
+    inv.add_service(service("rogue-dns", "tools", "10.96.7.7"))
+    inv.add_service(service("api", "shop", "10.96.3.3"))
+    ask = q(0.0, "10.244.0.5", "10.96.7.7", 77, "api.example.com")
+    reply = r(ask, answers=("10.96.3.3",))
+    out, err = io.StringIO(), io.StringIO()
+    p = Pipeline(OutputOptions(format="wide"), out, err, attributor=Attributor(inv),
+                 meta={"targets": []})
+    p.feed(ask)
+    p.feed(reply)
+    p.finish()
+    line = out.getvalue().splitlines()[1]
+    assert "svc/shop/api" in line and "svc/tools/rogue-dns" in line
+    assert "svc/tools/rogue-dns" in out.getvalue().split("\n\n")[1]  # DNS-SERVERS
+    out = io.StringIO()
+    p = Pipeline(OutputOptions(format="ndjson"), out, io.StringIO(), attributor=Attributor(inv))
+    p.feed(ask)
+    p.feed(reply)
+    p.finish()
+    first, second = (json.loads(x) for x in out.getvalue().splitlines())
+    assert first["services"] == {"10.96.7.7": {"namespace": "tools", "name": "rogue-dns"}}
+    assert second["services"] == {"10.96.3.3": {"namespace": "shop", "name": "api"},
+                                  "10.96.7.7": {"namespace": "tools", "name": "rogue-dns"}}
+
+
+def test_evidence_file_is_in_time_order_whatever_order_the_captures_delivered(tmp_path):
+    """Two captures' streams interleave with lags: the file is still in time order."""
+    path = tmp_path / "e.pcap"
+    evs = _with_packets(events())
+    late_stream = [e for i, e in enumerate(evs) if i % 2]
+    fast_stream = [e for i, e in enumerate(evs) if not i % 2]
+    run("ndjson", fast_stream[:3] + late_stream + fast_stream[3:], pcap_path=str(path))
+    times = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(times) == len(evs)
+    assert [float(t) for t in times] == sorted(float(t) for t in times)

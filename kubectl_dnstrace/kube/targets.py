@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from kubectl_dnstrace.errors import DnstraceError, Forbidden, NotFound, UsageError
 from kubectl_dnstrace.kube.client import Kube
+from kubectl_dnstrace.kube.follow import Follow
 from kubectl_dnstrace.model import PodRef
 
 # kubectl's names for the kinds a target may name -> our kinds table.
@@ -65,6 +66,9 @@ class Resolution:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # ("ns/pod", why)
     notes: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)  # node/NAME and nodes: captured in the node
+    # The workloads and selectors behind the pods, followed for the whole run (kube/follow):
+    # pod/NAME targets are not among them.
+    follows: list[Follow] = field(default_factory=list)
 
     @property
     def namespaces(self) -> list[str]:
@@ -287,6 +291,8 @@ class TargetResolver:
             )
         pods, _ = self.kube.list("pods", ns, label_selector=selector)
         uid = (workload.get("metadata") or {}).get("uid")
+        name = (workload.get("metadata") or {}).get("name", "")
+        res.follows.append(Follow(f"{_short(kind)}/{name}", ns, selector, "pod", uid, kind))
         before = len(res.pods) + len(res.skipped)
         cache: dict[str, set] = {}
         for pod in pods:
@@ -323,6 +329,7 @@ class TargetResolver:
     def _selector(self, res: Resolution, selector: str) -> None:
         ns = None if self.all_namespaces else self.namespace
         pods, _ = self.kube.list("pods", ns, label_selector=selector)
+        res.follows.append(Follow(f"-l {selector}", ns, selector))
         if not pods:
             res.notes.append(f"no pods match -l {selector}{self._where()}")
         for pod in pods:
@@ -381,6 +388,7 @@ class TargetResolver:
                 "name them with --dns-namespace and --dns-selector (e.g. "
                 "--dns-selector k8s-app=coredns)",
             )
+        res.follows.append(Follow("coredns", ns, selector, "coredns"))
         for pod in dns_pods:
             res.add(pod, role="coredns")
         if not self.dns_selector:
@@ -418,8 +426,16 @@ class TargetResolver:
             "NodeLocal DNSCache detected: tracing node-local-dns pods too; they run in the "
             "node's network namespace and see the real pod IPs"
         )
+        res.follows.append(Follow("node-local-dns", self.dns_namespace, selector,
+                                  "node-local-dns"))
         for pod in pods:
             res.add(pod, role="node-local-dns")
+
+
+def _short(kind: str) -> str:
+    """The short form a user types: deploy, ds, sts, job, rs."""
+    return {"deployments": "deploy", "daemonsets": "ds", "statefulsets": "sts",
+            "jobs": "job", "replicasets": "rs"}.get(kind, kind)
 
 
 def _singular(kind: str) -> str:

@@ -337,7 +337,8 @@ class Pipeline:
                 self._encrypted_events.append(render.encrypted_json(record, client,
                                                                     observed_at))
         elif self.live:
-            self._write_lines([render.encrypted_line(record, client, observed_at, self.wide)])
+            self._write_text(self._layout.rows(
+                [render.encrypted_cells(record, client, observed_at, self.wide)]))
         if self.streaming:
             self.out.flush()
 
@@ -345,7 +346,9 @@ class Pipeline:
         self._write_pairs(self._pairing.add(a))
 
     def _write_pairs(self, pairs: list) -> None:
-        text = self._layout.lines(pairs)
+        self._write_text(self._layout.lines(pairs))
+
+    def _write_text(self, text: str) -> None:
         if not text:
             return
         self._header_done = True

@@ -303,7 +303,7 @@ def live_cells(query: Attributed | None, response: Attributed | None,
     note = _note(query, response)
     res = ev.resolver
     if res is not None and res["bypass"]:
-        note = f"BYPASS: asked {res['ip']} ({res['kind']})" + (f"; {note}" if note else "")
+        note = f"BYPASS to {res['ip']} ({res['kind']})" + (f"; {note}" if note else "")
     cells = (clock_ms(ev.ts), ns, pod, workload, ev.qname, ev.qtype, rcode, answers, lat,
              ev.observed_at or "-", note)
     if wide:
@@ -351,7 +351,10 @@ class LiveLayout:
 
     def lines(self, pairs: list[tuple[Attributed | None, Attributed | None]]) -> str:
         """The lines of finished exchanges, the header before the first ones."""
-        rows = [live_cells(q, r, self.wide) for q, r in pairs]
+        return self.rows([live_cells(q, r, self.wide) for q, r in pairs])
+
+    def rows(self, rows: list[tuple[str, ...]]) -> str:
+        """Lines of cells in the live columns (exchanges, encrypted DNS attempts)."""
         if not rows:
             return ""
         if self.wide:
@@ -373,17 +376,17 @@ class LiveLayout:
         return head + "".join(columns.row(cells, self.widths) for cells in rows)
 
 
-def encrypted_line(record: dict, client: Client, observed_at: str, wide: bool = False) -> str:
-    """An encrypted DNS attempt (a SYN to 853, or to a public DoH resolver on 443) as a live
-    line: the destination stands where the name would, the protocol where the type would."""
+def encrypted_cells(record: dict, client: Client, observed_at: str,
+                    wide: bool = False) -> tuple[str, ...]:
+    """An encrypted DNS attempt (a SYN to 853, or to a public DoH resolver on 443) in the live
+    columns: the destination stands where the name would, the protocol where the type would."""
     ns, pod, workload, _node = client_cells(client)
     cells = (clock_ms(record["ts"]), ns, pod, workload, f"{record['dst']}:{record['dport']}",
              record["protocol"].upper(), "-", "-", "-", observed_at or "-",
-             "ENCRYPTED DNS attempt (connection opening; contents unseen)")
+             "ENCRYPTED DNS attempt")
     if wide:
         cells = (*cells[:3], client.ip, *cells[3:9], record["dst"], *cells[9:])
-        return _row(cells, WIDE_LIVE_WIDTHS)
-    return _row(cells, LIVE_WIDTHS)
+    return cells
 
 
 def encrypted_json(record: dict, client: Client, observed_at: str) -> dict[str, Any]:

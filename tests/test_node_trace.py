@@ -130,10 +130,16 @@ def test_node_trace_reports_bypass_encrypted_dns_and_the_node(scenario):
 
 def test_node_trace_summary_sections(scenario):
     sl = scenario
-    r = dnstrace(sl, "no/node-a", "--duration", "10s", "--no-lines",
-                 during=lambda: open_dot(sl))
+    r = dnstrace(sl, "no/node-a", "--duration", "10s", during=lambda: open_dot(sl))
     assert r.returncode == 0, r.stderr
     out = r.stdout
+    # Live lines: the bypassing queries marked, the DoT attempt as a line of its own.
+    live = out.split("\n\n")[0]  # the live lines, before the summary table
+    rogue_lines = [x for x in live.splitlines() if ROGUE in x and "c2.example.net" in x]
+    assert rogue_lines and all("BYPASS to " in x for x in rogue_lines)  # (may be shortened)
+    assert not [x for x in live.splitlines() if WEB in x and "BYPASS" in x]
+    [dot_line] = [x for x in live.splitlines() if "ENCRYPTED DNS attempt" in x]
+    assert DOT in dot_line and f"{UPSTREAM}:853" in dot_line and "DOT" in dot_line
     assert "Queries that bypassed cluster DNS:" in out
     [line] = [x for x in out.splitlines() if x.startswith(f"  shop/{ROGUE}")]
     assert f"-> {UPSTREAM} (external) -> c2.example.net x" in line

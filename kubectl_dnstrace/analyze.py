@@ -35,6 +35,7 @@ from itertools import chain
 from operator import attrgetter
 from typing import Any, TextIO
 
+from kubectl_dnstrace import linklayers
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.attribution import Attributor, scope_label, scope_notice
 from kubectl_dnstrace.errors import BadInput, ClusterUnreachable, ExitCode, UsageError
@@ -76,23 +77,77 @@ def run_analyze(request: AnalyzeRequest, out: TextIO | None = None,
                         else scope_label(inventory)),
     }
     pipeline = Pipeline(request.output, out, err, attributor=Attributor(inventory),
-                        meta=meta, streaming=STDIN in request.files)
+                        meta=meta, streaming=STDIN in request.files, in_order=True)
     if inventory.scope:
         pipeline.notice(scope_notice(inventory))
     want_raw = bool(request.output.pcap_path)
+    unread: list[BadInput] = []
     for stats in analyze_files(request.files, dns_filter, pipeline, want_raw):
         path = stats["path"] = display_name(stats.get("path") or "")
         pipeline.meta["files"].append(stats)
-        pipeline.notice(
-            f"{path}: {stats['packets']} packets, {stats['dns_messages']} DNS messages, "
-            f"{stats['matched']} matched"
-            + (f", {stats['malformed']} malformed (skipped)" if stats["malformed"] else "")
-            + (f", {stats['duplicates']} duplicates" if stats["duplicates"] else "")
-            + (f", {stats['unsupported']} frames of an unsupported link type"
-               if stats["unsupported"] else "")
-            + (f", {stats['bad_times']} with a timestamp past the year 10000 (skipped)"
-               if stats["bad_times"] else ""))
-    return pipeline.finish()
+        pipeline.notice(file_summary(path, stats))
+        problem = file_problem(path, stats)
+        if problem is not None:
+            unread.append(problem)
+    code = pipeline.finish()
+    if unread:
+        # What was read is reported above; the exit code still says a file was not.
+        raise unread[0] if len(unread) == 1 else BadInput(
+            "; ".join(p.message for p in unread), unread[0].hint)
+    return code
+
+
+def file_summary(path: str, stats: dict[str, Any]) -> str:
+    """One file's counters, as the notice after it is read."""
+    text = (f"{path}: {stats['packets']} packets, {stats['dns_messages']} DNS messages, "
+            f"{stats['matched']} matched")
+    if stats.get("truncated"):
+        text += (f", {stats['truncated']} cut short by the capture's snap length (reported "
+                 "as far as they go)")
+    if stats.get("cut"):
+        text += f", {stats['cut']} cut short inside their question (skipped)"
+    if stats["malformed"]:
+        text += f", {stats['malformed']} malformed (skipped)"
+    if stats["duplicates"]:
+        text += f", {stats['duplicates']} duplicates"
+    if stats["unsupported"]:
+        kinds = sorted((stats.get("unsupported_types") or {}).items(), key=lambda kv: -kv[1])
+        text += (f", {stats['unsupported']} frames of link types analyze does not read "
+                 "(skipped: " + ", ".join(f"{n} {linklayers.name(int(lt))}"
+                                          for lt, n in kinds) + ")")
+    if stats.get("no_packet"):
+        text += f", {stats['no_packet']} NFLOG or PKTAP frames without a packet (skipped)"
+    if stats["bad_times"]:
+        text += f", {stats['bad_times']} with a timestamp past the year 10000 (skipped)"
+    if stats.get("damaged_at") is not None:
+        text += f"; damaged at byte {stats['damaged_at']}: nothing after it was read"
+    return text
+
+
+def file_problem(path: str, stats: dict[str, Any]) -> BadInput | None:
+    """The error a file's reading ends the run with (exit 10) once what was read is
+    reported: damage part-way, or no frame of a link type that carries IP."""
+    if stats.get("damaged_at") is not None:
+        return BadInput(
+            f"{path} is damaged at byte {stats['damaged_at']}: {stats['damage']}",
+            "the packets before the damage were read and are reported above; nothing "
+            "after it was (tcpdump and tshark stop there too)")
+    empty = stats.get("no_packet", 0)
+    read = stats["packets"] - stats["bad_times"] - stats["unsupported"] - empty
+    if (stats["unsupported"] or empty) and read <= 0:
+        why = []
+        if stats["unsupported"]:
+            kinds = ", ".join(linklayers.name(int(lt)) for lt in stats["unsupported_types"])
+            why.append(f"{stats['unsupported']} are of link type {kinds}, which analyze does "
+                       "not read")
+        if empty:
+            why.append(f"{empty} are NFLOG or PKTAP records without a packet")
+        return BadInput(
+            f"{path}: no frame could be read as IP: " + "; ".join(why),
+            "analyze reads Ethernet, Linux cooked (SLL, SLL2: tcpdump -i any), raw IP, BSD "
+            "loopback, NFLOG and PKTAP captures; an NFLOG rule with --nflog-size 0 logs no "
+            "packet")
+    return None
 
 
 FILE_CHILDREN = 4  # files decoded in child processes at once; any further ones in this one
@@ -201,13 +256,13 @@ def _events(source: FileEvents, want_raw: bool) -> Iterator[list[DnsEvent]]:
     event = DnsEvent
     for batch in source.batches():
         if want_raw:
-            events = [event(*f[:10], "", f[10], f[11] or [], f[12], 0, path, f[14])
+            events = [event(*f[:10], "", f[10], f[11] or [], f[12], 0, path, f[15], 101, f[14])
                       for f in batch]
         else:  # unpacked into names: half the cost of indexing the tuple 13 times
             events = [event(ts, qr, proto, src, sport, dst, dport, ident, qname, qtype, "",
-                            rcode, answers or [], latency, 0, path)
+                            rcode, answers or [], latency, 0, path, None, 101, truncated)
                       for ts, qr, proto, src, sport, dst, dport, ident, qname, qtype, rcode,
-                      answers, latency, _tc in batch]
+                      answers, latency, _tc, truncated in batch]
         yield events
 
 

@@ -64,7 +64,7 @@ Exit codes: 0 something matched, 1 nothing matched, 2 usage, 3 cluster unreachab
   4 not found, 5 RBAC forbidden, 6 Pod Security, 7 no ephemeral containers,
   8 capture container failed, 9 agent failed, 10 bad capture file, 11 events lost,
   12 pod object too large, 13 API server busy (429), 14 pod already traced,
-  15 a traced pod went away unreplaced,
+  15 a traced pod went away unreplaced, 16 Corefile not editable (--via log),
   70 internal error, 130 interrupted (README.md, "Exit codes").
 """
 
@@ -107,6 +107,12 @@ Examples:
 \b
   # Air-gapped cluster: any image with python3 from your mirror
   kubectl dnstrace coredns --image registry.local/python:3.13-alpine
+
+\b
+  # No capture container at all: CoreDNS's log plugin, Corefile put back at exit
+  kubectl dnstrace coredns --via log -d evil.example.com --duration 10m
+  kubectl dnstrace coredns --via log --since 1h     # log already on: read it
+  kubectl dnstrace coredns --restore                # after a killed --via log run
 
 \b
 Each capture is an ephemeral container named dnstrace-<id>; it stops at --duration
@@ -294,6 +300,9 @@ def trace(
     create_pod: Annotated[bool, typer.Option("--create-pod", help="node/NAME, nodes: capture in a short-lived hostNetwork pod created on each node (instead of attaching to its pods).")] = False,
     pod_namespace: Annotated[str | None, typer.Option("--pod-namespace", metavar="NAMESPACE", help="Where --create-pod creates its pods (default: the current namespace).")] = None,
     doh_resolvers: Annotated[str | None, typer.Option("--doh-resolvers", metavar="FILE", help="Node traces: DoH/DoT resolver addresses, one per line (replaces the built-in list).")] = None,
+    via: Annotated[str, typer.Option("--via", metavar="ROUTE", help="coredns: capture (ephemeral containers) | log (CoreDNS's log plugin: edits the Corefile, restored at exit).")] = "capture",
+    since: Annotated[str | None, typer.Option("--since", metavar="DURATION", help="--via log: read what CoreDNS already logged (e.g. 1h); changes nothing.")] = None,
+    restore: Annotated[bool, typer.Option("--restore", help="coredns: put back a Corefile change a killed --via log run left.")] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     request_timeout: RequestTimeoutOpt = "10s",
@@ -330,8 +339,19 @@ def trace(
         pod_namespace=pod_namespace,
         doh_resolvers=load_resolver_file(doh_resolvers) if doh_resolvers else None,
         force=force,
+        **_via_options(via, since, restore),
     )
     raise typer.Exit(int(run_trace(request)))
+
+
+def _via_options(via: str, since: str | None, restore: bool) -> dict:
+    if via not in ("capture", "log"):
+        raise UsageError(f"unknown --via {via!r}", "use --via capture (the default) or --via log")
+    if since is not None and via != "log":
+        raise UsageError("--since reads what CoreDNS already logged: it needs --via log",
+                         "kubectl dnstrace coredns --via log --since 1h")
+    return {"via": via, "restore": restore,
+            "since": parse_duration(since, "--since") if since is not None else None}
 
 
 @app.command(epilog=ANALYZE_EPILOG, short_help="Attribute the DNS queries in pcap/pcapng files to pods.")

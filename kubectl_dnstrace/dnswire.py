@@ -190,11 +190,14 @@ class Edns(_Plain):
 class Message(_Plain):
     """A whole DNS message. Header bits are read from ``flags`` on access; ``rcode`` already
     includes the EDNS extended bits, so 16 is BADVERS, not NOERROR. ``authority`` is None
-    when the parse was asked to step over that section."""
+    when the parse was asked to step over that section. ``cut`` is True for a message read
+    with ``partial=True`` whose records ended before its counts said (see
+    :func:`parse_message`)."""
 
-    __slots__ = ("id", "flags", "rcode", "questions", "answers", "authority", "additional", "edns")  # noqa: RUF023 (field order reads better)
+    __slots__ = ("id", "flags", "rcode", "questions", "answers", "authority", "additional", "edns", "cut")  # noqa: RUF023 (field order reads better)
 
-    def __init__(self, id, flags, rcode, questions, answers, authority, additional, edns):
+    def __init__(self, id, flags, rcode, questions, answers, authority, additional, edns,
+                 cut=False):
         self.id = id
         self.flags = flags
         self.rcode = rcode
@@ -203,6 +206,7 @@ class Message(_Plain):
         self.authority = authority
         self.additional = additional
         self.edns = edns
+        self.cut = cut
 
     @property
     def qr(self):
@@ -632,7 +636,7 @@ def _read_edns(buf, name, udp_size, ttl, pos, end):
 # --- the full parse --------------------------------------------------------------------------
 
 
-def parse_message(buf, authority=True):
+def parse_message(buf, authority=True, partial=False):
     """Parse a whole DNS message (bytes-like) into a :class:`Message`.
 
     With ``authority=False`` the authority section is stepped over, not decoded, and
@@ -640,12 +644,19 @@ def parse_message(buf, authority=True):
     (the agent, for every response) skips the SOA that most negative answers carry,
     which costs about as much as the rest of such a message.
 
+    With ``partial=True`` the message is one a capture cut short (its snap length kept
+    the first octets of each packet): the header and the questions must be whole, as
+    always, but the records are read only as far as they go. The first record that does
+    not parse ends the reading, the sections after it are empty, and ``Message.cut`` is
+    True. tshark shows such a message the same way: whatever fits, then "malformed".
+    Only the caller knows a message was cut rather than broken, so only it may ask.
+
     Raises DnsParseError, and nothing else, for every input it cannot parse.
     """
     if type(buf) is not bytes:
         buf = bytes(buf)
     try:
-        return _parse_message(buf, authority)
+        return _parse_message(buf, authority, partial)
     except (IndexError, struct.error):
         raise DnsParseError("message ends inside a record", len(buf)) from None
 
@@ -727,14 +738,15 @@ def quick_response(buf, qend):
     return rcode, answers
 
 
-def _parse_message(buf, authority):
+def _parse_message(buf, authority, partial=False):
     size = len(buf)
     if size < 12:
         raise DnsParseError("message shorter than its 12-octet header", 0)
     ident, flags, qdcount, ancount, nscount, arcount = _unpack_header(buf)
     # The smallest question is 5 octets and the smallest record 11: refuse counts the
-    # message cannot hold before building anything for them.
-    if qdcount * 5 + (ancount + nscount + arcount) * 11 > size - 12:
+    # message cannot hold before building anything for them (a cut message holds fewer
+    # records than it counts; its reading stops at the end instead).
+    if qdcount * 5 + (0 if partial else (ancount + nscount + arcount) * 11) > size - 12:
         raise DnsParseError(
             "section counts %d/%d/%d/%d need more than the message's %d octets"
             % (qdcount, ancount, nscount, arcount, size),
@@ -749,14 +761,35 @@ def _parse_message(buf, authority):
         qtype, qclass = _unpack_hh(buf, pos)
         pos += 4
         questions.append(Question(name, qtype, qclass))
+    sections = [[], [] if authority else None, []]
+    opt = [None]
+    try:
+        _read_sections(buf, pos, size, (ancount, nscount, arcount), sections, opt, cache)
+        cut = False
+    except (IndexError, struct.error, DnsParseError):
+        if not partial:
+            raise
+        cut = True
+    edns = opt[0]
+    rcode = flags & 0xF
+    if edns is not None:
+        rcode |= edns.ext_rcode << 4
+    return Message(ident, flags, rcode, questions, sections[0], sections[1], sections[2], edns,
+                   cut)
+
+
+def _read_sections(buf, pos, size, counts, sections, opt, cache):
+    """Read the answer, authority and additional records from ``pos`` into ``sections``
+    (three lists; None for a section to step over) and the EDNS OPT record into
+    ``opt[0]``. Filled as it goes: after an exception they hold what was read before it,
+    which is what a partial parse reports."""
+    read_name = _read_name
     edns = None
-    sections = []
-    for section, count in ((0, ancount), (1, nscount), (2, arcount)):
-        if section == 1 and not authority:
+    for section, count in enumerate(counts):
+        records = sections[section]
+        if records is None:
             pos = _skip_records(buf, pos, count, size)
-            sections.append(None)
             continue
-        records = []
         for _ in range(count):
             # Owners are mostly a pointer to a name already read, or the root (OPT).
             n = buf[pos]
@@ -784,7 +817,7 @@ def _parse_message(buf, authority):
                     raise DnsParseError(
                         "OPT record outside the additional section or repeated", pos - 10
                     )
-                edns = _read_edns(buf, name, rclass, ttl, pos, end)
+                edns = opt[0] = _read_edns(buf, name, rclass, ttl, pos, end)
                 pos = end
                 continue
             decode = (_RDATA_IN if rclass == _CLASS_IN else _RDATA_ANY_CLASS).get(rtype)
@@ -797,8 +830,3 @@ def _parse_message(buf, authority):
                 ttl = 0
             records.append(Record(name, rtype, rclass, ttl, rdata))
             pos = end
-        sections.append(records)
-    rcode = flags & 0xF
-    if edns is not None:
-        rcode |= edns.ext_rcode << 4
-    return Message(ident, flags, rcode, questions, sections[0], sections[1], sections[2], edns)

@@ -27,6 +27,7 @@ class ExitCode(enum.IntEnum):
     API_BUSY = 13  # the API server kept answering 429 Too Many Requests
     ALREADY_TRACED = 14  # another trace's agent runs in the pod (--force runs both)
     COVERAGE_GAP = 15  # a traced pod went away and no replacement of its workload was traced
+    COREFILE = 16  # --via log: the Corefile cannot be changed safely (no reload, unreadable, refused)
     INTERNAL = 70  # a bug: please report it
     INTERRUPTED = 130  # Ctrl-C before the trace started
 
@@ -95,3 +96,15 @@ class ApiBusy(DnstraceError):
 
 class AlreadyTraced(DnstraceError):
     exit_code = ExitCode.ALREADY_TRACED
+
+
+class CorefileRefused(DnstraceError):
+    """``--via log``: the Corefile cannot be edited safely, or CoreDNS refused the edit."""
+
+    exit_code = ExitCode.COREFILE
+
+
+class Conflict(DnstraceError):
+    """A write lost a race (409: the object changed since it was read); callers re-read."""
+
+    exit_code = ExitCode.INTERNAL

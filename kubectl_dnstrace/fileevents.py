@@ -21,8 +21,12 @@ one, goes at least every PROGRESS_PACKETS packets), a dict the final counters, a
 error to raise.
 
 A record is the tuple of ``EventBuilder.fields`` — ``(ts, qr, proto, src, sport, dst,
-dport, id, qname, qtype, rcode, answers, latency_ms, tc)`` — with the IP packet appended
-when evidence output wants it.
+dport, id, qname, qtype, rcode, answers, latency_ms, tc, truncated)`` — with the IP packet
+appended when evidence output wants it.
+
+Frames of the link types that wrap another (NFLOG, PKTAP: ``linklayers``) are unwrapped
+before the decoder sees them; frames of link types nothing here reads are counted by link
+type, for the summary to name.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import Any
 
-from kubectl_dnstrace import errors, gcpolicy
+from kubectl_dnstrace import dnswire, errors, gcpolicy, linklayers
 from kubectl_dnstrace.agent.dedupe import Deduper
 from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
@@ -52,6 +56,52 @@ PROGRESS_PACKETS = 1 << 16  # a batch goes (even a short or empty one) at least 
 CHILD_MIN_BYTES = 4 << 20  # below this (about 40,000 packets) the fork does not pay
 PIPE_BYTES = 1 << 20
 _LENGTH = struct.Struct("<I")
+
+
+class FileEventBuilder(EventBuilder):
+    """The agent's ``EventBuilder`` for packets a capture file's snap length (``tcpdump
+    -s``, ``editcap -s``) may have cut: a response whose header and question were kept is
+    reported as far as it goes (``truncated`` in its record); a message cut before that is
+    counted as ``cut``, not as malformed. Whether a packet was cut, its IP header tells
+    (``captured_short``). The agent takes whole packets and has no use for this (and the
+    code shipped into pods stays small)."""
+
+    def __init__(self, dns_filter: DnsFilter, **kw: Any) -> None:
+        super().__init__(dns_filter, **kw)
+        self.cut = 0  # cut inside their header or question: skipped
+        self.truncated = 0  # responses cut after their question: reported
+
+    def _unparsed(self, seg: Any) -> None:
+        if captured_short(seg):
+            self.cut += 1
+        else:
+            self.malformed += 1
+
+    def _cut_response(self, seg: Any) -> dnswire.Message | None:
+        if not captured_short(seg):
+            return None
+        try:
+            msg = dnswire.parse_message(seg.payload, authority=False, partial=True)
+        except dnswire.DnsParseError:
+            return None
+        self.truncated += 1
+        return msg
+
+
+def captured_short(seg: Any) -> bool:
+    """True when ``seg`` is a UDP message the capture holds less of than was sent: its IP
+    header counts more octets than the captured packet has. Asked only of messages that
+    do not parse: nothing on the way of the rest."""
+    pkt = seg.packet
+    if seg.proto != "udp" or not pkt or len(pkt) < 20:
+        return False
+    version = pkt[0] >> 4
+    if version == 4:
+        return ((pkt[2] << 8) | pkt[3]) > len(pkt)
+    if version == 6 and len(pkt) >= 40:
+        plen = (pkt[4] << 8) | pkt[5]
+        return plen != 0 and 40 + plen > len(pkt)
+    return False
 
 
 class FileEvents:
@@ -79,7 +129,7 @@ class FileEvents:
     def _decode(self) -> Iterator[list[tuple]]:
         decoder = FrameDecoder()
         deduper = Deduper()
-        builder = EventBuilder(self.filter, with_raw=False)
+        builder = FileEventBuilder(self.filter, with_raw=False)
         decode, seen, fields = decoder.decode_link, deduper.seen, builder.fields
         records = read_records(self.path, self.position)
         first = next(records, None)  # the header is read: ``one_interface`` is known
@@ -92,12 +142,24 @@ class FileEvents:
         # at once rather than waiting for 511 more.
         size = 1 if self.path == STDIN else BATCH
         packets = messages = 0
+        skipped: dict[int, int] = {}  # link type -> frames of it not read (none of them IP)
+        empty = 0  # NFLOG / PKTAP frames that hold no packet
+        direct, unwrap, wrapping = linklayers.DIRECT, linklayers.unwrap, linklayers.WRAPPING
         batch: list[tuple] = []
         for linktype, frame, ts in chain((first,), records) if first is not None else ():
             packets += 1
             if not packets % PROGRESS_PACKETS:  # a filter may match nothing for a long while
                 yield batch
                 batch = []
+            if linktype not in direct:
+                inner = unwrap(linktype, frame)
+                if inner is None:
+                    if linktype in wrapping:
+                        empty += 1
+                    else:
+                        skipped[linktype] = skipped.get(linktype, 0) + 1
+                    continue
+                linktype, frame = inner
             for seg in decode(linktype, frame, ts):
                 messages += 1
                 if dedupe and seen(seg):
@@ -111,11 +173,16 @@ class FileEvents:
                     batch = []
         if batch:
             yield batch
-        self.stats = {"path": self.path, "packets": packets + self.position.bad_times,
+        position = self.position
+        self.stats = {"path": self.path, "packets": packets + position.bad_times,
                       "dns_messages": messages,
                       "matched": builder.matched, "malformed": builder.malformed,
-                      "duplicates": deduper.duplicates, "unsupported": decoder.skipped,
-                      "bad_times": self.position.bad_times}
+                      "cut": builder.cut, "truncated": builder.truncated,
+                      "duplicates": deduper.duplicates,
+                      "unsupported": sum(skipped.values()), "unsupported_types": skipped,
+                      "no_packet": empty,
+                      "bad_times": position.bad_times,
+                      "damaged_at": position.damaged_at, "damage": position.damage}
 
     # ---- the same, in a child process -----------------------------------------------------
 

@@ -8,9 +8,13 @@ to its cause. Name and time do: a resolver forwards a name right after a client 
 for that name and before it answered.
 
 A query is a *forward* when its source is a resolver: an address that itself received
-queries in this run, a DNS pod (label ``k8s-app=kube-dns`` / ``node-local-dns``, or a
-capture target with that role), or a node running node-local-dns (CoreDNS sees those
-nodes' addresses, or their CNI gateway address, instead of the pods).
+queries from another address in this run, a DNS pod (label ``k8s-app=kube-dns`` /
+``node-local-dns``, or a capture target with that role), or a node running node-local-dns
+(CoreDNS sees those nodes' addresses, or their CNI gateway address, instead of the pods).
+A query from an address to itself is never one, nor does it make its address a resolver:
+on loopback (``tcpdump -i lo``, a host whose resolver listens on 127.0.0.1) the client
+and the resolver share the address, and every repeat of the client's own query would
+otherwise be taken for an upstream lookup without a cause.
 
 Its causes are the queries for the same name and type, in the window just before it, not
 yet answered, that went *to that resolver*: first those whose destination is the forward's
@@ -133,9 +137,11 @@ class Linker:
 
         key = (ev.qname.lower(), ev.qtype)
         link = None
-        # A forward: from an address that received queries, or from a resolver pod or node.
-        if ev.src in self._servers or (client.kind in self._resolver_kinds
-                                       and self._is_resolver(client)):
+        # A forward: from an address that received queries, or from a resolver pod or node;
+        # never a query to its own address (see the module's docstring).
+        own = ev.src == ev.dst
+        if not own and (ev.src in self._servers or (client.kind in self._resolver_kinds
+                                                    and self._is_resolver(client))):
             link = Link(ev.ts, ev.qname, ev.qtype, client, self.server_of(ev.dst, ev.ts),
                         ev.observed_at)
             self._link(link, key, ev.src, client)
@@ -144,7 +150,8 @@ class Linker:
             if not link.causes:
                 self._unresolved.setdefault(key, []).append((link, ev.src, client))
         q = _Query(ev.ts, ev.src, ev.dst, client, ev.observed_at, link)
-        self._servers.add(ev.dst)
+        if not own:
+            self._servers.add(ev.dst)
         recent = self._recent.get(key)
         if recent is None:
             recent = self._recent[key] = deque()

@@ -9,6 +9,11 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
+# The ``iface`` of events read from CoreDNS's ``log`` lines (``--via log``): such a line says
+# who asked what and the rcode, never the answers, so their JSON carries no ``answers`` at all
+# rather than an empty list that would read as "no answers".
+LOG_ROUTE_IFACE = "log"
+
 
 @dataclass(slots=True)
 class DnsEvent:
@@ -37,6 +42,9 @@ class DnsEvent:
     raw: bytes | None = None
     linktype: int = 101  # pcap LINKTYPE of ``raw`` (101 = raw IP)
     resolver: dict | None = None  # {ip, kind, bypass}: set by the pipeline (bypass.py)
+    # A response a capture file's snap length cut short: rcode and question are whole,
+    # ``answers`` are those that fit.
+    truncated: bool = False
 
     @classmethod
     def from_record(cls, record: dict, observed_at: str = "") -> DnsEvent:
@@ -140,6 +148,9 @@ class TraceRequest:
     create_pod: bool = False
     pod_namespace: str | None = None
     doh_resolvers: list[str] | None = None
+    via: str = "capture"  # "capture" (ephemeral containers) | "log" (CoreDNS's log plugin)
+    since: float | None = None  # --via log: read what CoreDNS already logged, seconds back
+    restore: bool = False  # put back a Corefile change a killed --via log run left
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from kubectl_dnstrace.agent.frames import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
@@ -36,6 +36,9 @@ from kubectl_dnstrace.errors import BadInput, UsageError
 from kubectl_dnstrace.protocol import TS_MAX
 
 READ_SIZE = 262144  # a whole record, even a GRO super-segment or a jumbo frame
+# The longest record a classic pcap may hold: libpcap's and Wireshark's limit for the link
+# types DNS travels on. A longer one is a damaged length field, not a packet.
+MAX_CAPLEN = 262144
 CHUNK = 1 << 20  # bytes read at a time by the classic pcap reader
 # Classic pcap magic numbers: (byte order, nanosecond timestamps).
 _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", False),
@@ -60,12 +63,16 @@ class ReadPosition:
     it skipped for a time no clock can show (``bad_times``: pcapng, whose 64-bit timestamps
     in a unit the file chooses can reach past the year 10000)."""
 
-    __slots__ = ("bad_times", "offset", "one_interface")
+    __slots__ = ("bad_times", "damage", "damaged_at", "offset", "one_interface")
 
     def __init__(self) -> None:
         self.offset = 0
         self.one_interface = False
         self.bad_times = 0
+        # Where the file stopped making sense (a byte offset, None: it did not) and why:
+        # the reader ends there, keeping the records before it (see ``read_records``).
+        self.damaged_at: int | None = None
+        self.damage = ""
 
 
 POSITION_EVERY = 4096  # records between position updates of the scapy-read formats
@@ -77,8 +84,15 @@ def read_records(path: str, position: ReadPosition | None = None,
     of the capture on standard input when ``path`` is STDIN (``tcpdump -w -``).
 
     Streams: memory stays flat whatever the file's size. A file that is not a capture
-    raises ``BadInput``; a file cut short ends the iteration at the last whole record.
+    raises ``BadInput``; a file cut short ends the iteration at the last whole record. A
+    damaged file (a record length no record can have, a pcapng block that does not parse)
+    ends the iteration there too, after the records before it, and says where in
+    ``position.damaged_at`` and why in ``position.damage``: what was read is still worth
+    reporting, and the caller decides how loudly to say the rest was not.
     ``position``, when given, follows the reader through the file.
+
+    The classic pcap link-type field is masked to its low 16 bits as libpcap does: the
+    upper ones carry the FCS length and other flags (0x30000001 is Ethernet).
     """
     position = position or ReadPosition()
     stream = None
@@ -92,7 +106,11 @@ def read_records(path: str, position: ReadPosition | None = None,
         try:
             with open(path, "rb") as fh:
                 head = fh.read(24)
-        except OSError:
+                if head[:2] == b"\x1f\x8b":  # gzip: a classic pcap inside is read below
+                    fh.seek(0)
+                    with gzip.GzipFile(fileobj=fh) as unzipped:
+                        head = _read_full(unzipped, 24)
+        except (OSError, EOFError):
             head = b""  # scapy names the error below
     fmt = _PCAP_MAGIC.get(head[:4])
     if fmt is not None and len(head) == 24:
@@ -101,6 +119,13 @@ def read_records(path: str, position: ReadPosition | None = None,
             yield from _read_pcap(stream, head, *fmt, position)
             return
         with open(path, "rb", buffering=0) as fh:
+            if fh.read(2) == b"\x1f\x8b":
+                # Progress counts the bytes on disk, which is how far a gzip file is read.
+                fh.seek(0)
+                with gzip.GzipFile(fileobj=fh) as unzipped:
+                    unzipped.read(24)
+                    yield from _read_pcap(unzipped, head, *fmt, position, fh.tell)
+                return
             fh.seek(24)
             yield from _read_pcap(fh, head, *fmt, position)
         return
@@ -108,27 +133,49 @@ def read_records(path: str, position: ReadPosition | None = None,
     from scapy.utils import RawPcapNgReader
 
     _quiet_scapy()
+    disk = None  # the file on disk (a path): where progress and damage are measured
     try:
-        reader = RawPcapNgReader(path if stream is None
-                                 else io.BufferedReader(_Prepended(head, stream)))
+        if stream is None:
+            disk = open(path, "rb")  # noqa: SIM115 (closed with the reader, below)
+            source: BinaryIO = disk
+            if disk.read(2) == b"\x1f\x8b":
+                disk.seek(0)
+                source = gzip.GzipFile(fileobj=disk)  # type: ignore[assignment]
+            else:
+                disk.seek(0)
+        else:
+            source = io.BufferedReader(_Prepended(head, stream))
+        bounded = _Bounded(source)
+        reader = RawPcapNgReader(bounded)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}",
                        "give the path of a pcap or pcapng file") from None
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc}", "give a pcap or pcapng file") from None
-    except Scapy_Exception:
+    except (Scapy_Exception, EOFError):
+        if disk is not None:
+            disk.close()
         raise BadInput(
             f"{_name(path)} is not a pcap or pcapng capture file",
             "write captures with tcpdump -w FILE (or tshark/dumpcap); gzip-compressed "
             "files are read too",
         ) from None
-    raw = getattr(reader.f, "fileobj", None) or reader.f  # gzip: the compressed file
 
     def tell() -> int:
         try:
-            return raw.tell()
-        except (OSError, ValueError):  # a pipe: no position to tell
+            return disk.tell() if disk is not None else bounded.consumed
+        except (OSError, ValueError):
             return position.offset
+
+    def refused() -> bool:
+        """A block longer than any block is damage (scapy would read the rest of the file
+        into memory for it, then call that the end)."""
+        if bounded.refused_at is None:
+            return False
+        position.damaged_at = bounded.refused_at
+        position.damage = (f"a block claims {bounded.refused} bytes, more than any block "
+                           f"holds ({MAX_BLOCK})")
+        return True
 
     count = 0
     try:
@@ -137,6 +184,7 @@ def read_records(path: str, position: ReadPosition | None = None,
                 try:
                     frame, meta = reader._read_packet(size=READ_SIZE)
                 except EOFError:
+                    refused()
                     return
                 ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
                 count += 1
@@ -147,25 +195,60 @@ def read_records(path: str, position: ReadPosition | None = None,
                 else:
                     position.bad_times += 1
         else:
-            linktype = reader.linktype
+            linktype = reader.linktype & 0xFFFF
             scale = 1e-9 if getattr(reader, "nano", False) else 1e-6
             read = reader._read_packet
             while True:
                 try:
                     frame, meta = read(size=READ_SIZE)
                 except EOFError:
+                    refused()
                     return
                 count += 1
                 if count % POSITION_EVERY == 0:
                     position.offset = tell()
                 yield linktype, frame, meta.sec + meta.usec * scale
     except Scapy_Exception as exc:
-        raise BadInput(f"{_name(path)} is damaged: {exc}",
-                       "the records before the damage were read") from None
+        if not refused():
+            position.damaged_at = tell()
+            position.damage = str(exc) or "a block that does not parse"
     finally:
         position.offset = tell()
         with contextlib.suppress(Exception):
             reader.close()
+        if disk is not None:
+            disk.close()
+
+
+MAX_BLOCK = 16 << 20  # Wireshark's limit for a pcapng block, a packet's included
+
+
+class _Bounded:
+    """The file scapy's pcapng reader reads, refusing any read longer than MAX_BLOCK (it
+    reads a block's body in one call, of the length the block claims): the read comes back
+    empty, which scapy takes for the end, and ``refused_at`` says where the block began.
+    Counts what it handed over, for a position on a pipe."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.name = getattr(f, "name", "stdin")
+        self.consumed = 0
+        self.refused: int | None = None
+        self.refused_at: int | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if size is not None and size > MAX_BLOCK:
+            if self.refused_at is None:
+                # The block's type and length are read; its body is asked for: the length
+                # less the 12 bytes of type, length and trailing length.
+                self.refused, self.refused_at = size + 12, self.consumed - 8
+            return b""
+        data = self.f.read(size)
+        self.consumed += len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
 
 
 def _one_interface(head: bytes, order: str) -> bool:
@@ -173,7 +256,7 @@ def _one_interface(head: bytes, order: str) -> bool:
     interface, so no packet can be in it twice (``tcpdump -i eth0``): any link type but
     Linux cooked capture, which is what ``tcpdump -i any`` writes (a packet crossing a
     bridge shows up on each port). pcapng may hold several interfaces: never true."""
-    linktype = struct.unpack(order + "I", head[20:24])[0] & 0x0FFFFFFF
+    linktype = struct.unpack(order + "I", head[20:24])[0] & 0xFFFF
     return linktype not in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2)
 
 
@@ -215,16 +298,26 @@ class _Prepended(io.RawIOBase):
 
 
 def _read_pcap(fh: BinaryIO, head: bytes, order: str, nano: bool,
-               position: ReadPosition) -> Iterator[tuple[int, bytes, float]]:
+               position: ReadPosition, tell: Callable[[], int] | None = None,
+               ) -> Iterator[tuple[int, bytes, float]]:
     """Classic pcap without scapy, from ``fh`` just after the 24-byte ``head``: the same
     records, timestamps and truncation rules as ``RawPcapReader`` (a whole header with part
     of its data yields that part; a partial header ends the file), about five times cheaper
-    per record. Works on a pipe: nothing is sought."""
-    linktype = struct.unpack(order + "I", head[20:24])[0]
+    per record. Works on a pipe: nothing is sought. ``tell``, when given, is where the
+    progress is (the compressed file under a gzip one); else the bytes read.
+
+    A record header claiming more than MAX_CAPLEN bytes is damage (tcpdump and tshark stop
+    there too): the reading ends at it, with ``position`` saying where. Without that
+    check one bogus length would make this hold the rest of the file in memory, copying
+    it again with every chunk read. With it, the buffer never holds more than a chunk and
+    a record."""
+    linktype = struct.unpack(order + "I", head[20:24])[0] & 0xFFFF
     scale = 1e-9 if nano else 1e-6
     header = struct.Struct(order + "IIII").unpack_from
     buf = b""
     off = 0
+    base = 24  # the file offset of buf[0] (in the uncompressed stream)
+    read_bytes = 24
     position.offset = 24
     # A pipe's buffered reader would wait for a whole CHUNK; read1 hands over what came.
     read = getattr(fh, "read1", fh.read)
@@ -232,21 +325,38 @@ def _read_pcap(fh: BinaryIO, head: bytes, order: str, nano: bool,
         chunk = read(CHUNK)
         if not chunk:
             break
-        position.offset += len(chunk)
-        buf = buf[off:] + chunk if off < len(buf) else chunk
+        read_bytes += len(chunk)
+        position.offset = tell() if tell is not None else read_bytes
+        if off < len(buf):
+            base += off
+            buf = buf[off:] + chunk
+        else:
+            base += len(buf)
+            buf = chunk
         off = 0
         end = len(buf)
         while off + 16 <= end:
             sec, usec, caplen, _wirelen = header(buf, off)
+            if caplen > MAX_CAPLEN:
+                _damaged(position, base + off, caplen)
+                return
             stop = off + 16 + caplen
             if stop > end:
                 break
-            yield (linktype, buf[off + 16:stop if caplen <= READ_SIZE else off + 16 + READ_SIZE],
-                   sec + usec * scale)
+            yield linktype, buf[off + 16:stop], sec + usec * scale
             off = stop
     if off + 16 <= len(buf):  # the last record was cut short: what it has
-        sec, usec, _caplen, _wirelen = header(buf, off)
+        sec, usec, caplen, _wirelen = header(buf, off)
+        if caplen > MAX_CAPLEN:
+            _damaged(position, base + off, caplen)
+            return
         yield linktype, buf[off + 16:off + 16 + READ_SIZE], sec + usec * scale
+
+
+def _damaged(position: ReadPosition, at: int, caplen: int) -> None:
+    position.damaged_at = at
+    position.damage = (f"a record claims {caplen} captured bytes, more than any record "
+                       f"holds ({MAX_CAPLEN})")
 
 
 def _quiet_scapy() -> None:

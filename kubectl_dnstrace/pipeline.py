@@ -49,16 +49,20 @@ class Pipeline:
     ``targets`` entry becomes the document's ``targets``; ``roles`` ({"ns/pod": role}) or
     targets given as PodRef/dicts with a ``role`` tell which captures sit in a resolver
     ("coredns", "node-local-dns"). ``streaming`` flushes every line (a live trace);
-    reading a file leaves buffering to the OS.
+    reading a file leaves buffering to the OS. ``in_order``: the events come in capture
+    time order across all their sources (``analyze``, standard input included), so a
+    forward's cause, if any, came before it and no line waits for a late one.
     """
 
     def __init__(self, output: OutputOptions, out: TextIO | None = None,
                  err: TextIO | None = None, *, attributor: Attributor | None = None,
-                 meta: dict[str, Any] | None = None, streaming: bool = True) -> None:
+                 meta: dict[str, Any] | None = None, streaming: bool = True,
+                 in_order: bool = False) -> None:
         self.output = output
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.streaming = streaming
+        self.in_order = in_order
         self.attributor = attributor or Attributor()
         meta = dict(meta or {})
         self.targets = [_target_dict(t) for t in meta.pop("targets", None) or []]
@@ -248,10 +252,11 @@ class Pipeline:
     def _show_ndjson(self, a: Attributed) -> None:
         """The event's line goes to ``_lines``, written by ``_write_ndjson`` once the events
         fed together are through: one write per file batch, one per event when live."""
-        if a.link is not None and not a.link.causes and self.streaming:
+        if a.link is not None and not a.link.causes and self.streaming and not self.in_order:
             # Live, its cause may still be on its way in another capture's log stream (the
             # linker adds late causes to the link): the line waits a little for it. A file
-            # is read in capture order, causes first: nothing to wait for.
+            # (or standard input) is read in capture order, causes first: nothing to wait
+            # for, and a line held would come out after later ones.
             self._held.append((time.monotonic() + LINK_WAIT, a))
         else:
             self._lines.append(self._ndjson.line(a))

@@ -5,6 +5,8 @@
 
 - ``--cluster``: one ClusterRole and ClusterRoleBinding. Needed for ``coredns`` mode (the
   DNS pods live in kube-system) and for attributing client IPs to pods of every namespace.
+  Plus, for ``coredns --via log``, a Role in kube-system that may read and update the one
+  ConfigMap holding the Corefile (``coredns``, by name) and nothing else there.
 - ``-n NS``: a Role and RoleBinding in NS for tracing pods there, plus a small ClusterRole
   for what no Role can grant: reading nodes, and reading that one namespace (its Pod
   Security labels decide how the capture container is built). Attribution lists pods in
@@ -58,7 +60,7 @@ RULES: tuple[Rule, ...] = (
     Rule("", ("pods/ephemeralcontainers",), ("get", "patch"),
          "add the capture agent as an ephemeral container (a strategic-merge PATCH, as kubectl debug)"),
     Rule("", ("pods/log",), ("get",),
-         "stream the agent's NDJSON events home"),
+         "stream the agent's NDJSON events home; coredns --via log: read CoreDNS's own log"),
     Rule("", ("pods/attach",), ("create", "get"),
          "hand the agent its program: the capture container's command is a one-line "
          "bootstrap that reads it from stdin, so the program does not stay in the pod object. "
@@ -90,6 +92,15 @@ CREATE_POD_RULE = Rule("", ("pods",), ("create", "delete"),
                        "--create-pod: create the short-lived hostNetwork capture pod pinned to "
                        "a node, and delete it at the end. Pod Security must be privileged "
                        "in this namespace (hostNetwork)")
+
+# coredns --via log: the Corefile's ConfigMap only, by name, in the DNS namespace only.
+DNS_NAMESPACE = "kube-system"
+COREFILE_CONFIGMAP = "coredns"
+LOG_ROUTE_RULE = Rule(
+    "", ("configmaps",), ("get", "update", "patch"),
+    "coredns --via log: add a 'log' line to the Corefile (with a record of the change in an "
+    "annotation) and put it back. Only this ConfigMap; rename it if your cluster's Corefile "
+    "lives in another (the CoreDNS pods' configMap volume names it)")
 
 SSAR_NOTE = (
     "Pre-flight checks use SelfSubjectAccessReview (authorization.k8s.io, create).\n"
@@ -180,6 +191,21 @@ def render_rbac(cluster: bool, namespace: str | None, user: str | None,
             {"apiVersion": RBAC_VERSION, "kind": "ClusterRoleBinding", "metadata": _metadata(NAME)},
             None,
             {"roleRef": {"apiGroup": RBAC_API, "kind": "ClusterRole", "name": NAME},
+             "subjects": [subject]},
+        ))
+        docs.append(_document(
+            f"kubectl-dnstrace coredns --via log: the Corefile's ConfigMap in {DNS_NAMESPACE}, "
+            "nothing else\nthere (reading the CoreDNS pods' logs is pods/log above).",
+            {"apiVersion": RBAC_VERSION, "kind": "Role",
+             "metadata": _metadata(f"{NAME}-corefile", DNS_NAMESPACE)},
+            [(LOG_ROUTE_RULE, (COREFILE_CONFIGMAP,))],
+        ))
+        docs.append(_document(
+            f"Grants the Role above to {who}.",
+            {"apiVersion": RBAC_VERSION, "kind": "RoleBinding",
+             "metadata": _metadata(f"{NAME}-corefile", DNS_NAMESPACE)},
+            None,
+            {"roleRef": {"apiGroup": RBAC_API, "kind": "Role", "name": f"{NAME}-corefile"},
              "subjects": [subject]},
         ))
         return "---\n".join(docs)

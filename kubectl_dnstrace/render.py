@@ -22,7 +22,7 @@ from kubectl_dnstrace import aggregate, columns, jsontext
 from kubectl_dnstrace.aggregate import ClientStats, percentile
 from kubectl_dnstrace.attribution import Attributed, clock
 from kubectl_dnstrace.linking import Link, describe_client, describe_link
-from kubectl_dnstrace.model import Client, DnsEvent
+from kubectl_dnstrace.model import LOG_ROUTE_IFACE, Client, DnsEvent
 
 NAMES_SHOWN = 5  # names listed per client in the table; JSON has them all
 
@@ -142,8 +142,11 @@ def record_json(ev: DnsEvent) -> dict[str, Any]:
     }
     if ev.qr == "response":
         out["rcode"] = ev.rcode
-        out["answers"] = list(ev.answers)
+        if ev.iface != LOG_ROUTE_IFACE:
+            out["answers"] = list(ev.answers)
         out["latency_ms"] = ev.latency_ms
+        if ev.truncated:
+            out["truncated"] = True
     if ev.resolver is not None:
         out["resolver"] = ev.resolver
     out["seq"] = ev.seq
@@ -226,7 +229,7 @@ class NdjsonWriter:
         return hit
 
     def line(self, a: Attributed) -> str:
-        if a.served or a.link is not None or a.services:
+        if a.served or a.link is not None or a.services or a.event.truncated:
             return ndjson_line(a)
         ev = a.event
         get = self._strings.get
@@ -253,10 +256,11 @@ class NdjsonWriter:
             else:
                 lat = repr(lat)
             rcode = "null" if ev.rcode is None else (get(ev.rcode) or self._str(ev.rcode))
+            answers = ("" if ev.iface == LOG_ROUTE_IFACE else f'"answers":[{answers}],')
             return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"response","proto":"{ev.proto}",'
                     f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'
                     f'"id":{ev.id},{question},"rcode":{rcode},'
-                    f'"answers":[{answers}],"latency_ms":{lat},{pre}"seq":{ev.seq},{end}')
+                    f'{answers}"latency_ms":{lat},{pre}"seq":{ev.seq},{end}')
         return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"{ev.qr}","proto":"{ev.proto}",'
                 f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'
                 f'"id":{ev.id},{question},{pre}"seq":{ev.seq},{end}')
@@ -409,6 +413,8 @@ def _note(query: Attributed | None, response: Attributed | None) -> str:
         return response.served
     if response is None:
         return "no response"
+    if response.event.truncated:
+        return "cut by the snap length"
     return ""
 
 

@@ -265,6 +265,10 @@ class TraceRun:
         elif req.via_pod or req.create_pod:
             raise UsageError("--via-pod and --create-pod go with node/NAME or nodes targets",
                              "for example: kubectl dnstrace node/node-7 --create-pod")
+        if any(p.role == "coredns" for p in resolution.pods) and not req.dry_run:
+            from kubectl_dnstrace.logtrace import put_back_leftover
+
+            put_back_leftover(kube, req.dns_namespace, self.say)
         spec = self.spec = capture_spec(req, self.run_id, kube.whoami())
         pre = run_preflight(kube, resolution.pods, attach=bool(spec.program))
         for note in pre.notes + [n for p in pre.namespaces.values() for n in p.notes]:
@@ -838,4 +842,8 @@ def run_trace(req: TraceRequest, out: TextIO | None = None, err: TextIO | None =
     from kubectl_dnstrace.options import check_trace_request
 
     check_trace_request(req)
+    if req.via == "log" or req.restore:
+        from kubectl_dnstrace.logtrace import run_log_trace
+
+        return run_log_trace(req, out, err)
     return TraceRun(req, out, err).run()

@@ -75,10 +75,10 @@ def allowed(docs: list[dict]) -> set[tuple[str, str, str, str]]:
 
 def test_cluster_mode_is_one_clusterrole_and_its_binding():
     docs = policy_documents(cluster=True, namespace=None, user=None)
-    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding"]
+    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
     for doc in docs:
         validate(doc)
-    role, binding = docs
+    role, binding = docs[:2]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"],
     }
@@ -88,7 +88,8 @@ def test_cluster_mode_is_one_clusterrole_and_its_binding():
 
 
 def test_cluster_mode_grants_exactly_what_a_trace_needs():
-    grants = {(g, r, v) for g, r, v, _ in allowed(policy_documents(True, None, None))}
+    grants = {(g, r, v) for g, r, v, scope in allowed(policy_documents(True, None, None))
+              if scope == "*"}
     needed = {
         ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
         ("", "pods/ephemeralcontainers", "patch"), ("", "pods/ephemeralcontainers", "get"),
@@ -110,6 +111,19 @@ def test_cluster_mode_grants_exactly_what_a_trace_needs():
     text = render_rbac(True, None, None)
     assert "selfsubjectaccessreviews" not in {r for _, r, _ in grants}
     assert "system:basic-user" in text
+
+
+def test_cluster_mode_lets_via_log_update_the_corefile_configmap_only():
+    docs = policy_documents(True, None, None)
+    role, binding = docs[2:]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "kube-system"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "verbs": ["get", "update", "patch"], "resourceNames": ["coredns"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    # Nothing else may change anywhere.
+    scoped = {(r, v) for _, r, v, scope in allowed(docs) if scope != "*"}
+    assert scoped == {("configmaps", "get"), ("configmaps", "update"), ("configmaps", "patch")}
 
 
 def test_namespaced_mode_keeps_pod_rights_inside_the_namespace():

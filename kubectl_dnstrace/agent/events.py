@@ -30,7 +30,9 @@ class EventBuilder(object):
     """``build(seg, iface)`` returns a ``dns`` record dict (without ``seq``) or None.
 
     Counters: ``matched`` (messages that passed the filters), ``malformed`` (messages the
-    parser rejected; they are counted, never raised).
+    parser rejected; they are counted, never raised). A live capture takes whole
+    packets; a capture file's snap length may not have: ``fileevents.FileEventBuilder``
+    reads such messages as far as they go (``_unparsed``, ``_cut_response``).
     """
 
     def __init__(self, dns_filter, with_raw=False, pending_seconds=PENDING_SECONDS,
@@ -100,7 +102,7 @@ class EventBuilder(object):
             key = p[12:p.find(b"\x00", 12) + 5]
             q = self._questions.get(key) or self._first_question(p, key)
         except dnswire.DnsParseError:
-            self.malformed += 1
+            self._unparsed(seg)
             return None
         if q is None or not q[2]:
             return None
@@ -139,9 +141,10 @@ class EventBuilder(object):
     # -- one record per message ---------------------------------------------------------
     def fields(self, seg):
         """The record of a matching message as a tuple, or None: ``(ts, qr, proto, src,
-        sport, dst, dport, id, qname, qtype name, rcode name, answers, latency_ms, tc)``,
-        the last four None for a query. What ``build`` puts in a dict; ``analyze`` makes
-        its events from it without the dict."""
+        sport, dst, dport, id, qname, qtype name, rcode name, answers, latency_ms, tc,
+        truncated)``, the four before the last None for a query; ``truncated`` is True for a
+        response the capture cut short (its answers are those that fit). What ``build``
+        puts in a dict; ``analyze`` makes its events from it without the dict."""
         m = self._question(seg)
         if m is None:
             return None
@@ -164,26 +167,39 @@ class EventBuilder(object):
                         self._answers[body] = quick
             else:
                 quick = None
+            truncated = False
             if quick is not None:
                 rcode, answers = quick
             else:
                 try:
                     msg = dnswire.parse_message(p, authority=False)
                 except dnswire.DnsParseError:
-                    self.malformed += 1
-                    return None
+                    msg = self._cut_response(seg)
+                    if msg is None:
+                        self._unparsed(seg)
+                        return None
+                    truncated = True
                 rcode, answers = msg.rcode, dnswire.answer_texts(msg)
             if self._rcodes and rcode not in self._rcodes:
                 return None
             self.matched += 1
             return (seg.ts, "response", seg.proto, seg.src, seg.sport, seg.dst, seg.dport,
                     ident, qname, tname, self._rcode_names.get(rcode) or self.rcode_name(rcode),
-                    answers, latency, bool(p[2] & 0x02))
+                    answers, latency, bool(p[2] & 0x02), truncated)
         if self._rcodes:
             return None  # queries carry no rcode; the response will be reported
         self.matched += 1
         return (seg.ts, "query", seg.proto, seg.src, seg.sport, seg.dst, seg.dport, ident,
-                qname, tname, None, None, None, None)
+                qname, tname, None, None, None, None, False)
+
+    def _unparsed(self, seg):
+        """A message the parser rejected."""
+        self.malformed += 1
+
+    def _cut_response(self, seg):
+        """A response that did not parse, read as far as a capture cut it, or None: live,
+        always None (the agent takes whole packets)."""
+        return None
 
     def build(self, seg, iface):
         f = self.fields(seg)
@@ -234,3 +250,4 @@ class EventBuilder(object):
             return None
         self.matched += 1
         return seg.src, qname.lower(), tname, None
+

@@ -39,6 +39,7 @@ from kubectl_dnstrace import __version__
 from kubectl_dnstrace.errors import (
     ApiBusy,
     ClusterUnreachable,
+    Conflict,
     ContainerFailed,
     DnstraceError,
     Forbidden,
@@ -67,6 +68,7 @@ KINDS: dict[str, Kind] = {
         Kind("services", "/api/v1"),
         Kind("endpoints", "/api/v1"),
         Kind("namespaces", "/api/v1", namespaced=False),
+        Kind("configmaps", "/api/v1"),
         Kind("replicasets", "/apis/apps/v1"),
         Kind("deployments", "/apis/apps/v1"),
         Kind("daemonsets", "/apis/apps/v1"),
@@ -504,6 +506,16 @@ class Kube:
         info = ((data.get("status") or {}).get("userInfo") or {}) if isinstance(data, dict) else {}
         return info.get("username") or self.user
 
+    def replace(self, kind: str, obj: dict) -> dict:
+        """PUT the whole object. Its ``metadata.resourceVersion`` is the precondition: when
+        someone wrote the object since it was read, the API answers 409 and this raises
+        ``Conflict`` (nothing was written), so a read-modify-write never clobbers an edit."""
+        meta = obj.get("metadata") or {}
+        ns, name = meta.get("namespace"), meta.get("name")
+        return self.request("PUT", resource_path(kind, ns, name), body=obj,
+                            content_type="application/json",
+                            what=Action("update", kind, ns, name))
+
     def patch_ephemeral_containers(self, namespace: str, pod: str, patch: dict) -> dict:
         """Strategic-merge patch on pods/ephemeralcontainers; returns the whole Pod.
 
@@ -518,14 +530,15 @@ class Kube:
 
     def read_log(self, namespace: str, pod: str, container: str, *, follow: bool = False,
                  timestamps: bool = False, since_time: str | None = None,
-                 tail_lines: int | None = None, read_timeout: float | None = None
-                 ) -> urllib3.response.BaseHTTPResponse:
+                 tail_lines: int | None = None, read_timeout: float | None = None,
+                 since_seconds: int | None = None) -> urllib3.response.BaseHTTPResponse:
         """Open pods/log; returns the raw streaming response (iterate with ``iter_lines``)."""
         query = {
             "container": container,
             "follow": "true" if follow else None,
             "timestamps": "true" if timestamps else None,
             "sinceTime": since_time,
+            "sinceSeconds": since_seconds,
             "tailLines": tail_lines,
         }
         resp = self.request(
@@ -798,8 +811,9 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
             err = Unsupported(
                 f"this cluster does not serve {what.resource} ({api_message}): ephemeral "
                 "containers are unavailable (Kubernetes < 1.23 or the feature is disabled)",
-                "analyze a tcpdump capture taken on the node instead: kubectl dnstrace "
-                "analyze FILE.pcap",
+                "ask CoreDNS itself instead (its log plugin, no container: kubectl dnstrace "
+                "coredns --via log --domain NAME), or analyze a tcpdump capture taken on the "
+                "node: kubectl dnstrace analyze FILE.pcap",
             )
         elif not details.get("name") and what.name and "/" in what.resource:
             err = Unsupported(
@@ -817,6 +831,11 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
             f"the API server expired the list of {what.resource}{what.where()} while it was "
             f"read in pages ({api_message})",
             "run the command again; on a very busy cluster, from closer to the API server",
+        )
+    elif status == 409 and what.verb == "update":
+        err = Conflict(
+            f"{what.object()} changed since it was read ({api_message})",
+            "read it again and redo the change",
         )
     elif status in (409, 422):
         err = ContainerFailed(
@@ -861,15 +880,19 @@ def translate_api_exception(exc: ApiException, what: Action, server: str = "") -
     return err
 
 
+_VIA_LOG = "kubectl dnstrace coredns --via log --domain NAME"
+
+
 def psa_hint(level: str, namespace: str | None) -> str:
     """What to do instead when Pod Security forbids the capture container."""
     ns = namespace or "NAMESPACE"
     if level == "restricted":
         return (
             "raw packet capture needs the NET_RAW capability, which the restricted level "
-            "forbids. Instead: analyze a tcpdump capture taken on the node (kubectl dnstrace "
-            "analyze FILE.pcap), trace the cluster DNS instead (kubectl dnstrace coredns), or "
-            f"ask an admin to relabel the namespace (kubectl label ns {ns} "
+            "forbids. Instead: ask CoreDNS itself, with no capture container at all (its log "
+            f"plugin, turned on and off again for you: {_VIA_LOG}), analyze a tcpdump "
+            "capture taken on the node (kubectl dnstrace analyze FILE.pcap), or ask an admin to "
+            f"relabel the namespace (kubectl label ns {ns} "
             "pod-security.kubernetes.io/enforce=baseline --overwrite)"
         )
     return (

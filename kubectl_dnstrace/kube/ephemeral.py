@@ -352,6 +352,7 @@ def agent_hint(message: str) -> str:
     if "net_raw" in low or "permission" in low or "operation not permitted" in low:
         return ("the container lacks CAP_NET_RAW: under Pod Security baseline this depends on "
                 "the runtime's default capabilities (CRI-O's omit NET_RAW); ask an admin to "
-                "label the namespace pod-security.kubernetes.io/enforce=privileged, or analyze "
-                "a node capture: kubectl dnstrace analyze FILE.pcap")
+                "label the namespace pod-security.kubernetes.io/enforce=privileged, ask CoreDNS "
+                "itself with no capture at all (kubectl dnstrace coredns --via log --domain "
+                "NAME), or analyze a node capture: kubectl dnstrace analyze FILE.pcap")
     return "run again with --image pointing at another python3 image; report it if it persists"

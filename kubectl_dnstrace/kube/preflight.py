@@ -77,8 +77,9 @@ def check_ephemeral_support(kube: Kube) -> None:
         raise Unsupported(
             "this cluster does not serve pods/ephemeralcontainers: ephemeral containers are "
             f"unavailable (server {kube.version.get('gitVersion', 'unknown')})",
-            "upgrade to Kubernetes >= 1.25, or analyze a tcpdump capture taken on the node: "
-            "kubectl dnstrace analyze FILE.pcap",
+            "upgrade to Kubernetes >= 1.25, ask CoreDNS itself (no container: kubectl "
+            "dnstrace coredns --via log --domain NAME), or analyze a tcpdump capture taken on "
+            "the node: kubectl dnstrace analyze FILE.pcap",
         )
 
 
@@ -115,7 +116,10 @@ def check_access(kube: Kube, namespaces: list[str], result: Preflight,
             f"ask a cluster admin to apply what `{rbac}` prints for you; check with "
             f"`kubectl auth can-i {verb} {what} -n {ns}`"
             + ("; the project's image (--image ghcr.io/kubectl-dnstrace/agent:VERSION) needs "
-               "no attach" if attach else ""),
+               "no attach" if attach else "")
+            + ("; or, with no capture container, ask CoreDNS itself: kubectl dnstrace "
+               "coredns --via log --domain NAME (needs update on its ConfigMap and pods/log)"
+               if what == "pods/ephemeralcontainers" else ""),
         )
 
 

@@ -355,6 +355,9 @@ class Api:
     def _update(self, ex: Exchange, route: Route) -> None:
         res = route.res
         obj = ex.json_body()
+        race = self.faults.race(res.plural, route.name)
+        if race is not None:  # someone else's write lands first
+            self.store.mutate(res, route.name, route.namespace, race)
         with self.store.lock:
             cur = self.store.get(res, route.name, route.namespace)
             new = self._merge_update(res, route.sub, cur, obj)

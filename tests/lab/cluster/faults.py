@@ -11,7 +11,9 @@
   compacted the list's snapshot between two pages;
 - ``lose_attach_input``: pods/attach sessions succeed but their stdin never reaches the
   container; ``close`` says whether the session still ends the container's stdin (the
-  program cut off) or leaves it open (a program that comes too late).
+  program cut off) or leaves it open (a program that comes too late);
+- ``write_before_update``: someone else writes an object just before the client's next PUT
+  of it lands, so that PUT carries a stale resourceVersion (the real 409 Conflict).
 Pod Security levels are not a switch here: they are the namespace's
 ``pod-security.kubernetes.io/*`` labels, as on a real cluster (see ``SimCluster.set_psa``).
 """
@@ -45,8 +47,27 @@ class Faults:
     attach_input_lost: bool = False
     attach_input_closes: bool = True
     _continue_expiries: int = 0
+    _races: list = field(default_factory=list)  # [plural, name, fn, puts to skip]
     _log_breaks: list[int] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def write_before_update(self, plural: str, name: str, fn, skip: int = 0) -> None:
+        """Before the PUT of ``plural/name`` number ``skip`` (0: the next one), apply ``fn``
+        (a store mutation: someone else's edit) to the stored object."""
+        with self._lock:
+            self._races.append([plural, name, fn, skip])
+
+    def race(self, plural: str, name: str):
+        """The edit to make before this PUT, if one is due (used once)."""
+        with self._lock:
+            for race in self._races:
+                if race[0] == plural and race[1] == name:
+                    if race[3] > 0:
+                        race[3] -= 1
+                        return None
+                    self._races.remove(race)
+                    return race[2]
+        return None
 
     def deny(self, user: str, verb: str, resource: str, subresource: str | None = None,
              namespace: str | None = None) -> None:

@@ -35,23 +35,8 @@ def serve_attach(kubelet: Kubelet, ex, pod: dict) -> None:
                                   f"{run.reason if run else 'ContainerCreating'}")
     if not (ex.flag("stdin") or ex.flag("stdout") or ex.flag("stderr")):
         raise st.bad_request("you must specify at least one of stdin, stdout, stderr")
-    protocol = wsexec.choose_protocol(ex.headers.get("Sec-WebSocket-Protocol", ""))
-    key = ex.headers.get("Sec-WebSocket-Key")
-    if not key or ex.headers.get("Upgrade", "").lower() != "websocket" or not protocol:
-        raise st.bad_request("Upgrade request required")
-    h = ex.h
-    ex.answered = True
-    ex.code = 101
-    h.server.record(ex)
-    h.close_connection = True
-    h.send_response(101, "Switching Protocols")
-    h.send_header("Upgrade", "websocket")
-    h.send_header("Connection", "Upgrade")
-    h.send_header("Sec-WebSocket-Accept", wsexec.accept_key(key))
-    h.send_header("Sec-WebSocket-Protocol", protocol)
-    h.end_headers()
-    h.wfile.flush()
-    ws = wsexec.WebSocket(h.rfile, h.wfile, h.connection)
+    key, protocol = wsexec.upgrade_request(ex)
+    ws = wsexec.switch_protocols(ex, key, protocol)
     stdin = run.proc.stdin if run.proc is not None and ex.flag("stdin") else None
     if kubelet.faults.attach_input_lost:
         stdin = None

@@ -36,29 +36,14 @@ def serve_exec(kubelet: Kubelet, ex, pod: dict) -> None:
         raise st.bad_request(f"container {container} is not running" if run and run.state == "terminated"
                              else f'container "{container}" in pod "{name}" is waiting to start: '
                                   f"{run.reason if run else 'ContainerCreating'}")
-    protocol = wsexec.choose_protocol(ex.headers.get("Sec-WebSocket-Protocol", ""))
-    key = ex.headers.get("Sec-WebSocket-Key")
-    if not key or ex.headers.get("Upgrade", "").lower() != "websocket" or not protocol:
-        raise st.bad_request("Upgrade request required")
+    key, protocol = wsexec.upgrade_request(ex)
     env = dict(run.env) if run else {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                      "HOME": "/root", "HOSTNAME": name}
     netns = run.netns if run else kubelet.netns_for(ns, name)
     argv = list(command)
     if argv[0] in PYTHON_NAMES:
         argv[0] = kubelet.python3
-    h = ex.h
-    ex.answered = True
-    ex.code = 101
-    h.server.record(ex)
-    h.close_connection = True
-    h.send_response(101, "Switching Protocols")
-    h.send_header("Upgrade", "websocket")
-    h.send_header("Connection", "Upgrade")
-    h.send_header("Sec-WebSocket-Accept", wsexec.accept_key(key))
-    h.send_header("Sec-WebSocket-Protocol", protocol)
-    h.end_headers()
-    h.wfile.flush()
-    ws = wsexec.WebSocket(h.rfile, h.wfile, h.connection)
+    ws = wsexec.switch_protocols(ex, key, protocol)
     identity = run.identity if run else []
     _exec(kubelet, ws, argv, env, netns, run.cwd if run else "/", ex.flag("stdin"), identity)
 

@@ -25,6 +25,34 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
 
 
+def upgrade_request(ex) -> tuple[str, str]:
+    """(key, protocol) of a valid channel-protocol upgrade; the API's 400 otherwise."""
+    from . import status as st
+
+    protocol = choose_protocol(ex.headers.get("Sec-WebSocket-Protocol", ""))
+    key = ex.headers.get("Sec-WebSocket-Key")
+    if not key or ex.headers.get("Upgrade", "").lower() != "websocket" or not protocol:
+        raise st.bad_request("Upgrade request required")
+    return key, protocol
+
+
+def switch_protocols(ex, key: str, protocol: str) -> WebSocket:
+    """Answer 101 on the request's connection and return the websocket over it."""
+    h = ex.h
+    ex.answered = True
+    ex.code = 101
+    h.server.record(ex)
+    h.close_connection = True
+    h.send_response(101, "Switching Protocols")
+    h.send_header("Upgrade", "websocket")
+    h.send_header("Connection", "Upgrade")
+    h.send_header("Sec-WebSocket-Accept", accept_key(key))
+    h.send_header("Sec-WebSocket-Protocol", protocol)
+    h.end_headers()
+    h.wfile.flush()
+    return WebSocket(h.rfile, h.wfile, h.connection)
+
+
 def choose_protocol(offered: str) -> str | None:
     wanted = [p.strip() for p in (offered or "").split(",")]
     return next((p for p in PROTOCOLS if p in wanted), None)

@@ -79,12 +79,13 @@ def test_the_created_pod_is_pinned_host_network_and_dies_with_the_trace():
 
 def test_rbac_nodes_adds_creating_pods_in_the_pod_namespace():
     docs = [d for d in yaml.safe_load_all(render_rbac(False, "dt", None, nodes=True)) if d]
-    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding", "Role",
-                                         "RoleBinding"]
-    assert docs[2]["metadata"]["namespace"] == "dt"
-    assert docs[2]["rules"] == [{"apiGroups": [""], "resources": ["pods"],
-                                 "verbs": ["create", "delete"]}]
-    assert docs[:2] == policy_documents(True, None, None)
+    cluster = policy_documents(True, None, None)
+    assert docs[:len(cluster)] == cluster  # everything --cluster grants
+    role, binding = docs[len(cluster):]
+    assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "dt"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"],
+                              "verbs": ["create", "delete"]}]
 
 
 def test_resolver_file(tmp_path):

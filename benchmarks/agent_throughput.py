@@ -108,7 +108,8 @@ def box_busy() -> tuple[int, int]:
 
 
 def run_step(lab: Lab, d: dnslab.DnsLab, client, qfile: Path, rate: str, seconds: float,
-             work: Path, captures: tuple[str, ...] = ("filtered", "all", "vvv", "w")) -> dict:
+             work: Path, captures: tuple[str, ...] = ("filtered", "all", "vvv", "w"),
+             agent_extra: tuple[str, ...] = ()) -> dict:
     """One rate: start the four captures, run dnsperf, stop them, collect the figures.
 
     The agents write to files, as a container runtime writes a container's log: a pipe
@@ -117,7 +118,8 @@ def run_step(lab: Lab, d: dnslab.DnsLab, client, qfile: Path, rate: str, seconds
     env = dnslab.agent_env()
     dns = d.dns
     outs = {name: work / f"{rate}-{i}.ndjson" for i, name in enumerate((AGENT_FILTERED, AGENT_ALL))}
-    agent = ["python3", "-m", "kubectl_dnstrace.agent", "--duration", str(seconds + 60)]
+    agent = ["python3", "-m", "kubectl_dnstrace.agent", "--duration", str(seconds + 60),
+             *agent_extra]
     procs = {}
     if "filtered" in captures:
         procs[AGENT_FILTERED] = dns.popen([*agent, "--domain", WATCHED], env=env,
@@ -301,6 +303,9 @@ def main() -> int:
                          "is the defaults)")
     ap.add_argument("--capture-in", choices=("dns", "node"), default="dns",
                     help="with --flood: the namespace the agent captures in")
+    ap.add_argument("--step-agent-args", default="",
+                    help="extra arguments for both agents of the rate steps, e.g. "
+                         "--encrypted-dns (node traces)")
     args = ap.parse_args()
     if args.flood:
         rows = flood_rows(args.seconds, [int(x) for x in args.ring_mb.split(",")],
@@ -325,7 +330,7 @@ def main() -> int:
         client, _, _ = d.add_client()
         for rate in args.rates.split(","):
             step = run_step(lab, d, client, qfile, rate, args.seconds, work,
-                            tuple(args.captures.split(",")))
+                            tuple(args.captures.split(",")), tuple(args.step_agent_args.split()))
             steps.append(step)
             print(json.dumps(step), file=sys.stderr, flush=True)
     print(f"Machine: {machine.describe()}\n")

@@ -47,6 +47,7 @@ AGENT_MODULES = (
     ("kubectl_dnstrace.agent", True),
     ("kubectl_dnstrace.agent.capture", False),
     ("kubectl_dnstrace.agent.dedupe", False),
+    ("kubectl_dnstrace.agent.encrypted", False),
     ("kubectl_dnstrace.agent.events", False),
     ("kubectl_dnstrace.agent.filters", False),
     ("kubectl_dnstrace.agent.frames", False),

@@ -26,7 +26,13 @@ from kubectl_dnstrace.model import (
     OutputOptions,
     TraceRequest,
 )
-from kubectl_dnstrace.options import check_codes, check_names, load_domain_file, parse_duration
+from kubectl_dnstrace.options import (
+    check_codes,
+    check_names,
+    load_domain_file,
+    load_resolver_file,
+    parse_duration,
+)
 
 OUTPUT_FORMATS = ("table", "wide", "json", "ndjson")
 
@@ -71,6 +77,10 @@ Targets ("trace" may be left out: kubectl dnstrace pod/web-123):
   deploy/NAME, ds/NAME, sts/NAME, job/NAME, rs/NAME
                       every running pod of that workload
   cronjob/NAME        the pods of its jobs running now
+  node/NAME, no/NAME  everything on that node, from the node's network namespace
+                      (through a hostNetwork pod there, or --create-pod); also DoT/DoH
+                      connection attempts and queries that bypass cluster DNS
+  nodes [-l SELECTOR] every node (or those matching -l), one capture per node
   -l SELECTOR         every running pod matching the label selector
 
 \b
@@ -89,6 +99,10 @@ Examples:
 \b
   # Keep the packets as evidence (written with mode 0600)
   kubectl dnstrace coredns -d evil.example.com --pcap evidence.pcap
+
+\b
+  # The alert names a node: everything on it, whichever resolver each pod asks
+  kubectl dnstrace node/node-7 --domain evil.example.com
 
 \b
   # Air-gapped cluster: any image with python3 from your mirror
@@ -131,6 +145,10 @@ Examples:
 \b
   # Pods in namespace shop only, for one user
   kubectl dnstrace rbac -n shop --user alice@example.com | kubectl apply -f -
+
+\b
+  # Node traces (node/NAME, nodes), with --create-pod --pod-namespace dnstrace
+  kubectl dnstrace rbac --nodes -n dnstrace | kubectl apply -f -
 
 \b
 Self-subject access reviews (the pre-flight checks) are allowed to every
@@ -278,6 +296,10 @@ def trace(
     force: Annotated[bool, typer.Option("--force", help="Trace a pod even when another trace's agent runs in it.")] = False,
     dns_namespace: Annotated[str, typer.Option("--dns-namespace", help="Namespace of the cluster DNS.")] = "kube-system",
     dns_selector: Annotated[str | None, typer.Option("--dns-selector", help="Label selector of the cluster DNS pods.")] = None,
+    via_pod: Annotated[str | None, typer.Option("--via-pod", metavar="NS/NAME", help="node/NAME: capture through this hostNetwork pod on the node.")] = None,
+    create_pod: Annotated[bool, typer.Option("--create-pod", help="node/NAME, nodes: capture in a short-lived hostNetwork pod created on each node (instead of attaching to its pods).")] = False,
+    pod_namespace: Annotated[str | None, typer.Option("--pod-namespace", metavar="NAMESPACE", help="Where --create-pod creates its pods (default: the current namespace).")] = None,
+    doh_resolvers: Annotated[str | None, typer.Option("--doh-resolvers", metavar="FILE", help="Node traces: DoH/DoT resolver addresses, one per line (replaces the built-in list).")] = None,
     via: Annotated[str, typer.Option("--via", metavar="ROUTE", help="coredns: capture (ephemeral containers) | log (CoreDNS's log plugin: edits the Corefile, restored at exit).")] = "capture",
     since: Annotated[str | None, typer.Option("--since", metavar="DURATION", help="--via log: read what CoreDNS already logged (e.g. 1h); changes nothing.")] = None,
     restore: Annotated[bool, typer.Option("--restore", help="coredns: put back a Corefile change a killed --via log run left.")] = False,
@@ -312,6 +334,10 @@ def trace(
         dry_run=dry_run,
         dns_namespace=dns_namespace,
         dns_selector=dns_selector,
+        via_pod=via_pod,
+        create_pod=create_pod,
+        pod_namespace=pod_namespace,
+        doh_resolvers=load_resolver_file(doh_resolvers) if doh_resolvers else None,
         force=force,
         **_via_options(via, since, restore),
     )
@@ -369,11 +395,13 @@ def rbac(
     cluster: Annotated[bool, typer.Option("--cluster", help="A ClusterRole for every namespace (coredns mode, client attribution).")] = False,
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", metavar="NAMESPACE", help="A Role for pods in this namespace only (default: default).")] = None,
     subject: Annotated[str | None, typer.Option("--user", metavar="NAME", help="The user to bind (default: the group kubectl-dnstrace).")] = None,
+    nodes: Annotated[bool, typer.Option("--nodes", help="Node traces (node/NAME, nodes): the ClusterRole, plus creating pods in -n NS for --create-pod.")] = False,
 ) -> None:
     """Print the least-privilege RBAC objects a trace needs, ready for kubectl apply."""
     from kubectl_dnstrace.rbac import render_rbac
 
-    sys.stdout.write(render_rbac(cluster=cluster, namespace=namespace, user=subject))
+    sys.stdout.write(render_rbac(cluster=cluster, namespace=namespace, user=subject,
+                                 nodes=nodes))
 
 
 # Typer's shell completion names the command after prog_name; "kubectl dnstrace" (with its

@@ -41,6 +41,7 @@ class DnsEvent:
     observed_at: str = ""  # where it was captured: "ns/pod" or the file name
     raw: bytes | None = None
     linktype: int = 101  # pcap LINKTYPE of ``raw`` (101 = raw IP)
+    resolver: dict | None = None  # {ip, kind, bypass}: set by the pipeline (bypass.py)
     # A response a capture file's snap length cut short: rcode and question are whole,
     # ``answers`` are those that fit.
     truncated: bool = False
@@ -141,6 +142,12 @@ class TraceRequest:
     dns_namespace: str = "kube-system"
     dns_selector: str | None = None
     force: bool = False  # trace a pod even when another trace's agent runs in it
+    # node/NAME and nodes (kube/nodes.py): attach to --via-pod, or --create-pod in
+    # --pod-namespace; DoH resolver addresses from --doh-resolvers FILE (None: built-in list).
+    via_pod: str | None = None
+    create_pod: bool = False
+    pod_namespace: str | None = None
+    doh_resolvers: list[str] | None = None
     via: str = "capture"  # "capture" (ephemeral containers) | "log" (CoreDNS's log plugin)
     since: float | None = None  # --via log: read what CoreDNS already logged, seconds back
     restore: bool = False  # put back a Corefile change a killed --via log run left

@@ -117,3 +117,33 @@ def check_trace_request(req: TraceRequest) -> None:
     check_image(req.image)
     check_names(req.filters.domains, "--domain")
     check_codes(req.filters.qtypes, req.filters.rcodes)
+
+
+def load_resolver_file(path: str) -> list[str]:
+    """``--doh-resolvers FILE``: IP addresses, one per line, ``#`` comments; a line that is
+    no address is a UsageError naming the file and the line."""
+    import ipaddress
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--doh-resolvers: cannot read {path}: {exc.strerror or exc}",
+                         "give a text file with one IP address per line") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--doh-resolvers: {path} is not UTF-8 text",
+                         "one IP address per line") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            out.append(str(ipaddress.ip_address(text)))
+        except ValueError:
+            raise UsageError(f"--doh-resolvers: {path} line {number}: {text!r} is not an IP "
+                             "address", "one IPv4 or IPv6 address per line") from None
+    if not out:
+        raise UsageError(f"--doh-resolvers: {path} lists no address",
+                         "one IPv4 or IPv6 address per line")
+    return out

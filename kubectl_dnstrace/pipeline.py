@@ -22,6 +22,9 @@ from typing import Any, TextIO
 from kubectl_dnstrace import columns, gcpolicy, render
 from kubectl_dnstrace.aggregate import Aggregator
 from kubectl_dnstrace.attribution import Attributed, Attributor
+from kubectl_dnstrace.bypass import BypassReport, ResolverClassifier
+from kubectl_dnstrace.bypass import summary_json as bypass_json
+from kubectl_dnstrace.bypass import summary_text as bypass_text
 from kubectl_dnstrace.errors import ExitCode
 from kubectl_dnstrace.linking import Linker, describe_client
 from kubectl_dnstrace.model import Client, DnsEvent, OutputOptions
@@ -83,6 +86,14 @@ class Pipeline:
         self._nodelocal_said = False
         self.coverage: list[str] = []  # the pods a followed workload had, when they changed
         self.linker = self._linker()
+        # Which resolver each query asked, and what went around cluster DNS (bypass.py).
+        self.resolvers = ResolverClassifier(self.attributor,
+                                            self.meta.get("dns_namespace") or "kube-system")
+        self.classify = self.resolvers.classify
+        self._resolver_out = fmt in ("json", "ndjson")
+        self.bypass = BypassReport()
+        self.bypass.uncovered = list(self.meta.pop("uncovered", None) or [])
+        self._encrypted_events: list[dict] = []
         self._services = self.attributor.inventory.services  # cluster ip -> (ns, name)
         self._ndjson = render.NdjsonWriter()
         self._lines: list[str] = []  # -o ndjson lines of the events fed so far, not yet written
@@ -110,6 +121,9 @@ class Pipeline:
         for t in self.targets:
             if isinstance(t, dict) and t.get("role"):
                 roles[f"{t.get('namespace')}/{t.get('name')}"] = t["role"]
+        # A capture in a CoreDNS pod's own namespace sees only what reaches CoreDNS or
+        # leaves it: a query there went to cluster DNS (bypass.py), whatever its address.
+        self._at_cluster_dns = {key for key, role in roles.items() if role == "coredns"}
         for key, role in roles.items():
             if role in RESOLVER_ROLES:
                 pods.add(key)
@@ -205,6 +219,13 @@ class Pipeline:
             self._process(event, client)
 
     def _process(self, event: DnsEvent, client: Client) -> None:
+        # Every query gets its resolver (the bypass tally, live lines); a response only
+        # where events are written out with it (-o json/ndjson).
+        if event.qr == "query" or self._resolver_out:
+            res = event.resolver = self.classify(event, client,
+                                                 event.observed_at in self._at_cluster_dns)
+            if res["bypass"]:
+                self.bypass.add_query(event, client, res)
         ann = self.linker.observe(event, client)
         a = Attributed(event, client, ann.link, ann.served)
         if self._services:
@@ -306,17 +327,42 @@ class Pipeline:
         if self.streaming:
             self.out.flush()
 
+    def feed_encrypted(self, record: dict, observed_at: str = "") -> None:
+        """An agent's ``encrypted-dns`` record: a connection attempt to a DoT/DoH resolver,
+        seen from its SYN. Counted for the summary, shown as a line, kept for -o json."""
+        self.count += 1
+        client = self.attributor.attribute(record["client"], record["ts"])
+        self.bypass.add_encrypted(record, client, observed_at)
+        fmt = self.output.format
+        if fmt == "ndjson":
+            self.out.write(json.dumps(render.encrypted_json(record, client, observed_at),
+                                      separators=(",", ":"), ensure_ascii=False) + "\n")
+        elif fmt == "json":
+            if len(self._encrypted_events) < 100_000:
+                self._encrypted_events.append(render.encrypted_json(record, client,
+                                                                    observed_at))
+        elif self.live:
+            self._write_text(self._layout.rows(
+                [render.encrypted_cells(record, client, observed_at, self.wide)]))
+        if self.streaming:
+            self.out.flush()
+
     def _live(self, a: Attributed) -> None:
         self._write_pairs(self._pairing.add(a))
 
     def _write_pairs(self, pairs: list) -> None:
-        text = self._layout.lines(pairs)
+        self._write_text(self._layout.lines(pairs))
+
+    def _write_text(self, text: str) -> None:
         if not text:
             return
         self._header_done = True
         self.out.write(text)
         if self.streaming:
             self.out.flush()
+
+    def _server(self, ip: str) -> Client:
+        return self.attributor.attribute(ip, time.time())
 
     def notice(self, text: str) -> None:
         """A progress line or warning for the human: always stderr, never mixed with data."""
@@ -347,9 +393,11 @@ class Pipeline:
         if fmt == "json":
             assert self.aggregator is not None and self.events is not None
             try:
+                extra = bypass_json(self.bypass, render.client_json)
+                extra["encrypted_dns_events"] = self._encrypted_events
                 render.write_json_document(self.out, self.meta, self.targets,
                                            self.aggregator.clients(), links, self.events,
-                                           self.notices)
+                                           self.notices, extra)
             finally:
                 self.events.close()
         elif fmt in ("table", "wide"):
@@ -368,8 +416,10 @@ class Pipeline:
                 for block in (notes, ups, pods):
                     if block:
                         self.out.write("\n" + block)
-            else:
+            elif self.bypass.empty:
                 self.notice("No DNS queries matched.")
+            if not self.bypass.empty:
+                self.out.write("\n" + bypass_text(self.bypass, self._server))
         self.out.flush()
         return ExitCode.MATCHED if self.count else ExitCode.NO_MATCH
 

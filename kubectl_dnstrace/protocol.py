@@ -17,10 +17,12 @@ from operator import itemgetter
 
 PROTOCOL_VERSION = 1
 
-RECORD_TYPES = ("hello", "dns", "agg", "stats", "error", "bye")
+RECORD_TYPES = ("hello", "dns", "agg", "stats", "error", "bye", "encrypted-dns")
 BYE_REASONS = ("deadline", "signal", "stop-file", "error", "end")
 QR_VALUES = ("query", "response")
 PROTOS = ("udp", "tcp")
+# An encrypted-dns record's protocol: DNS over TLS (TCP 853), DNS over HTTPS (443).
+ENCRYPTED_PROTOCOLS = ("dot", "doh")
 
 # Fields every record of a type must have, with the Python types accepted for each.
 _NUM = (int, float)
@@ -45,6 +47,9 @@ REQUIRED_FIELDS = {
     "stats": {"seen": int, "matched": int, "emitted": int, "drops": int},
     "error": {"message": str},
     "bye": {"reason": str},
+    # Only from an agent started with --encrypted-dns (so an older plugin never meets one).
+    "encrypted-dns": {"ts": _NUM, "protocol": str, "client": str, "sport": int, "dst": str,
+                      "dport": int},
 }
 # Fields a dns response record must have on top of the above.
 RESPONSE_FIELDS = {"rcode": str, "answers": list, "latency_ms": _OPT_NUM}
@@ -161,7 +166,7 @@ def _check_record(record):
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ProtocolError("%s record without a valid seq" % rtype)
     _check_fields(record, REQUIRED_FIELDS[rtype], rtype)
-    if rtype in ("dns", "agg") and not 0 <= record["ts"] < TS_MAX:
+    if rtype in ("dns", "agg", "encrypted-dns") and not 0 <= record["ts"] < TS_MAX:
         raise ProtocolError("%s record has a bad 'ts': %r (seconds since 1970, before the "
                             "year 10000)" % (rtype, record["ts"]))
     if rtype == "dns":
@@ -187,6 +192,8 @@ def _check_record(record):
         )
     elif rtype == "agg":
         _check_agg(record)
+    elif rtype == "encrypted-dns" and record["protocol"] not in ENCRYPTED_PROTOCOLS:
+        raise ProtocolError("encrypted-dns record with protocol=%r" % (record["protocol"],))
     elif rtype == "bye" and record["reason"] not in BYE_REASONS:
         raise ProtocolError("bye record with reason=%r" % (record["reason"],))
 
@@ -277,5 +284,14 @@ def error(seq, message, **extra):
 
 def bye(seq, reason, **extra):
     rec = {"type": "bye", "seq": seq, "reason": reason}
+    rec.update(extra)
+    return rec
+
+
+def encrypted_dns(seq, ts, kind, client, sport, dst, dport, **extra):
+    """A connection attempt to an encrypted DNS resolver, seen from its SYN: ``kind`` is
+    "dot" (TCP 853) or "doh" (443 to a known public resolver)."""
+    rec = {"type": "encrypted-dns", "seq": seq, "ts": ts, "protocol": kind, "client": client,
+           "sport": sport, "dst": dst, "dport": dport}
     rec.update(extra)
     return rec

@@ -78,13 +78,20 @@ RULES: tuple[Rule, ...] = (
     Rule("batch", ("jobs", "cronjobs"), ("get", "list"),
          "name the CronJob behind a short-lived Job pod (from the Job's owner reference); "
          "job/NAME and cronjob/NAME targets"),
-    Rule("", ("nodes",), ("list",),
-         "map node and podCIDR gateway addresses to nodes (hostNetwork clients)",
+    Rule("", ("nodes",), ("get", "list"),
+         "map node and podCIDR gateway addresses to nodes (hostNetwork clients); node/NAME "
+         "and nodes targets",
          cluster_scoped=True),
     Rule("", ("namespaces",), ("get",),
          "read the pod-security.kubernetes.io labels before adding a container",
          cluster_scoped=True),
 )
+
+# --create-pod (node/NAME, nodes): a short-lived hostNetwork pod in --pod-namespace.
+CREATE_POD_RULE = Rule("", ("pods",), ("create", "delete"),
+                       "--create-pod: create the short-lived hostNetwork capture pod pinned to "
+                       "a node, and delete it at the end. Pod Security must be privileged "
+                       "in this namespace (hostNetwork)")
 
 # coredns --via log: the Corefile's ConfigMap only, by name, in the DNS namespace only.
 DNS_NAMESPACE = "kube-system"
@@ -160,8 +167,14 @@ def _check(cluster: bool, namespace: str | None, user: str | None) -> str:
     return ns
 
 
-def render_rbac(cluster: bool, namespace: str | None, user: str | None) -> str:
-    """Multi-document YAML for ``kubectl apply -f -``: role(s) first, then binding(s)."""
+def render_rbac(cluster: bool, namespace: str | None, user: str | None,
+                nodes: bool = False) -> str:
+    """Multi-document YAML for ``kubectl apply -f -``: role(s) first, then binding(s).
+
+    ``nodes``: node traces (node/NAME, nodes) need the ClusterRole (pods on any node, in any
+    namespace) plus, for --create-pod, create/delete of pods in ``namespace``."""
+    if nodes:
+        return _render_nodes(namespace, user)
     ns = _check(cluster, namespace, user)
     subject = _subject(user)
     who = f"user {user}" if user else f"members of group {DEFAULT_GROUP}"
@@ -223,6 +236,27 @@ def render_rbac(cluster: bool, namespace: str | None, user: str | None) -> str:
          "metadata": _metadata(cluster_name)},
         None,
         {"roleRef": {"apiGroup": RBAC_API, "kind": "ClusterRole", "name": cluster_name},
+         "subjects": [subject]},
+    ))
+    return "---\n".join(docs)
+
+
+def _render_nodes(namespace: str | None, user: str | None) -> str:
+    ns = _check(False, namespace, user)
+    subject = _subject(user)
+    role = f"{NAME}-create-pod"
+    docs = [render_rbac(True, None, user).rstrip("\n") + "\n"]
+    docs.append(_document(
+        f"kubectl-dnstrace node traces with --create-pod --pod-namespace {ns}.\n"
+        f"Apply: kubectl dnstrace rbac --nodes -n {ns} | kubectl apply -f -",
+        {"apiVersion": RBAC_VERSION, "kind": "Role", "metadata": _metadata(role, ns)},
+        [(CREATE_POD_RULE, ())],
+    ))
+    docs.append(_document(
+        "Grants the Role above.",
+        {"apiVersion": RBAC_VERSION, "kind": "RoleBinding", "metadata": _metadata(role, ns)},
+        None,
+        {"roleRef": {"apiGroup": RBAC_API, "kind": "Role", "name": role},
          "subjects": [subject]},
     ))
     return "---\n".join(docs)

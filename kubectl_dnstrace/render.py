@@ -147,6 +147,8 @@ def record_json(ev: DnsEvent) -> dict[str, Any]:
         out["latency_ms"] = ev.latency_ms
         if ev.truncated:
             out["truncated"] = True
+    if ev.resolver is not None:
+        out["resolver"] = ev.resolver
     out["seq"] = ev.seq
     out["observed_at"] = ev.observed_at
     return out
@@ -175,6 +177,7 @@ class NdjsonWriter:
         # Latencies are whole microseconds: a few thousand values, each written as text once
         # (a float's repr is a third of a microsecond; a lookup a tenth).
         self._latencies: dict[float, str] = {}
+        self._resolvers: dict[int, tuple[dict, str]] = {}
 
     def _str(self, text: str) -> str:
         hit = self._strings.get(text)
@@ -215,6 +218,16 @@ class NdjsonWriter:
         self._ends[key] = (c, text)  # holding ``c`` keeps its id unique
         return text
 
+    def _resolver(self, resolver: dict) -> tuple[dict, str]:
+        """``"resolver":{…},"seq":`` would repeat per line: its text, once per resolver
+        dict (the classifier hands out one per address), placed before ``"seq"``."""
+        if len(self._resolvers) >= self.LIMIT:
+            self._resolvers.clear()
+        hit = self._resolvers[id(resolver)] = (
+            resolver, '"resolver":' + json.dumps(resolver, separators=(",", ":"),
+                                                 ensure_ascii=False) + ",")
+        return hit
+
     def line(self, a: Attributed) -> str:
         if a.served or a.link is not None or a.services or a.event.truncated:
             return ndjson_line(a)
@@ -227,6 +240,12 @@ class NdjsonWriter:
         hit = self._ends.get((id(a.client), ev.observed_at))
         end = hit[1] if hit is not None and hit[0] is a.client else self._end(
             a.client, ev.observed_at)
+        pre = ""
+        if ev.resolver is not None:
+            res = self._resolvers.get(id(ev.resolver))
+            if res is None or res[0] is not ev.resolver:
+                res = self._resolver(ev.resolver)
+            pre = res[1]
         if ev.qr == "response":
             answers = ",".join([_enc(x) for x in ev.answers])
             lat = ev.latency_ms
@@ -241,10 +260,10 @@ class NdjsonWriter:
             return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"response","proto":"{ev.proto}",'
                     f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'
                     f'"id":{ev.id},{question},"rcode":{rcode},'
-                    f'{answers}"latency_ms":{lat},"seq":{ev.seq},{end}')
+                    f'{answers}"latency_ms":{lat},{pre}"seq":{ev.seq},{end}')
         return (f'{{"type":"dns","ts":{ev.ts!r},"qr":"{ev.qr}","proto":"{ev.proto}",'
                 f'"src":{src},"sport":{ev.sport},"dst":{dst},"dport":{ev.dport},'
-                f'"id":{ev.id},{question},"seq":{ev.seq},{end}')
+                f'"id":{ev.id},{question},{pre}"seq":{ev.seq},{end}')
 
 
 # ---- live lines -----------------------------------------------------------------------
@@ -286,6 +305,9 @@ def live_cells(query: Attributed | None, response: Attributed | None,
     else:
         rcode, answers, lat = "-", "-", "-"
     note = _note(query, response)
+    res = ev.resolver
+    if res is not None and res["bypass"]:
+        note = f"BYPASS to {res['ip']} ({res['kind']})" + (f"; {note}" if note else "")
     cells = (clock_ms(ev.ts), ns, pod, workload, ev.qname, ev.qtype, rcode, answers, lat,
              ev.observed_at or "-", note)
     if wide:
@@ -333,7 +355,10 @@ class LiveLayout:
 
     def lines(self, pairs: list[tuple[Attributed | None, Attributed | None]]) -> str:
         """The lines of finished exchanges, the header before the first ones."""
-        rows = [live_cells(q, r, self.wide) for q, r in pairs]
+        return self.rows([live_cells(q, r, self.wide) for q, r in pairs])
+
+    def rows(self, rows: list[tuple[str, ...]]) -> str:
+        """Lines of cells in the live columns (exchanges, encrypted DNS attempts)."""
         if not rows:
             return ""
         if self.wide:
@@ -353,6 +378,28 @@ class LiveLayout:
             self.widths = columns.fit(cols, self.width, spare=True)
             head = columns.row(LIVE_COLUMNS, self.widths)
         return head + "".join(columns.row(cells, self.widths) for cells in rows)
+
+
+def encrypted_cells(record: dict, client: Client, observed_at: str,
+                    wide: bool = False) -> tuple[str, ...]:
+    """An encrypted DNS attempt (a SYN to 853, or to a public DoH resolver on 443) in the live
+    columns: the destination stands where the name would, the protocol where the type would."""
+    ns, pod, workload, _node = client_cells(client)
+    cells = (clock_ms(record["ts"]), ns, pod, workload, f"{record['dst']}:{record['dport']}",
+             record["protocol"].upper(), "-", "-", "-", observed_at or "-",
+             "ENCRYPTED DNS attempt")
+    if wide:
+        cells = (*cells[:3], client.ip, *cells[3:9], record["dst"], *cells[9:])
+    return cells
+
+
+def encrypted_json(record: dict, client: Client, observed_at: str) -> dict[str, Any]:
+    """An ``encrypted-dns`` record for -o ndjson/json: the agent's fields and the client."""
+    out = {"type": "encrypted-dns", "ts": record["ts"], "protocol": record["protocol"],
+           "src": record["client"], "sport": record["sport"], "dst": record["dst"],
+           "dport": record["dport"], "seq": record.get("seq", 0), "observed_at": observed_at,
+           "client": client_json(client)}
+    return out
 
 
 def _note(query: Attributed | None, response: Attributed | None) -> str:
@@ -611,7 +658,7 @@ class EventSpool:
 
 def write_json_document(out: TextIO, meta: dict[str, Any], targets: list[dict[str, Any]],
                         clients: list[ClientStats], links: list[Link], events: EventSpool,
-                        notices: list[str]) -> None:
+                        notices: list[str], extra: dict[str, Any] | None = None) -> None:
     """The ``-o json`` document, byte for byte what ``json.dumps(doc, indent=2)`` gives,
     with the events streamed from the spool."""
     doc = {
@@ -621,6 +668,7 @@ def write_json_document(out: TextIO, meta: dict[str, Any], targets: list[dict[st
         "targets": targets,
         "summary": summary_json(clients),
         "upstream": [link_json(lk) for lk in links],
+        **(extra or {}),
         "notices": notices,
         "events": [],
     }

@@ -28,6 +28,7 @@ from kubectl_dnstrace.errors import (
     AgentFailed,
     DnstraceError,
     ExitCode,
+    UsageError,
 )
 from kubectl_dnstrace.following import Following
 from kubectl_dnstrace.kube.client import Kube
@@ -59,12 +60,14 @@ from kubectl_dnstrace.progress import Progress
 STATS_INTERVAL = 5.0
 STOP_GRACE = 10.0  # how long to wait for the agents' final records after asking them to stop
 DEADLINE_GRACE = 20.0  # beyond --duration, before we stop waiting for an agent's bye
+WAIT_CONCURRENCY = 32  # capture containers waited for at once (a watch each)
 COMPACT_DOMAINS_OVER = 50  # more names than this travel compressed, with the program
 
 
 # ---- building the agent's command ---------------------------------------------------------------
 
-def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool) -> list[str]:
+def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool,
+               encrypted: bool = False, doh_resolvers: list[str] | None = None) -> list[str]:
     """The agent's arguments: ``--duration`` always (ephemeral containers cannot be killed).
 
     A long domain list is left out here: :func:`long_domain_args` carries it (in the agent
@@ -72,6 +75,10 @@ def agent_args(duration: float, filters: Filters, stop_file: str, pcap: bool) ->
     """
     args = ["--duration", _num(duration), "--stop-file", stop_file,
             "--stats-interval", _num(STATS_INTERVAL)]
+    if encrypted:  # node captures: DoT/DoH attempts too (agent/encrypted.py)
+        args.append("--encrypted-dns")
+        for addr in doh_resolvers or ():
+            args += ["--doh-resolver", addr]
     if len(filters.domains) <= COMPACT_DOMAINS_OVER:
         for d in filters.domains:
             args += ["--domain", d]
@@ -113,8 +120,11 @@ def capture_spec(req: TraceRequest, run_id: str, user: str) -> CaptureSpec:
     from kubectl_dnstrace.agent_program import DEFAULT_IMAGE, agent_launch
 
     image = req.image or DEFAULT_IMAGE
+    # Node captures also report DoT/DoH connection attempts (agent/encrypted.py).
+    encrypted = any(parse_target(t).kind == "nodes" for t in req.targets)
     args = agent_args(req.duration, req.filters, stop_file_path(run_id),
-                      pcap=bool(req.output.pcap_path))
+                      pcap=bool(req.output.pcap_path), encrypted=encrypted,
+                      doh_resolvers=req.doh_resolvers)
     launch = agent_launch(args, is_project_image(image), long_domain_args(req.filters))
     return CaptureSpec(run_id=run_id, image=image, command=launch.command,
                        image_pull_policy=req.image_pull_policy, user=user,
@@ -169,6 +179,7 @@ class TraceRun:
         self._status_at = 0.0
         self.spec: CaptureSpec | None = None
         self.rooms: dict[str, PodRoom] = {}
+        self.nodes = None  # a NodeTrace (nodetrace.py) for node/NAME and nodes
         self.resolution: Resolution | None = None
 
     def say(self, text: str) -> None:
@@ -247,6 +258,13 @@ class TraceRun:
             dns_selector=req.dns_selector,
         )
         self._report_resolution(resolution)
+        if resolution.nodes:
+            from kubectl_dnstrace.nodetrace import NodeTrace
+
+            self.nodes = NodeTrace(self, resolution)
+        elif req.via_pod or req.create_pod:
+            raise UsageError("--via-pod and --create-pod go with node/NAME or nodes targets",
+                             "for example: kubectl dnstrace node/node-7 --create-pod")
         if any(p.role == "coredns" for p in resolution.pods) and not req.dry_run:
             from kubectl_dnstrace.logtrace import put_back_leftover
 
@@ -255,6 +273,8 @@ class TraceRun:
         pre = run_preflight(kube, resolution.pods, attach=bool(spec.program))
         for note in pre.notes + [n for p in pre.namespaces.values() for n in p.notes]:
             self.say(note)
+        if self.nodes is not None:
+            self.nodes.preflight(spec, pre)
         if req.dry_run:
             return self._dry_run(spec, resolution.pods, pre)
         self.rooms = check_pods(
@@ -284,6 +304,8 @@ class TraceRun:
                 "patch": build_patch(container),
             }
             self.out.write(json.dumps(doc) + "\n")
+        if self.nodes is not None:
+            self.nodes.dry_run(spec)
         self.out.flush()
         if spec.program:
             self.say(f"dry run: once each container runs, its agent program ({len(spec.program)} "
@@ -325,25 +347,37 @@ class TraceRun:
             # a, b" under a namespace-only grant, or "off: why".
             "attribution": attribution,
         }
+        if self.nodes is not None:
+            meta["uncovered"] = self.nodes.plan.uncovered
+            meta["dns_namespace"] = self.req.dns_namespace
         return Pipeline(self.req.output, self.out, self.err, attributor=attributor, meta=meta)
 
     def _add_all(self, spec: CaptureSpec, pods: list[PodRef], pre: Preflight) -> None:
+        if self.nodes is not None:
+            self.nodes.create_pods(spec)
+            if pods:
+                # Many nodes: a bounded pool; one node failing does not stop the others.
+                self.nodes.add_all(pods, lambda kube, pod: self._add_one(kube, spec, pod, pre))
+            return
         for pod in pods:
-            self.progress.set(pod.key, "adding capture container")
-            run = PodRun(pod, spec.container_name)
-            self.runs[pod.key] = run  # before the patch: an interrupt must check for it
-            try:
-                container = add_capture_container(
-                    self.kube, spec, pod, pre.plan(pod.namespace).capabilities,
-                    notice=self.say, on_patched=lambda obj, r=run: self._measure(r, obj))
-            except BaseException:
-                if not run.patched_at:
-                    self._confirm_patch(run)
-                raise
-            run.container = container["name"]
-            for text in self.kube.take_warnings():
-                self.say(f"warning from the API server ({pod.key}): {text}")
-            self.progress.set(pod.key, "waiting (container added)")
+            self._add_one(self.kube, spec, pod, pre)
+
+    def _add_one(self, kube: Kube, spec: CaptureSpec, pod: PodRef, pre: Preflight) -> None:
+        self.progress.set(pod.key, "adding capture container")
+        run = PodRun(pod, spec.container_name)
+        self.runs[pod.key] = run  # before the patch: an interrupt must check for it
+        try:
+            container = add_capture_container(
+                kube, spec, pod, pre.plan(pod.namespace).capabilities,
+                notice=self.say, on_patched=lambda obj, r=run: self._measure(r, obj))
+        except BaseException:
+            if not run.patched_at:
+                self._confirm_patch(run)
+            raise
+        run.container = container["name"]
+        for text in kube.take_warnings():
+            self.say(f"warning from the API server ({pod.key}): {text}")
+        self.progress.set(pod.key, "waiting (container added)")
 
     def _measure(self, run: PodRun, pod_obj: dict) -> None:
         """The pod as the patch returned it: what this trace added to it."""
@@ -394,8 +428,14 @@ class TraceRun:
             finally:
                 k.close()
 
-        for run in self.runs.values():
-            threading.Thread(target=wait_one, args=(run,), daemon=True,
+        gate = threading.BoundedSemaphore(WAIT_CONCURRENCY)
+
+        def wait_gated(run: PodRun) -> None:
+            with gate:  # many nodes: a bounded number of watches (and clients) at a time
+                wait_one(run)
+
+        for run in list(self.runs.values()):
+            threading.Thread(target=wait_gated, args=(run,), daemon=True,
                              name=f"wait-{run.pod.key}").start()
         pending = len(self.runs)
         try:
@@ -406,6 +446,10 @@ class TraceRun:
                     self.progress.spin()
                     continue
                 pending -= 1
+                if exc is not None and self.nodes is not None and len(self.runs) > 1:
+                    self.nodes.lost(run.pod, exc.message)  # the other nodes go on
+                    del self.runs[run.pod.key]
+                    continue
                 if exc is not None:
                     raise exc
                 run.state = state
@@ -529,6 +573,8 @@ class TraceRun:
         elif rtype == "hello":
             run.hello = True
             run.stats.setdefault("interfaces", rec.get("interfaces"))
+        elif rtype == "encrypted-dns":
+            self.pipeline.feed_encrypted(rec, observed_at=key)
 
     def _feed_aggregate(self, run: PodRun, rec: dict) -> None:
         """Per-second aggregates (a busy, unfiltered capture) go into the summary like events.
@@ -562,6 +608,8 @@ class TraceRun:
             if self.inventory is not None:
                 self.inventory.stop()
             self._close_streams()
+            if self.nodes is not None:
+                self.nodes.delete_pods()
 
     def _close_streams(self, wait: float = 2.0) -> None:
         """The log streams still reading (agents whose final records the trace no longer
@@ -575,9 +623,10 @@ class TraceRun:
             stream.join(max(0.0, deadline - time.monotonic()))
 
     def _say_leftovers(self) -> None:
-        msg = leftovers_message([(r.pod, r.container) for r in self.runs.values()],
-                                {r.pod.key: (r.added_bytes, r.pod_bytes)
-                                 for r in self.runs.values()})
+        created = self.nodes.created_keys if self.nodes is not None else set()
+        kept = [r for r in self.runs.values() if r.pod.key not in created]  # ours are deleted
+        msg = leftovers_message([(r.pod, r.container) for r in kept],
+                                {r.pod.key: (r.added_bytes, r.pod_bytes) for r in kept})
         if msg:
             self.say(msg)
         elif not self.req.dry_run and self.spec is not None and self.pipeline is not None:

@@ -34,8 +34,10 @@ def interpreter(python: str) -> str | None:
 # Kept in the pod spec for the pod's lifetime: it must stay small (about 21 KB today:
 # ~51 KB of minified source, 16 KB compressed; the DNS parser is a third of it). Growth
 # past this limit should be a decision, not an accident. 20,000 -> 21,500: the agent's
-# bounds at any packet rate (issue 15: a turn per ring block, shedding, bounded tables).
-SIZE_LIMIT = 21_500
+# bounds at any packet rate (issue 15: a turn per ring block, shedding, bounded tables);
+# 21,500 -> 24,000: encrypted-DNS attempts (issue 16: agent/encrypted.py, the kernel
+# filter and the public resolver list).
+SIZE_LIMIT = 24_000
 
 
 def run_inline(python: str, *args: str, cwd: str = "/", **kw) -> subprocess.CompletedProcess:

@@ -95,7 +95,7 @@ def test_cluster_mode_grants_exactly_what_a_trace_needs():
         ("", "pods/ephemeralcontainers", "patch"), ("", "pods/ephemeralcontainers", "get"),
         ("", "pods/log", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get"),
         ("", "pods/attach", "create"), ("", "pods/attach", "get"),
-        ("", "nodes", "list"),
+        ("", "nodes", "get"), ("", "nodes", "list"),  # get: node/NAME targets
         ("", "services", "get"), ("", "services", "list"),
         ("", "namespaces", "get"),
         *[("apps", r, v) for r in ("deployments", "replicasets", "daemonsets", "statefulsets")

@@ -119,9 +119,9 @@ Upstream lookups:
 """
 
 EXPECTED_NDJSON_FIRST_LINES = [
-    '{"type":"dns","ts":1764165600.0,"qr":"query","proto":"udp","src":"10.244.0.5","sport":40000,"dst":"10.244.1.2","dport":53,"id":4242,"qname":"evil.example.com","qtype":"A","iface":"","seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"shop","name":"web-5d8f7c9b6-x2k4p","workload":"Deployment/web","node":"node-a","candidates":[]}}',
-    '{"type":"dns","ts":1764165600.001,"qr":"query","proto":"udp","src":"10.244.1.2","sport":51000,"dst":"172.18.0.53","dport":53,"id":777,"qname":"evil.example.com","qtype":"A","iface":"","seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"kube-system","name":"coredns-7db6d8ff4d-abcde","workload":"Deployment/coredns","node":"node-b","candidates":[]},"forward":{"upstream":true,"caused_by":[{"kind":"pod","namespace":"shop","name":"web-5d8f7c9b6-x2k4p","workload":"Deployment/web","node":"node-a","candidates":[],"ip":"10.244.0.5"}],"via":[]}}',
-    '{"type":"dns","ts":1764165600.011,"qr":"response","proto":"udp","src":"172.18.0.53","sport":53,"dst":"10.244.1.2","dport":51000,"id":777,"qname":"evil.example.com","qtype":"A","iface":"","rcode":"NOERROR","answers":["203.0.113.66"],"latency_ms":10.0,"seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"kube-system","name":"coredns-7db6d8ff4d-abcde","workload":"Deployment/coredns","node":"node-b","candidates":[]}}',
+    '{"type":"dns","ts":1764165600.0,"qr":"query","proto":"udp","src":"10.244.0.5","sport":40000,"dst":"10.244.1.2","dport":53,"id":4242,"qname":"evil.example.com","qtype":"A","iface":"","resolver":{"ip":"10.244.1.2","kind":"cluster-dns","bypass":false},"seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"shop","name":"web-5d8f7c9b6-x2k4p","workload":"Deployment/web","node":"node-a","candidates":[]}}',
+    '{"type":"dns","ts":1764165600.001,"qr":"query","proto":"udp","src":"10.244.1.2","sport":51000,"dst":"172.18.0.53","dport":53,"id":777,"qname":"evil.example.com","qtype":"A","iface":"","resolver":{"ip":"172.18.0.53","kind":"external","bypass":false},"seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"kube-system","name":"coredns-7db6d8ff4d-abcde","workload":"Deployment/coredns","node":"node-b","candidates":[]},"forward":{"upstream":true,"caused_by":[{"kind":"pod","namespace":"shop","name":"web-5d8f7c9b6-x2k4p","workload":"Deployment/web","node":"node-a","candidates":[],"ip":"10.244.0.5"}],"via":[]}}',
+    '{"type":"dns","ts":1764165600.011,"qr":"response","proto":"udp","src":"172.18.0.53","sport":53,"dst":"10.244.1.2","dport":51000,"id":777,"qname":"evil.example.com","qtype":"A","iface":"","rcode":"NOERROR","answers":["203.0.113.66"],"latency_ms":10.0,"resolver":{"ip":"172.18.0.53","kind":"external","bypass":false},"seq":0,"observed_at":"kube-system/coredns-7db6d8ff4d-abcde","client":{"kind":"pod","namespace":"kube-system","name":"coredns-7db6d8ff4d-abcde","workload":"Deployment/coredns","node":"node-b","candidates":[]}}',
 ]
 
 
@@ -217,18 +217,26 @@ EXPECTED_JSON = {
         }],
     }],
     "upstream": [],
+    # Queries around cluster DNS, encrypted DNS attempts, nodes not covered (bypass.py).
+    "bypassed_cluster_dns": [],
+    "encrypted_dns": [],
+    "uncovered_nodes": [],
+    "encrypted_dns_events": [],
     "notices": [],
     "events": [
         {"type": "dns", "ts": T0, "qr": "query", "proto": "udp", "src": "10.244.0.5",
          "sport": 40000, "dst": "10.244.1.2", "dport": 53, "id": 4242,
-         "qname": "evil.example.com", "qtype": "A", "iface": "", "seq": 0,
+         "qname": "evil.example.com", "qtype": "A", "iface": "",
+         "resolver": {"ip": "10.244.1.2", "kind": "cluster-dns", "bypass": False}, "seq": 0,
          "observed_at": COREDNS,
          "client": {"kind": "pod", "namespace": "shop", "name": "web-5d8f7c9b6-x2k4p",
                     "workload": "Deployment/web", "node": "node-a", "candidates": []}},
         {"type": "dns", "ts": T0 + 0.012, "qr": "response", "proto": "udp",
          "src": "10.244.1.2", "sport": 53, "dst": "10.244.0.5", "dport": 40000, "id": 4242,
          "qname": "evil.example.com", "qtype": "A", "iface": "", "rcode": "NOERROR",
-         "answers": ["203.0.113.66"], "latency_ms": 12.0, "seq": 0, "observed_at": COREDNS,
+         "answers": ["203.0.113.66"], "latency_ms": 12.0,
+         "resolver": {"ip": "10.244.1.2", "kind": "cluster-dns", "bypass": False}, "seq": 0,
+         "observed_at": COREDNS,
          "client": {"kind": "pod", "namespace": "shop", "name": "web-5d8f7c9b6-x2k4p",
                     "workload": "Deployment/web", "node": "node-a", "candidates": []},
          "served": "cache"},  # a CoreDNS capture, and CoreDNS did not ask upstream

@@ -153,8 +153,9 @@ class Capture(object):
     for everything ready, where ``ifkey`` is an interface index (ring) or name (fallback);
     ``iface_name(ifkey)`` turns it into a name."""
 
-    def __init__(self, interface=None, ring_mb=8, use_ring=True, block_kb=256):
+    def __init__(self, interface=None, ring_mb=8, use_ring=True, block_kb=256, program=None):
         self.interface = interface
+        self.program = program  # a classic BPF program (default: port53_filter())
         self.ring_mb = ring_mb
         self.use_ring = use_ring
         self.block_size = block_kb * 1024
@@ -199,7 +200,7 @@ class Capture(object):
         else:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
         self.sock = sock
-        fprog, _keep = _sock_fprog(port53_filter())
+        fprog, _keep = _sock_fprog(self.program or port53_filter())
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         del _keep
         if self.use_ring:

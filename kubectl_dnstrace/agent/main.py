@@ -28,6 +28,7 @@ import kubectl_dnstrace
 from kubectl_dnstrace import dnswire, protocol
 from kubectl_dnstrace.agent.capture import PKT_HDR, Capture, CaptureError
 from kubectl_dnstrace.agent.dedupe import Deduper
+from kubectl_dnstrace.agent.encrypted import encrypted_watcher, parse_addresses
 from kubectl_dnstrace.agent.events import EventBuilder
 from kubectl_dnstrace.agent.filters import DnsFilter
 from kubectl_dnstrace.agent.frames import LINKTYPE_RAW, DnsSegment, FrameDecoder
@@ -86,6 +87,12 @@ def build_parser():
     p.add_argument("--max-rate", type=int, default=2000,
                    help="records per second before switching to per-second aggregates "
                         "(default 2000; 0 never aggregates)")
+    p.add_argument("--encrypted-dns", action="store_true",
+                   help="also report TCP SYNs to port 853 (DoT) and to public DoH resolvers on "
+                        "443 (encrypted-dns records)")
+    p.add_argument("--doh-resolver", action="append", default=None,
+                   help="with --encrypted-dns: a DoH/DoT resolver address (repeatable; "
+                        "replaces the built-in list)")
     p.add_argument("--ring-mb", type=int, default=8,
                    help="capture ring size in MiB (default 8; see docs/performance.md)")
     p.add_argument("--no-ring", action="store_true", help="read with recvfrom, no ring")
@@ -100,6 +107,12 @@ def parse_args(argv):
         raise UsageError("--stats-interval must be more than 0 seconds")
     if opts.max_rate < 0:
         raise UsageError("--max-rate must be 0 or more")
+    if opts.doh_resolver and not opts.encrypted_dns:
+        raise UsageError("--doh-resolver needs --encrypted-dns")
+    try:
+        parse_addresses(opts.doh_resolver or ())
+    except ValueError as exc:
+        raise UsageError("--doh-resolver: %s" % exc) from None
     if not 1 <= opts.ring_mb <= RING_MB_MAX:
         raise UsageError("--ring-mb must be 1 to %d" % RING_MB_MAX)
     return opts
@@ -154,8 +167,10 @@ class Agent(object):
         self.opts = opts
         self.out = out
         self.filter = dns_filter
+        self.encrypted = encrypted_watcher(opts)
         self.capture = Capture(interface=opts.interface, ring_mb=opts.ring_mb,
-                               use_ring=not opts.no_ring)
+                               use_ring=not opts.no_ring,
+                               program=self.encrypted and self.encrypted.program)
         # Tables sized for the agent's memory budget (docs/performance.md, "Flood"); the
         # kubectl side's readers of capture files keep the larger defaults.
         self.decoder = FrameDecoder(tcp_budget=TCP_BUDGET)
@@ -176,6 +191,10 @@ class Agent(object):
         if pkttype == 4 and (ifkey == 1 or ifkey == "lo"):
             return  # loopback shows every packet twice (outgoing, then incoming)
         segs = self.decoder.decode_ip(packet, ts)
+        if not segs and self.encrypted is not None:
+            rec = self.encrypted.inspect(packet, ts, self.capture.iface_name(ifkey))
+            if rec is not None:
+                self.out.add(rec)
         for seg in segs:
             if not self.deduper.seen(seg):
                 self.report(seg, ifkey)

@@ -199,7 +199,10 @@ class ContainerState:
 
 
 def container_state(pod_obj: dict, name: str) -> ContainerState:
-    for st in (pod_obj.get("status") or {}).get("ephemeralContainerStatuses") or []:
+    status = pod_obj.get("status") or {}
+    # A pod created for a node capture (kube/nodes.py) runs the agent as a regular container.
+    for st in (status.get("ephemeralContainerStatuses") or []) + (
+            status.get("containerStatuses") or []):
         if st.get("name") != name:
             continue
         state = st.get("state") or {}

@@ -36,6 +36,7 @@ KIND_ALIASES: dict[str, str] = {
 KIND_GROUPS = {"deployments": "apps", "daemonsets": "apps", "statefulsets": "apps",
                "replicasets": "apps", "jobs": "batch", "cronjobs": "batch", "pods": ""}
 DNS_ALIASES = ("coredns", "dns")
+NODE_KINDS = ("node", "nodes", "no")  # node/NAME; bare "nodes" is every node (or -l)
 DNS_SERVICE = "kube-dns"
 DNS_FALLBACK_SELECTOR = "k8s-app=kube-dns"
 NODE_LOCAL_DAEMONSET = "node-local-dns"
@@ -43,8 +44,8 @@ NODE_LOCAL_SELECTOR = "k8s-app=node-local-dns"
 
 VALID_FORMS = (
     "coredns | dns | pod/NAME | NAME | deploy/NAME | ds/NAME | sts/NAME | job/NAME | "
-    "cronjob/NAME | rs/NAME (long forms: pods/, deployment/, daemonset/, statefulset/, "
-    "replicaset/; cj/), or -l SELECTOR"
+    "cronjob/NAME | rs/NAME | node/NAME | nodes (long forms: pods/, deployment/, daemonset/, "
+    "statefulset/, replicaset/, nodes/; cj/, no/), or -l SELECTOR"
 )
 
 
@@ -64,6 +65,7 @@ class Resolution:
     pods: list[PodRef] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # ("ns/pod", why)
     notes: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # node/NAME and nodes: captured in the node
     # The workloads and selectors behind the pods, followed for the whole run (kube/follow):
     # pod/NAME targets are not among them.
     follows: list[Follow] = field(default_factory=list)
@@ -89,7 +91,11 @@ def parse_target(text: str) -> Target:
     raw = text.strip()
     if raw.lower() in DNS_ALIASES:
         return Target("dns", "", raw)
+    if raw.lower() == "nodes":
+        return Target("nodes", "", raw)
     parts = raw.split("/")
+    if len(parts) == 2 and parts[0].lower() in NODE_KINDS and _is_name(parts[1]):
+        return Target("nodes", parts[1], raw)
     if len(parts) == 1 and _is_name(raw):
         return Target("pods", raw, raw)
     if len(parts) == 2 and parts[0] and _is_name(parts[1]):
@@ -173,7 +179,16 @@ class TargetResolver:
     def resolve(self, targets: list[str], selector: str | None = None) -> Resolution:
         parsed = [parse_target(t) for t in targets]  # all syntax errors before any API call
         res = Resolution()
+        every_node = any(t.kind == "nodes" and not t.name for t in parsed)
+        if selector and any(t.kind == "nodes" for t in parsed) and (
+                not every_node or len(parsed) > 1):
+            raise UsageError("-l with nodes selects nodes: give it with the bare target nodes",
+                             "for example: kubectl dnstrace nodes -l topology.kubernetes.io/"
+                             "zone=eu-1a")
         for target in parsed:
+            if target.kind == "nodes":
+                self._node(res, target, selector)
+                continue
             if target.kind == "dns":
                 self._cluster_dns(res)
             elif target.kind == "pods":
@@ -182,7 +197,7 @@ class TargetResolver:
                 self._cronjob(res, target)
             else:
                 self._workload(res, target)
-        if selector:
+        if selector and not every_node:
             self._selector(res, selector)
         for pod in res.pods:
             if pod.host_network and pod.role == "pod":
@@ -190,6 +205,8 @@ class TargetResolver:
                     f"{pod.key} uses the node's network (hostNetwork): its capture sees the DNS "
                     f"traffic of everything on node {pod.node or '?'}, not only this pod"
                 )
+        if not res.pods and res.nodes:
+            return res
         if not res.pods:
             what = ", ".join(targets + ([f"-l {selector}"] if selector else []))
             if self._idle_cronjobs:
@@ -334,6 +351,28 @@ class TargetResolver:
             f"check the name with `kubectl get {kind}s -n {self.namespace}`, or use -A "
             "to look in every namespace",
         )
+
+    # ---- nodes -----------------------------------------------------------------------------
+
+    def _node(self, res: Resolution, target: Target, selector: str | None) -> None:
+        """node/NAME must exist; nodes is every node, or those matching -l."""
+        if target.name:
+            try:
+                self.kube.get("nodes", target.name)
+            except NotFound:
+                raise NotFound(f"node {target.name!r} not found",
+                               "check the name with `kubectl get nodes`") from None
+            names = [target.name]
+        else:
+            items, _ = self.kube.list("nodes", None, label_selector=selector)
+            names = sorted((n.get("metadata") or {}).get("name", "") for n in items)
+            if not names:
+                raise NotFound("no nodes" + (f" match -l {selector}" if selector else ""),
+                               "check with `kubectl get nodes" + (f" -l {selector}`" if selector
+                                                                   else "`"))
+        for name in names:
+            if name not in res.nodes:
+                res.nodes.append(name)
 
     # ---- the cluster DNS -------------------------------------------------------------------
 

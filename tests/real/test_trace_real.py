@@ -85,8 +85,10 @@ def test_pod_workload_and_selector_targets_see_the_pods_own_queries(real, shop, 
 
 def test_table_output_names_the_culprit_and_says_nothing_matched_otherwise(real, shop):
     ns, web, _ = shop
-    done = real.plugin(f"pod/{web}", "-n", ns, "--duration", "6s", "--domain", DOMAIN)
+    done = real.plugin(f"pod/{web}", "-n", ns, "--duration", "6s", "--domain", DOMAIN,
+                       env={"COLUMNS": "160"})
     assert done.returncode == 0, done.stderr
+    assert max(map(len, done.stdout.splitlines())) <= 160
     header = next(ln for ln in done.stdout.splitlines() if ln.startswith("NAMESPACE"))
     assert "POD" in header and "NAMES" in header
     row = next(ln for ln in done.stdout.splitlines() if web in ln and "Deployment/web" in ln)

@@ -30,7 +30,9 @@ TARGET_KINDS = {
     "job/": "jobs",
     "cronjob/": "cronjobs",
     "rs/": "replicasets",
+    "node/": "nodes",
 }
+CLUSTER_SCOPED = ("namespaces", "nodes")
 OUTPUT_FORMATS = ("table", "wide", "json", "ndjson")
 QTYPES = ("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "HTTPS", "SVCB", "ANY")
 RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
@@ -148,7 +150,7 @@ def _cluster_names(words: Words, kind: str, all_namespaces: bool = False) -> lis
         )
         kube = Kube.connect(opts, probe=False)
         try:
-            namespace = None if kind == "namespaces" or all_namespaces else kube.namespace
+            namespace = None if kind in CLUSTER_SCOPED or all_namespaces else kube.namespace
             items, _ = kube.list(kind, namespace)
         finally:
             kube.close()
@@ -196,7 +198,7 @@ def complete(args: Sequence[str]) -> tuple[list[str], int | None]:
             return _prefixed(_cluster_names(words, "namespaces"), current), NO_FILE
         if option == "--context":
             return _prefixed(_contexts(words), current), NO_FILE
-        if option in ("--kubeconfig", "--domain-file", "--pcap", "--pods"):
+        if option in ("--kubeconfig", "--domain-file", "--pcap", "--pods", "--doh-resolvers"):
             return [], FILE_DEFAULT
         return [], NO_FILE  # --domain, --duration, -l ...: nothing sensible to offer
 
@@ -218,7 +220,8 @@ def complete(args: Sequence[str]) -> tuple[list[str], int | None]:
         names = [kind_prefix + name for name in _cluster_names(words, kind, all_ns)]
         return _prefixed(names, current), NO_FILE
 
-    keywords = COMMANDS if not words.positionals and not words.explicit else ("coredns", "dns")
+    keywords = (*COMMANDS, "nodes") if not words.positionals and not words.explicit \
+        else ("coredns", "dns", "nodes")
     matches = _prefixed([*keywords, *TARGET_KINDS], current)
     all_ns = "-A" in typed or "--all-namespaces" in typed
     matches.extend(_prefixed(_cluster_names(words, "pods", all_ns), current))

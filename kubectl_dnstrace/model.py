@@ -41,10 +41,12 @@ class DnsEvent:
     observed_at: str = ""  # where it was captured: "ns/pod" or the file name
     raw: bytes | None = None
     linktype: int = 101  # pcap LINKTYPE of ``raw`` (101 = raw IP)
-    resolver: dict | None = None  # {ip, kind, bypass}: set by the pipeline (bypass.py)
     # A response a capture file's snap length cut short: rcode and question are whole,
     # ``answers`` are those that fit.
     truncated: bool = False
+    # Set by the pipeline, never positionally (capture-file readers build events from
+    # field tuples that end with ``truncated``): keep it last.
+    resolver: dict | None = None  # {ip, kind, bypass}: set by the pipeline (bypass.py)
 
     @classmethod
     def from_record(cls, record: dict, observed_at: str = "") -> DnsEvent:

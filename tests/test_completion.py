@@ -37,7 +37,8 @@ def _no_cluster(monkeypatch, tmp_path):
 
 def test_first_word_offers_commands_and_target_kinds():
     names, directive = complete([""])
-    assert names == [*COMMANDS, *TARGET_KINDS]
+    assert names == [*COMMANDS, "nodes", *TARGET_KINDS]
+    assert "node/" in TARGET_KINDS
     assert directive == NO_FILE
 
 
@@ -71,7 +72,7 @@ def test_options_come_from_the_real_cli():
     names, directive = complete(["coredns", "--d"])
     assert directive == NO_FILE
     assert set(names) == {"--domain", "--domain-file", "--duration", "--dry-run",
-                          "--dns-namespace", "--dns-selector"}
+                          "--dns-namespace", "--dns-selector", "--doh-resolvers"}
     analyze_opts, _ = complete(["analyze", "x.pcap", "--"])
     assert "--offline" in analyze_opts and "--dry-run" not in analyze_opts
     rbac_opts, _ = complete(["rbac", "-"])

@@ -158,7 +158,10 @@ class RealCluster:
         try:
             yield name
         finally:
-            self.kubectl("delete", "namespace", name, "--wait=false", check=False)
+            # Gone before the next test starts: a pod still asking during another test's
+            # cluster-wide trace would be a client it did not expect.
+            self.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s",
+                         check=False, timeout=180)
 
     def user(self, name: str, *groups: str) -> str:
         """A kubeconfig for an RBAC user (no rights until something is bound)."""

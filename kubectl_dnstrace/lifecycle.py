@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 
@@ -26,8 +27,24 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise(signum: int, _frame: object) -> None:
-    raise Terminated(signum)
+# One request to stop often arrives twice: GNU timeout signals the command and then its
+# whole process group, and a closing terminal hangs up every process of the session. A second
+# signal this soon after the first is that same request, not "stop waiting" (which a second
+# Ctrl-C, a human's, still means).
+REPEAT_WINDOW = 1.0  # seconds
+
+
+def _raiser() -> Callable[[int, object], None]:
+    last: dict[int, float] = {}
+
+    def raise_terminated(signum: int, _frame: object) -> None:
+        now = time.monotonic()
+        if now - last.get(signum, -REPEAT_WINDOW) < REPEAT_WINDOW:
+            return
+        last[signum] = now
+        raise Terminated(signum)
+
+    return raise_terminated
 
 
 @contextlib.contextmanager
@@ -38,9 +55,10 @@ def stop_signals() -> Iterator[None]:
         return
     wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
     old = {s: signal.getsignal(s) for s in wanted}
+    handler = _raiser()
     for s in wanted:
         if old[s] is not signal.SIG_IGN:  # nohup: the user asked to survive a hangup
-            signal.signal(s, _raise)
+            signal.signal(s, handler)
     try:
         yield
     finally:

@@ -117,3 +117,30 @@ def test_what_an_agent_shed_to_stay_bounded_is_said_never_lost_silently() -> Non
         "kube-system/coredns-1: 12 message(s) are in the aggregate totals only (too many distinct "
         "names in one second to keep each); narrow with --domain",
     ]
+
+
+def test_a_stop_signal_delivered_twice_at_once_is_one_request() -> None:
+    """GNU timeout signals the command and then its process group: the plugin gets SIGTERM
+    twice within microseconds. That is one request to stop, not "stop waiting"."""
+    import os
+    import signal
+    import time
+
+    from kubectl_dnstrace.lifecycle import REPEAT_WINDOW, Terminated, stop_signals
+
+    raised = 0
+    with stop_signals():
+        for _ in range(2):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            except Terminated:
+                raised += 1
+        assert raised == 1
+        time.sleep(REPEAT_WINDOW + 0.1)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        except Terminated:
+            raised += 1
+    assert raised == 2  # a later one is a new request (a second Ctrl-C-like interrupt)

@@ -216,6 +216,16 @@ class RealCluster:
         return left
 
 
+def clients(doc: dict) -> dict[str, set[str]]:
+    """``namespace/pod`` -> the names it asked, from a ``-o json`` document's summary."""
+    out: dict[str, set[str]] = {}
+    for entry in doc["summary"]:
+        c = entry["client"]
+        key = f"{c.get('namespace', '')}/{c.get('name', '')}" if c["kind"] == "pod" else c["kind"]
+        out.setdefault(key, set()).update(n["name"] for n in entry["names"])
+    return out
+
+
 class BackgroundTrace:
     """``kubectl dnstrace ...`` running while the test makes things happen in the cluster."""
 

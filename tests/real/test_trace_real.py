@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.real.cluster import BackgroundTrace, RealCluster
+from tests.real.cluster import BackgroundTrace, RealCluster, clients
 
 DOMAIN = "evil.example.test"
 
@@ -26,16 +26,6 @@ def shop(real: RealCluster):
         web = real.wait_pods(ns, "app=web")[0]["metadata"]["name"]
         benign = real.wait_pods(ns, "app=benign")[0]["metadata"]["name"]
         yield ns, web, benign
-
-
-def clients(doc: dict) -> dict[str, set[str]]:
-    """``namespace/pod`` -> the names it asked, from a ``-o json`` document's summary."""
-    out: dict[str, set[str]] = {}
-    for entry in doc["summary"]:
-        c = entry["client"]
-        key = f"{c.get('namespace', '')}/{c.get('name', '')}" if c["kind"] == "pod" else c["kind"]
-        out.setdefault(key, set()).update(n["name"] for n in entry["names"])
-    return out
 
 
 def test_coredns_trace_names_the_deployment_and_a_job_that_lived_seconds(real, shop):

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from tests.real.cluster import BackgroundTrace, RealCluster
+from tests.real.cluster import BackgroundTrace, RealCluster, clients
 
 DOMAIN = "evil.example.test"
 ANNOTATION = "kubectl-dnstrace.io/log-run"
@@ -58,15 +58,6 @@ def configmap(real: RealCluster, ns: str, name: str) -> tuple[str, dict, str]:
 
 def dns_flags(ns: str, app: str) -> list[str]:
     return ["--dns-namespace", ns, "--dns-selector", f"app={app}"]
-
-
-def clients(doc: dict) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for entry in doc["summary"]:
-        c = entry["client"]
-        key = f"{c.get('namespace', '')}/{c.get('name', '')}" if c["kind"] == "pod" else c["kind"]
-        out.setdefault(key, set()).update(n["name"] for n in entry["names"])
-    return out
 
 
 def set_corefile(real: RealCluster, ns: str, name: str, text: str) -> None:
